@@ -297,22 +297,28 @@ class TaskRequeued(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task's id."""
     attempt_id: _builtins.str
     """The attempt given up."""
     reason: _builtins.str
     """Why, for example "agent lost" or "released by agent"."""
+    lost: _builtins.bool
+    """True when the attempt's agent was lost: the attempt counts against the task's
+    max_attempts, so a task that keeps killing its agents cannot loop forever.
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         attempt_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        lost: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "lost", b"lost", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

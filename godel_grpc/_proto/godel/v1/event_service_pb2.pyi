@@ -132,8 +132,8 @@ class SubscribeEventsResponse(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     LIVE_FIELD_NUMBER: _builtins.int
     live: _builtins.bool
-    """True for the first event recorded after the subscription caught up (or, with no such
-    event, absent): the subscriber is live from here on.
+    """False while the subscription replays recorded events (catch-up); true for events
+    delivered after it caught up with the log (live).
     """
     @_builtins.property
     def event(self) -> _event_pb2.Event:

@@ -107,6 +107,7 @@ class Task(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    FAILED_ATTEMPTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned identifier, unique for the coordinator's lifetime."""
     title: _builtins.str
@@ -124,8 +125,9 @@ class Task(_message.Message):
     creating another.
     """
     max_attempts: _builtins.int
-    """Largest number of attempts, counting the first (1 means no retry). 0 means the
-    default of 3. An attempt whose agent is lost does not count.
+    """Largest number of attempts that may fail (or lose their agent) before the task
+    fails; 1 means no retry, 0 means the default of 3. Attempts handed back by a
+    draining agent or interrupted by a coordinator restart do not count.
     """
     state: Global___Task.State.ValueType
     """Output only. Current lifecycle state."""
@@ -135,6 +137,10 @@ class Task(_message.Message):
     """Output only. Agent running the current attempt, or the agent that ran the last one."""
     attempt_id: _builtins.str
     """Output only. Identifier of the current (or last) attempt's lease."""
+    failed_attempts: _builtins.int
+    """Output only. Attempts that failed or lost their agent; the task fails when this
+    reaches max_attempts.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """Free-form input of the task, handed to the agent as JSON."""
@@ -203,10 +209,11 @@ class Task(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        failed_attempts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "output", b"output", "payload", b"payload", "progress", b"progress", "role", b"role", "start_time", b"start_time", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "attempt_id", b"attempt_id", "attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "output", b"output", "payload", b"payload", "priority", b"priority", "progress", b"progress", "role", b"role", "start_time", b"start_time", "state", b"state", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "attempt_id", b"attempt_id", "attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "failed_attempts", b"failed_attempts", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "output", b"output", "payload", b"payload", "priority", b"priority", "progress", b"progress", "role", b"role", "start_time", b"start_time", "state", b"state", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["role", "action"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015

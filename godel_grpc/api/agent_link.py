@@ -1,0 +1,73 @@
+"""AgentLinkService.Connect: one bidirectional stream per agent.
+
+The first message must be a hello; after the welcome, a reader task feeds the agent's
+messages to the coordinator while this handler streams the session's merged outgoing
+messages. Whichever side ends first ends the link, and the session is always closed in
+`finally`, so a lost agent's leases return to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as pb
+from godel_grpc._proto.godel.v1 import agent_link_service_pb2_grpc as pb_grpc
+from godel_grpc.api.validation import violations
+from godel_grpc.core.coordinator import Coordinator
+from godel_grpc.core.session import AgentSession
+from godel_grpc.errors import FieldViolation, InvalidArgument
+
+Context = grpc.aio.ServicerContext[Any, Any]
+HELLO_TIMEOUT = 10.0
+"""Seconds a new link may take to send its hello."""
+
+
+class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
+    """Serves agent links from the coordinator."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
+    ) -> AsyncIterator[pb.CoordinatorMessage]:
+        messages = aiter(request_iterator)
+        try:
+            first = await asyncio.wait_for(anext(messages), HELLO_TIMEOUT)
+        except (StopAsyncIteration, TimeoutError):
+            raise InvalidArgument([FieldViolation("hello", "the first message must carry a hello")]) from None
+        if not first.HasField("hello"):
+            raise InvalidArgument([FieldViolation("hello", "the first message must carry a hello")])
+        found = violations(first.hello, "hello")
+        if found:
+            raise InvalidArgument(found)
+        session = await self._coordinator.open_session(first.hello)
+        reader = asyncio.get_running_loop().create_task(self._read(session, first, messages))
+        try:
+            async for outgoing in session.outgoing():
+                yield outgoing
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._coordinator.close_session(session, session.close_reason or "stream closed")
+
+    async def _read(
+        self, session: AgentSession, first: pb.AgentMessage, messages: AsyncIterator[pb.AgentMessage]
+    ) -> None:
+        reason = "stream closed by agent"
+        try:
+            if first.results or first.progress or first.released_attempt_ids or first.draining:
+                self._coordinator.on_agent_message(session, first)
+            async for message in messages:
+                self._coordinator.on_agent_message(session, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a broken stream is how lost agents usually show up
+            reason = f"stream failed: {type(exc).__name__}"
+        self._coordinator.close_session(session, reason)

@@ -1,0 +1,74 @@
+"""EventService: pages of an agent's events, and subscriptions that catch up then go live."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from godel_grpc._proto.godel.v1 import event_pb2
+from godel_grpc._proto.godel.v1 import event_service_pb2 as pb
+from godel_grpc._proto.godel.v1 import event_service_pb2_grpc as pb_grpc
+from godel_grpc.core.coordinator import Coordinator
+from godel_grpc.errors import FieldViolation, InvalidArgument, NotFound
+from godel_grpc.store.base import StoredEvent
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_SUBSCRIBE_BATCH = 1000
+
+
+def to_api_event(stored: StoredEvent) -> event_pb2.Event:
+    """The recorded event as the API shows it, position and stream version filled in."""
+    event = event_pb2.Event.FromString(stored.data)
+    event.id = stored.position
+    event.stream_version = stored.stream_version
+    event.type = stored.type
+    return event
+
+
+class EventServicer(pb_grpc.EventServiceServicer):
+    """Serves EventService straight from the event store."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    async def ListAgentEvents(
+        self, request: pb.ListAgentEventsRequest, context: Context
+    ) -> pb.ListAgentEventsResponse:
+        if request.agent_id not in self._coordinator.state.agents:
+            raise NotFound("agent", request.agent_id)
+        after = request.after_id
+        if request.page_token:
+            if not request.page_token.isdigit():
+                raise InvalidArgument([FieldViolation("pageToken", "is not a token from a previous page")])
+            after = max(after, int(request.page_token))
+        size = request.page_size or 100
+        stored = await self._coordinator.store.read(
+            after,
+            size + 1,
+            agent_id=request.agent_id,
+            types=list(request.types),
+            up_to=request.up_to_id or None,
+        )
+        page = stored[:size]
+        token = str(page[-1].position) if len(stored) > size else ""
+        return pb.ListAgentEventsResponse(events=[to_api_event(e) for e in page], next_page_token=token)
+
+    async def SubscribeEvents(
+        self, request: pb.SubscribeEventsRequest, context: Context
+    ) -> AsyncIterator[pb.SubscribeEventsResponse]:
+        store = self._coordinator.store
+        position = request.after_id
+        types = list(request.types)
+        stream = request.stream or None
+        caught_up = False
+        while True:
+            last = await store.last_position()
+            while position < last:
+                batch = await store.read(position, _SUBSCRIBE_BATCH, stream=stream, types=types, up_to=last)
+                for stored in batch:
+                    yield pb.SubscribeEventsResponse(event=to_api_event(stored), live=caught_up)
+                position = batch[-1].position if len(batch) == _SUBSCRIBE_BATCH else last
+            caught_up = True
+            await store.wait_for_position(position)

@@ -1,0 +1,194 @@
+"""The one place where requests are validated and errors become gRPC statuses.
+
+Every RPC passes through `BoundaryInterceptor`: it checks each request message against
+the rules in the protos, maps `GodelError`s to their status with `google.rpc` details,
+turns anything unexpected into INTERNAL with a generic message (the traceback goes to
+the log, never to the client), and counts RPCs by method and code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from godel_grpc.api.validation import validate
+from godel_grpc.errors import DETAILS_METADATA_KEY, GodelError, Unimplemented
+from godel_grpc.metrics import CoordinatorMetrics
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+async def _abort(context: Context, error: GodelError) -> None:
+    status = error.to_status()
+    await context.abort(
+        error.code,
+        error.message,
+        trailing_metadata=((DETAILS_METADATA_KEY, status.SerializeToString()),),
+    )
+
+
+class BoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Validation, error mapping and RPC metrics for every method."""
+
+    def __init__(self, metrics: CoordinatorMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if method.startswith(("/grpc.health.", "/grpc.reflection.")):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._unary_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._stream_unary(method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream_stream(method, handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _finish(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self._metrics.rpcs.labels(method, code.name).inc()
+        self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+
+    def _unary(self, method: str, behaviour: Callable[..., Awaitable[Message]]) -> Callable[..., Awaitable[Message]]:
+        async def handle(request: Message, context: Context) -> Message:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                validate(request)
+                return await behaviour(request, context)
+            except _ABORTED:
+                raise
+            except Exception as exc:
+                error = _translate(method, exc)
+                code = error.code
+                await _abort(context, error)
+                raise
+            finally:
+                self._finish(method, _code_of(context, code), started)
+
+        return handle
+
+    def _unary_stream(
+        self, method: str, behaviour: Callable[..., AsyncIterator[Message]]
+    ) -> Callable[..., AsyncIterator[Message]]:
+        async def handle(request: Message, context: Context) -> AsyncIterator[Message]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                validate(request)
+                async for response in behaviour(request, context):
+                    yield response
+            except _ABORTED:
+                raise
+            except Exception as exc:
+                error = _translate(method, exc)
+                code = error.code
+                await _abort(context, error)
+            finally:
+                self._finish(method, _code_of(context, code), started)
+
+        return handle
+
+    def _stream_unary(
+        self, method: str, behaviour: Callable[..., Awaitable[Message]]
+    ) -> Callable[..., Awaitable[Message]]:
+        async def handle(requests: AsyncIterator[Message], context: Context) -> Message:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await behaviour(_validated(requests), context)
+            except _ABORTED:
+                raise
+            except Exception as exc:
+                error = _translate(method, exc)
+                code = error.code
+                await _abort(context, error)
+                raise
+            finally:
+                self._finish(method, _code_of(context, code), started)
+
+        return handle
+
+    def _stream_stream(
+        self, method: str, behaviour: Callable[..., AsyncIterator[Message]]
+    ) -> Callable[..., AsyncIterator[Message]]:
+        async def handle(requests: AsyncIterator[Message], context: Context) -> AsyncIterator[Message]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                async for response in behaviour(_validated(requests), context):
+                    yield response
+            except _ABORTED:
+                raise
+            except Exception as exc:
+                error = _translate(method, exc)
+                code = error.code
+                await _abort(context, error)
+            finally:
+                self._finish(method, _code_of(context, code), started)
+
+        return handle
+
+
+async def _validated(requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
+    async for request in requests:
+        validate(request)
+        yield request
+
+
+def _translate(method: str, exc: Exception) -> GodelError:
+    """The error a caller should see for `exc`."""
+    if isinstance(exc, GodelError):
+        return exc
+    if isinstance(exc, NotImplementedError):
+        return Unimplemented(f"{method} is not available on this coordinator yet")
+    log.error("unexpected error in %s", method, exc_info=exc)
+    return _Internal()
+
+
+class _Internal(GodelError):
+    """What a caller sees of a bug: a status, never a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__("internal error; the coordinator logged the details")
+
+
+def _code_of(context: Context, fallback: grpc.StatusCode) -> grpc.StatusCode:
+    try:
+        code = context.code()
+    except Exception:  # older grpc without code()
+        return fallback
+    return code if isinstance(code, grpc.StatusCode) else fallback
+
+
+_ABORTED: tuple[type[BaseException], ...] = (grpc.aio.AbortError,)

@@ -1,0 +1,234 @@
+"""An async Python client in the shape of the seed's calls (`client.tasks.submit`)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+from google.protobuf import struct_pb2
+
+from godel_grpc._proto.godel.v1 import agent_pb2, event_pb2, task_pb2
+from godel_grpc._proto.godel.v1 import agent_service_pb2 as agent_pb
+from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as agent_grpc
+from godel_grpc._proto.godel.v1 import event_service_pb2 as event_pb
+from godel_grpc._proto.godel.v1 import event_service_pb2_grpc as event_grpc
+from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
+from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as task_grpc
+from godel_grpc.client._errors import RPCError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds every unary call may take unless the caller says otherwise."""
+
+TERMINAL_STATES = frozenset(
+    {task_pb2.Task.STATE_SUCCEEDED, task_pb2.Task.STATE_FAILED, task_pb2.Task.STATE_CANCELLED}
+)
+
+
+def _translated(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turns grpc.aio errors into RPCError."""
+
+    @functools.wraps(call)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await call(*args, **kwargs)
+        except grpc.aio.AioRpcError as error:
+            raise RPCError.from_aio(error) from None
+
+    return wrapper
+
+
+def task_request(
+    *,
+    role: str = "",
+    action: str = "",
+    title: str = "",
+    priority: str = "",
+    payload: Mapping[str, Any] | None = None,
+    idempotency_key: str = "",
+    timeout: float | None = None,
+    deadline: float | None = None,
+    max_attempts: int = 0,
+    labels: Mapping[str, str] | None = None,
+) -> task_pb.SubmitTaskRequest:
+    """Builds a SubmitTaskRequest; `timeout` in seconds, `deadline` as Unix seconds."""
+    request = task_pb.SubmitTaskRequest(
+        title=title,
+        priority=priority,
+        idempotency_key=idempotency_key,
+        max_attempts=max_attempts,
+        labels=dict(labels or {}),
+    )
+    if role:
+        request.role = role
+    if action:
+        request.action = action
+    if payload is not None:
+        request.payload.update(dict(payload))
+    if timeout is not None:
+        request.timeout.FromNanoseconds(int(timeout * 1e9))
+    if deadline is not None:
+        request.deadline.FromNanoseconds(int(deadline * 1e9))
+    return request
+
+
+class Tasks:
+    """`client.tasks`: submit, follow and cancel tasks."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = task_grpc.TaskServiceStub(channel)
+        self._timeout = timeout
+
+    @_translated
+    async def submit(self, **fields: Any) -> task_pb2.Task:
+        """Submits one task (keyword arguments of `task_request`) and returns it, durable."""
+        response = await self._stub.SubmitTask(task_request(**fields), timeout=self._timeout)
+        return response.task
+
+    @_translated
+    async def submit_many(
+        self, requests: Sequence[task_pb.SubmitTaskRequest]
+    ) -> list[task_pb2.Task]:
+        """Submits up to 1,000 tasks in one call and one durable write."""
+        response = await self._stub.SubmitTasks(
+            task_pb.SubmitTasksRequest(requests=requests), timeout=self._timeout
+        )
+        return list(response.tasks)
+
+    @_translated
+    async def get(self, task_id: str) -> task_pb2.Task:
+        """The task with this id."""
+        response = await self._stub.GetTask(task_pb.GetTaskRequest(id=task_id), timeout=self._timeout)
+        return response.task
+
+    @_translated
+    async def list(self, page_size: int = 100, page_token: str = "", state: int = 0) -> tuple[list[task_pb2.Task], str]:
+        """A page of tasks, newest first, and the next page's token."""
+        response = await self._stub.ListTasks(
+            task_pb.ListTasksRequest(page_size=page_size, page_token=page_token, state=state),  # type: ignore[arg-type]
+            timeout=self._timeout,
+        )
+        return list(response.tasks), response.next_page_token
+
+    @_translated
+    async def cancel(self, task_id: str, reason: str = "") -> task_pb2.Task:
+        """Cancels a queued or running task."""
+        response = await self._stub.CancelTask(
+            task_pb.CancelTaskRequest(id=task_id, reason=reason), timeout=self._timeout
+        )
+        return response.task
+
+    async def watch(self, task_id: str, timeout: float | None = None) -> AsyncIterator[task_pb2.Task]:
+        """The task now and after every change, until it ends (or `timeout` seconds)."""
+        call = self._stub.WatchTask(task_pb.WatchTaskRequest(id=task_id), timeout=timeout)
+        try:
+            async for response in call:
+                yield response.task
+        except grpc.aio.AioRpcError as error:
+            raise RPCError.from_aio(error) from None
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> task_pb2.Task:
+        """Waits until the task ends and returns it."""
+        last: task_pb2.Task | None = None
+        async for task in self.watch(task_id, timeout=timeout):
+            last = task
+        assert last is not None
+        return last
+
+
+class Agents:
+    """`client.agents`: the fleet."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = agent_grpc.AgentServiceStub(channel)
+        self._timeout = timeout
+
+    @_translated
+    async def get(self, agent_id: str) -> agent_pb2.Agent:
+        """The agent with this id."""
+        response = await self._stub.GetAgent(agent_pb.GetAgentRequest(id=agent_id), timeout=self._timeout)
+        return response.agent
+
+    @_translated
+    async def list(self, role: str = "") -> list[agent_pb2.Agent]:
+        """Every registered agent (all pages), optionally of one role."""
+        found: list[agent_pb2.Agent] = []
+        token = ""
+        while True:
+            response = await self._stub.ListAgents(
+                agent_pb.ListAgentsRequest(page_size=1000, page_token=token, role=role),
+                timeout=self._timeout,
+            )
+            found.extend(response.agents)
+            token = response.next_page_token
+            if not token:
+                return found
+
+
+class Events:
+    """`client.events`: the coordinator's event log."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = event_grpc.EventServiceStub(channel)
+        self._timeout = timeout
+
+    @_translated
+    async def get_for_agent(self, agent_id: str, page_size: int = 1000) -> list[event_pb2.Event]:
+        """Every event that concerns the agent, oldest first (all pages)."""
+        found: list[event_pb2.Event] = []
+        token = ""
+        while True:
+            response = await self._stub.ListAgentEvents(
+                event_pb.ListAgentEventsRequest(agent_id=agent_id, page_size=page_size, page_token=token),
+                timeout=self._timeout,
+            )
+            found.extend(response.events)
+            token = response.next_page_token
+            if not token:
+                return found
+
+    async def subscribe(self, after_id: int = 0, types: Sequence[str] = ()) -> AsyncIterator[event_pb.SubscribeEventsResponse]:
+        """Every event after `after_id`: recorded ones first, then live ones."""
+        call = self._stub.SubscribeEvents(event_pb.SubscribeEventsRequest(after_id=after_id, types=types))
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as error:
+            raise RPCError.from_aio(error) from None
+
+
+class Client:
+    """Connects to a coordinator; use as `async with Client(address) as client`."""
+
+    def __init__(self, address: str = "127.0.0.1:50051", *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        )
+        self.tasks = Tasks(self._channel, timeout)
+        self.agents = Agents(self._channel, timeout)
+        self.events = Events(self._channel, timeout)
+
+    async def close(self) -> None:
+        """Closes the channel. Idempotent."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    """A protobuf Struct from a JSON-like mapping."""
+    message = struct_pb2.Struct()
+    message.update(dict(values))
+    return message

@@ -1,0 +1,657 @@
+"""The coordinator's core: tasks, agents, leases, and their durable history.
+
+Single-threaded on the asyncio loop. Every change is an event: it is applied to memory
+at once (so dispatch never waits for a disk) and handed to the journal; commands answer
+their callers only after their events are durable. Dispatch rounds run once per loop
+iteration at most, leasing everything that became possible and sending each agent one
+message with all its new assignments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from godel_grpc import __version__
+from godel_grpc._proto.godel.v1 import (
+    agent_link_service_pb2 as link_pb2,
+)
+from godel_grpc._proto.godel.v1 import (
+    agent_pb2,
+    event_pb2,
+    task_pb2,
+    task_service_pb2,
+)
+from godel_grpc.core import events
+from godel_grpc.core.fields import copy_common_fields
+from godel_grpc.core.records import AgentRecord, AgentState, TaskRecord, TaskState
+from godel_grpc.core.scheduler import Scheduler
+from godel_grpc.core.session import AgentSession
+from godel_grpc.core.state import CoordinatorState
+from godel_grpc.core.journal import Journal
+from godel_grpc.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from godel_grpc.metrics import CoordinatorMetrics
+from godel_grpc.store.base import EventStore
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_NAME = "coordinator"
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorSettings:
+    """Tunables of the core, all in seconds or counts."""
+
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 10.0
+    snapshot_every: int = 50_000
+    """Write a snapshot once this many events were recorded since the last one."""
+    sweep_interval: float = 0.5
+    """How often heartbeats and task deadlines are checked."""
+
+
+class Coordinator:
+    """Owns the coordinator's state and every change made to it."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        metrics: CoordinatorMetrics,
+        settings: CoordinatorSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.settings = settings or CoordinatorSettings()
+        self.state = CoordinatorState()
+        self.scheduler = Scheduler()
+        self.journal = Journal(store, self._on_written, self._on_journal_failed)
+        self.sessions: dict[str, AgentSession] = {}
+        self._task_order: list[str] = []
+        self._queued_at: dict[str, float] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._watchers: dict[str, set[asyncio.Queue[task_pb2.Task | None]]] = {}
+        self._dispatch_scheduled = False
+        self._task_ids = itertools.count(1)
+        self._attempt_ids = itertools.count(1)
+        self._agent_ids = itertools.count(1)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._events_since_snapshot = 0
+        self._stopping = False
+        self.fatal: asyncio.Future[BaseException] | None = None
+        metrics.watch_task_states(self._task_counts_by_name)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuilds state from the latest snapshot plus later events, then starts serving."""
+        self.fatal = asyncio.get_running_loop().create_future()
+        await self.store.open()
+        replayed = await self._recover()
+        self.journal.start()
+        epoch = self.state.epoch + 1
+        recovery = [events.coordinator_started(epoch, __version__)]
+        for task in self.state.tasks.values():
+            if task.state == TaskState.STATE_RUNNING:
+                recovery.append(
+                    events.task_requeued(task.id, task.attempt_id, task.agent_id,
+                                         "coordinator restarted", lost=False)
+                )
+                self.metrics.requeued.labels("restart").inc()
+        self._apply_all(recovery)
+        for task_id in self._task_order:
+            task = self.state.tasks[task_id]
+            if task.state == TaskState.STATE_QUEUED:
+                self._enqueue(task)
+            if task.deadline is not None and not task.terminal:
+                heapq.heappush(self._deadlines, (task.deadline, task.id))
+        await self.journal.record(recovery)
+        if replayed >= self.settings.snapshot_every // 10:
+            await self._snapshot()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="sweeper")
+        log.info(
+            "coordinator started",
+            extra={"epoch": epoch, "replayed_events": replayed, "tasks": len(self.state.tasks)},
+        )
+
+    async def _recover(self) -> int:
+        loaded = await self.store.load_snapshot(SNAPSHOT_NAME)
+        if loaded is not None:
+            snapshot = event_pb2.CoordinatorSnapshot.FromString(loaded[1])
+            self.state = CoordinatorState.from_snapshot(snapshot)
+            self._task_order = list(self.state.tasks)
+        replayed = 0
+        position = self.state.position
+        while True:
+            batch = await self.store.read(after=position, limit=5000)
+            if not batch:
+                break
+            for stored in batch:
+                event = event_pb2.Event.FromString(stored.data)
+                event.id = stored.position
+                self.state.apply(event)
+                if event.WhichOneof("payload") == "task_submitted":
+                    self._task_order.append(event.task_submitted.task.id)
+            position = batch[-1].position
+            replayed += len(batch)
+        return replayed
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Drains agents for up to `grace` seconds, snapshots, and flushes the log."""
+        self._stopping = True
+        for session in list(self.sessions.values()):
+            session.send_drain()
+            self.scheduler.remove_agent(session.agent_id)
+        deadline = time.monotonic() + grace
+        while any(s.leases for s in self.sessions.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions.values()):
+            session.close("coordinator shutting down")
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for watchers in self._watchers.values():
+            for queue in watchers:
+                queue.put_nowait(None)
+        await self.journal.flush()
+        if self.journal.idle and (self.fatal is None or not self.fatal.done()):
+            await self._snapshot()
+        await self.journal.close()
+        await self.store.close()
+
+    async def _snapshot(self) -> None:
+        await self.journal.flush()
+        position = await self.store.last_position()
+        self.state.position = position
+        await self.store.save_snapshot(
+            SNAPSHOT_NAME, position, self.state.to_snapshot().SerializeToString()
+        )
+        self._events_since_snapshot = 0
+
+    def _on_written(self, count: int, seconds: float) -> None:
+        self.metrics.append_seconds.observe(seconds)
+        self.metrics.append_batch.observe(count)
+        self._events_since_snapshot += count
+
+    def _on_journal_failed(self, exc: BaseException) -> None:
+        if self.fatal is not None and not self.fatal.done():
+            self.fatal.set_result(exc)
+
+    def _task_counts_by_name(self) -> dict[str, int]:
+        return {
+            TaskState.Name(state).removeprefix("STATE_").lower(): count
+            for state, count in self.state.task_counts.items()
+            if state
+        }
+
+    # -- applying events ---------------------------------------------------------------
+
+    def _apply_all(self, batch: Sequence[event_pb2.Event]) -> None:
+        for event in batch:
+            self.state.apply(event)
+
+    def _record(self, batch: list[event_pb2.Event]) -> asyncio.Future[None]:
+        self._apply_all(batch)
+        return self.journal.record(batch)
+
+    def _enqueue(self, task: TaskRecord) -> None:
+        self._queued_at[task.id] = time.monotonic()
+        self.scheduler.enqueue(task.id, task.pool, task.priority_rank)
+        self._schedule_dispatch()
+
+    def _schedule_dispatch(self) -> None:
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _notify(self, task: TaskRecord) -> None:
+        watchers = self._watchers.get(task.id)
+        if watchers:
+            proto = task.to_proto()
+            for queue in watchers:
+                queue.put_nowait(proto)
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._stopping:
+            raise Unavailable("the coordinator is shutting down; retry against its successor")
+
+    async def submit_tasks(
+        self, requests: Sequence[task_service_pb2.SubmitTaskRequest]
+    ) -> list[task_pb2.Task]:
+        """Accepts tasks and returns them once they are durable.
+
+        A request whose idempotency key was seen before returns the task created first.
+        """
+        self._require_open()
+        now = time.time()
+        violations = [
+            FieldViolation(f"requests[{i}].deadline" if len(requests) > 1 else "deadline",
+                           "is in the past")
+            for i, request in enumerate(requests)
+            if request.HasField("deadline") and request.deadline.ToNanoseconds() / 1e9 <= now
+        ]
+        if violations:
+            raise InvalidArgument(violations)
+        epoch = self.state.epoch
+        created: list[event_pb2.Event] = []
+        result: list[TaskRecord] = []
+        for request in requests:
+            key = request.idempotency_key
+            existing = self.state.idempotency.get(key) if key else None
+            if existing is not None:
+                result.append(self.state.tasks[existing])
+                continue
+            spec = task_pb2.Task(id=f"t-{epoch}-{next(self._task_ids)}")
+            copy_common_fields(request, spec)
+            event = events.task_submitted(spec)
+            self.state.apply(event)
+            created.append(event)
+            task = self.state.tasks[spec.id]
+            self._task_order.append(task.id)
+            result.append(task)
+            self._enqueue(task)
+            if task.deadline is not None:
+                heapq.heappush(self._deadlines, (task.deadline, task.id))
+        if created:
+            await self.journal.record(created)
+        return [task.to_proto() for task in result]
+
+    def get_task(self, task_id: str) -> task_pb2.Task:
+        """The task with this id, or NotFound."""
+        return self._task(task_id).to_proto()
+
+    def _task(self, task_id: str) -> TaskRecord:
+        task = self.state.tasks.get(task_id)
+        if task is None:
+            raise NotFound("task", task_id)
+        return task
+
+    def list_tasks(
+        self, page_size: int, page_token: str, state: int
+    ) -> tuple[list[task_pb2.Task], str]:
+        """A page of tasks, newest first; the token is the index to continue below."""
+        size = page_size or 100
+        end = _page_start(page_token, len(self._task_order)) if page_token else len(self._task_order)
+        page: list[task_pb2.Task] = []
+        index = end
+        while index > 0 and len(page) < size:
+            index -= 1
+            task = self.state.tasks[self._task_order[index]]
+            if not state or task.state == state:
+                page.append(task.to_proto())
+        return page, (str(index) if index > 0 else "")
+
+    async def cancel_task(self, task_id: str, reason: str) -> task_pb2.Task:
+        """Cancels a queued or running task."""
+        self._require_open()
+        task = self._task(task_id)
+        if task.terminal:
+            raise FailedPrecondition(
+                f"task {task_id!r} has already ended ({TaskState.Name(task.state)})",
+                subject=f"tasks/{task_id}",
+            )
+        was_running = task.state == TaskState.STATE_RUNNING
+        agent_id, attempt_id = task.agent_id, task.attempt_id
+        done = self._record([events.task_cancelled(task_id, reason or "cancelled by caller",
+                                                   agent_id if was_running else "")])
+        if was_running:
+            self._end_lease(agent_id, attempt_id)
+            session = self.sessions.get(agent_id)
+            if session is not None:
+                session.send_cancellation(task_id, attempt_id, reason or "cancelled")
+        self._notify(task)
+        await done
+        return task.to_proto()
+
+    async def watch_task(self, task_id: str) -> AsyncIterator[task_pb2.Task]:
+        """The task now, then after each change, until it ends."""
+        task = self._task(task_id)
+        queue: asyncio.Queue[task_pb2.Task | None] = asyncio.Queue()
+        watchers = self._watchers.setdefault(task_id, set())
+        watchers.add(queue)
+        try:
+            current = task.to_proto()
+            yield current
+            while current.state not in _TERMINAL and not self._stopping:
+                update = await queue.get()
+                if update is None:
+                    return
+                current = update
+                yield current
+        finally:
+            watchers.discard(queue)
+            if not watchers:
+                self._watchers.pop(task_id, None)
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def _is_ready(self, task_id: str) -> bool:
+        task = self.state.tasks.get(task_id)
+        return task is not None and task.state == TaskState.STATE_QUEUED
+
+    def _dispatch(self) -> None:
+        self._dispatch_scheduled = False
+        if self._stopping:
+            return
+        leases = self.scheduler.assign(self._is_ready)
+        if not leases:
+            return
+        epoch = self.state.epoch
+        now = time.monotonic()
+        batch: list[event_pb2.Event] = []
+        per_agent: dict[str, list[link_pb2.TaskAssignment]] = {}
+        for task_id, agent_id in leases:
+            task = self.state.tasks[task_id]
+            attempt_id = f"a-{epoch}-{next(self._attempt_ids)}"
+            event = events.task_leased(task_id, attempt_id, task.attempts + 1, agent_id)
+            self.state.apply(event)
+            batch.append(event)
+            self.sessions[agent_id].leases[attempt_id] = task_id
+            per_agent.setdefault(agent_id, []).append(_assignment(task))
+            queued_at = self._queued_at.pop(task_id, None)
+            if queued_at is not None:
+                self.metrics.dispatch_seconds.observe(now - queued_at)
+            self._notify(task)
+        for agent_id, assignments in per_agent.items():
+            self.sessions[agent_id].send_assignments(assignments)
+        self.journal.record(batch)
+
+    def _end_lease(self, agent_id: str, attempt_id: str) -> None:
+        session = self.sessions.get(agent_id)
+        if session is not None and session.leases.pop(attempt_id, None) is not None:
+            self.scheduler.release(agent_id)
+            self._schedule_dispatch()
+
+    # -- agents ------------------------------------------------------------------------
+
+    async def open_session(self, hello: link_pb2.AgentHello) -> AgentSession:
+        """Registers or resumes an agent and returns its session, welcome queued."""
+        self._require_open()
+        token = hello.resume_token
+        agent_id = self.state.agents_by_token.get(_sha256(token)) if token else None
+        batch: list[event_pb2.Event] = []
+        resumed = agent_id is not None
+        if agent_id is None:
+            token = secrets.token_urlsafe(24)
+            agent_id = f"ag-{self.state.epoch}-{next(self._agent_ids)}"
+            name = hello.name or f"{hello.role}-{agent_id}"
+            registered = event_pb2.AgentRegistered(
+                agent_id=agent_id,
+                name=name,
+                role=hello.role,
+                actions=hello.actions,
+                capacity=hello.capacity or 1,
+                labels=hello.labels,
+                resume_token_sha256=_sha256(token),
+                version=hello.version,
+            )
+            batch.append(events.agent_registered(registered))
+        else:
+            name = self.state.agents[agent_id].name
+        for other in self.sessions.values():
+            if other.name == name and other.agent_id != agent_id:
+                raise AlreadyExists(
+                    f"an agent named {name!r} is already connected", reason="AGENT_NAME_TAKEN"
+                )
+        previous = self.sessions.get(agent_id)
+        if previous is not None:
+            self.close_session(previous, "replaced by a new link of the same agent")
+        capacity = hello.capacity or 1
+        batch.append(events.agent_connected(agent_id, resumed, capacity))
+        done = self._record(batch)
+        agent = self.state.agents[agent_id]
+        if resumed:
+            agent.actions = list(hello.actions)
+            agent.labels = dict(hello.labels)
+        session = AgentSession(agent_id, name, capacity)
+        self.sessions[agent_id] = session
+        welcome = link_pb2.AgentWelcome(agent_id=agent_id, name=name, resume_token=token,
+                                        resumed=resumed)
+        welcome.heartbeat_interval.FromNanoseconds(int(self.settings.heartbeat_interval * 1e9))
+        welcome.heartbeat_timeout.FromNanoseconds(int(self.settings.heartbeat_timeout * 1e9))
+        session.send_welcome(welcome)
+        await done
+        if not session.closed:
+            self.scheduler.add_agent(agent_id, agent.pools(), capacity)
+            self.metrics.agents_connected.set(len(self.sessions))
+            self._schedule_dispatch()
+        log.info("agent connected", extra={"agent_id": agent_id, "agent": name,
+                                           "role": hello.role, "resumed": resumed})
+        return session
+
+    def on_agent_message(self, session: AgentSession, message: link_pb2.AgentMessage) -> None:
+        """Folds in what an agent reported: results, progress, logs, drain, releases."""
+        if session.closed:
+            return
+        session.last_seen = time.monotonic()
+        agent = self.state.agents[session.agent_id]
+        agent.last_seen = time.time()
+        batch: list[event_pb2.Event] = []
+        changed: list[TaskRecord] = []
+        for result in message.results:
+            task = self._current_task(session, result.task_id, result.attempt_id)
+            if task is None:
+                self.metrics.results.labels("stale").inc()
+                log.debug("dropped stale result", extra={"task_id": result.task_id,
+                                                         "attempt_id": result.attempt_id})
+                continue
+            del session.leases[result.attempt_id]
+            self.scheduler.release(session.agent_id)
+            if result.WhichOneof("outcome") == "error":
+                error = result.error
+                final = not error.retryable or task.failures + 1 >= task.max_attempts
+                event = events.task_attempt_failed(task.id, result.attempt_id, session.agent_id,
+                                                   error, final)
+                self.metrics.results.labels("failed").inc()
+            else:
+                event = events.task_succeeded(
+                    task.id, result.attempt_id, session.agent_id,
+                    result.output if result.HasField("output") else None,
+                )
+                self.metrics.results.labels("succeeded").inc()
+            self.state.apply(event)
+            batch.append(event)
+            if task.state == TaskState.STATE_QUEUED:
+                self._enqueue(task)
+            changed.append(task)
+        for attempt_id in message.released_attempt_ids:
+            task_id = session.leases.get(attempt_id)
+            task = self._current_task(session, task_id or "", attempt_id)
+            if task is None:
+                continue
+            del session.leases[attempt_id]
+            self.scheduler.release(session.agent_id)
+            event = events.task_requeued(task.id, attempt_id, session.agent_id,
+                                         "released by agent", lost=False)
+            self.state.apply(event)
+            batch.append(event)
+            self.metrics.requeued.labels("released").inc()
+            self._enqueue(task)
+            changed.append(task)
+        for progress in message.progress:
+            task = self._current_task(session, progress.task_id, progress.attempt_id)
+            if task is not None:
+                report = task_pb2.TaskProgressReport(fraction=progress.fraction,
+                                                     message=progress.message)
+                report.time.GetCurrentTime()
+                task.progress = report
+                changed.append(task)
+        for line in message.logs:
+            log.debug("agent log", extra={"agent": session.name, "task_id": line.task_id,
+                                          "agent_level": line.level, "text": line.message})
+        if message.draining and not session.draining:
+            session.draining = True
+            agent.state = AgentState.STATE_DRAINING
+            self.scheduler.remove_agent(session.agent_id)
+        if batch:
+            self.journal.record(batch)
+            self._schedule_dispatch()
+        for task in changed:
+            self._notify(task)
+
+    def _current_task(self, session: AgentSession, task_id: str, attempt_id: str) -> TaskRecord | None:
+        if session.leases.get(attempt_id) != task_id:
+            return None
+        task = self.state.tasks.get(task_id)
+        if task is None or task.state != TaskState.STATE_RUNNING or task.attempt_id != attempt_id:
+            session.leases.pop(attempt_id, None)
+            return None
+        return task
+
+    def close_session(self, session: AgentSession, reason: str) -> None:
+        """Ends an agent's link; unless the coordinator is stopping, its leases go back
+        to the queue as lost attempts."""
+        if self.sessions.get(session.agent_id) is not session:
+            session.close(reason)
+            return
+        session.close(reason)
+        del self.sessions[session.agent_id]
+        self.scheduler.remove_agent(session.agent_id)
+        self.metrics.agents_connected.set(len(self.sessions))
+        if self._stopping:
+            return
+        batch: list[event_pb2.Event] = []
+        requeued: list[TaskRecord] = []
+        for attempt_id, task_id in session.leases.items():
+            task = self.state.tasks.get(task_id)
+            if task is None or task.state != TaskState.STATE_RUNNING or task.attempt_id != attempt_id:
+                continue
+            final = task.failures + 1 >= task.max_attempts
+            if final:
+                error = task_pb2.TaskError(code="AGENT_LOST",
+                                           message=f"agent {session.name} was lost: {reason}")
+                batch.append(events.task_attempt_failed(task_id, attempt_id, session.agent_id,
+                                                        error, final=True))
+            else:
+                batch.append(events.task_requeued(task_id, attempt_id, session.agent_id,
+                                                  f"agent lost: {reason}", lost=True))
+                self.metrics.requeued.labels("agent_lost").inc()
+            requeued.append(task)
+        session.leases.clear()
+        batch.append(events.agent_disconnected(session.agent_id, reason))
+        self._record(batch)
+        for task in requeued:
+            if task.state == TaskState.STATE_QUEUED:
+                self._enqueue(task)
+            self._notify(task)
+        log.info("agent disconnected", extra={"agent_id": session.agent_id,
+                                              "agent": session.name, "reason": reason})
+
+    def get_agent(self, agent_id: str) -> agent_pb2.Agent:
+        """The agent with this id, or NotFound."""
+        agent = self.state.agents.get(agent_id)
+        if agent is None:
+            raise NotFound("agent", agent_id)
+        return _agent_proto(agent)
+
+    def list_agents(
+        self, page_size: int = 0, page_token: str = "", state: int = 0, role: str = ""
+    ) -> tuple[list[agent_pb2.Agent], str]:
+        """A page of registered agents, oldest first, optionally of one state or role."""
+        size = page_size or 100
+        ids = list(self.state.agents)
+        start = _page_start(page_token, len(ids))
+        page: list[agent_pb2.Agent] = []
+        index = start
+        while index < len(ids) and len(page) < size:
+            agent = self.state.agents[ids[index]]
+            index += 1
+            if (not state or agent.state == state) and (not role or agent.role == role):
+                page.append(_agent_proto(agent))
+        return page, (str(index) if index < len(ids) else "")
+
+    # -- background checks -------------------------------------------------------------
+
+    async def _sweep(self) -> None:
+        """Drops silent agents, fails overdue tasks, and snapshots when idle."""
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if now - session.last_seen > self.settings.heartbeat_timeout:
+                    self.close_session(session, "heartbeat timeout")
+            self._expire_deadlines(time.time())
+            if (
+                self._events_since_snapshot >= self.settings.snapshot_every
+                and self.journal.idle
+            ):
+                await self._snapshot()
+
+    def _expire_deadlines(self, now: float) -> None:
+        batch: list[event_pb2.Event] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, task_id = heapq.heappop(self._deadlines)
+            task = self.state.tasks.get(task_id)
+            if task is None or task.terminal:
+                continue
+            error = task_pb2.TaskError(code="DEADLINE_EXCEEDED",
+                                       message="the task's deadline passed before it finished")
+            if task.state == TaskState.STATE_RUNNING:
+                agent_id, attempt_id = task.agent_id, task.attempt_id
+                event = events.task_attempt_failed(task_id, attempt_id, agent_id, error, final=True)
+                self.state.apply(event)
+                self._end_lease(agent_id, attempt_id)
+                session = self.sessions.get(agent_id)
+                if session is not None:
+                    session.send_cancellation(task_id, attempt_id, "deadline exceeded")
+            else:
+                event = events.task_attempt_failed(task_id, task.attempt_id, "", error, final=True)
+                self.state.apply(event)
+            batch.append(event)
+            self._notify(task)
+        if batch:
+            self.journal.record(batch)
+
+
+_TERMINAL = (TaskState.STATE_SUCCEEDED, TaskState.STATE_FAILED, TaskState.STATE_CANCELLED)
+
+
+def _page_start(token: str, limit: int) -> int:
+    """The index a page token stands for; INVALID_ARGUMENT for anything else."""
+    if not token:
+        return 0
+    if not token.isdigit() or int(token) > limit:
+        raise InvalidArgument([FieldViolation("pageToken", "is not a token from a previous page")])
+    return int(token)
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _agent_proto(agent: AgentRecord) -> agent_pb2.Agent:
+    return agent.to_proto()
+
+
+def _assignment(task: TaskRecord) -> link_pb2.TaskAssignment:
+    spec = task.spec
+    assignment = link_pb2.TaskAssignment(
+        task_id=task.id,
+        attempt_id=task.attempt_id,
+        attempt=task.attempts,
+        title=spec.title,
+        role=spec.role,
+        action=spec.action,
+        priority=spec.priority or "normal",
+        idempotency_key=spec.idempotency_key or f"task:{task.id}",
+        labels=spec.labels,
+    )
+    if spec.HasField("payload"):
+        assignment.payload.CopyFrom(spec.payload)
+    if spec.HasField("timeout"):
+        assignment.timeout.CopyFrom(spec.timeout)
+    return assignment

@@ -1,0 +1,125 @@
+"""Builders for the coordinator's events: one small function per event type.
+
+Every state change starts here as a `godel.v1.Event`; `state.CoordinatorState.apply`
+folds it into memory and the journal makes it durable. Keeping construction in one
+place keeps stream names and agent indexing consistent.
+"""
+
+from __future__ import annotations
+
+import time
+
+from google.protobuf import struct_pb2
+
+from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
+
+Event = event_pb2.Event
+SCHEMA_VERSION = 1
+
+
+def _event(stream: str, agent_id: str = "") -> event_pb2.Event:
+    event = event_pb2.Event(stream=stream, agent_id=agent_id, schema_version=SCHEMA_VERSION)
+    event.time.FromNanoseconds(time.time_ns())
+    return event
+
+
+def type_name(event: event_pb2.Event) -> str:
+    """The event's type as the API names it: "task.submitted" for `task_submitted`."""
+    return (event.WhichOneof("payload") or "unknown").replace("_", ".", 1)
+
+
+def task_stream(task_id: str) -> str:
+    """Name of a task's stream."""
+    return f"task/{task_id}"
+
+
+def agent_stream(agent_id: str) -> str:
+    """Name of an agent's stream."""
+    return f"agent/{agent_id}"
+
+
+def coordinator_started(epoch: int, version: str) -> event_pb2.Event:
+    event = _event("coordinator")
+    event.coordinator_started.epoch = epoch
+    event.coordinator_started.version = version
+    return event
+
+
+def task_submitted(task: task_pb2.Task) -> event_pb2.Event:
+    event = _event(task_stream(task.id))
+    event.task_submitted.task.CopyFrom(task)
+    return event
+
+
+def task_leased(task_id: str, attempt_id: str, attempt: int, agent_id: str) -> event_pb2.Event:
+    event = _event(task_stream(task_id), agent_id)
+    leased = event.task_leased
+    leased.task_id = task_id
+    leased.attempt_id = attempt_id
+    leased.attempt = attempt
+    leased.agent_id = agent_id
+    return event
+
+
+def task_succeeded(
+    task_id: str, attempt_id: str, agent_id: str, output: struct_pb2.Struct | None
+) -> event_pb2.Event:
+    event = _event(task_stream(task_id), agent_id)
+    succeeded = event.task_succeeded
+    succeeded.task_id = task_id
+    succeeded.attempt_id = attempt_id
+    if output is not None:
+        succeeded.output.CopyFrom(output)
+    return event
+
+
+def task_attempt_failed(
+    task_id: str, attempt_id: str, agent_id: str, error: task_pb2.TaskError, final: bool
+) -> event_pb2.Event:
+    event = _event(task_stream(task_id), agent_id)
+    failed = event.task_attempt_failed
+    failed.task_id = task_id
+    failed.attempt_id = attempt_id
+    failed.error.CopyFrom(error)
+    failed.final = final
+    return event
+
+
+def task_requeued(
+    task_id: str, attempt_id: str, agent_id: str, reason: str, lost: bool
+) -> event_pb2.Event:
+    event = _event(task_stream(task_id), agent_id)
+    requeued = event.task_requeued
+    requeued.task_id = task_id
+    requeued.attempt_id = attempt_id
+    requeued.reason = reason
+    requeued.lost = lost
+    return event
+
+
+def task_cancelled(task_id: str, reason: str, agent_id: str = "") -> event_pb2.Event:
+    event = _event(task_stream(task_id), agent_id)
+    event.task_cancelled.task_id = task_id
+    event.task_cancelled.reason = reason
+    return event
+
+
+def agent_registered(registered: event_pb2.AgentRegistered) -> event_pb2.Event:
+    event = _event(agent_stream(registered.agent_id), registered.agent_id)
+    event.agent_registered.CopyFrom(registered)
+    return event
+
+
+def agent_connected(agent_id: str, resumed: bool, capacity: int) -> event_pb2.Event:
+    event = _event(agent_stream(agent_id), agent_id)
+    event.agent_connected.agent_id = agent_id
+    event.agent_connected.resumed = resumed
+    event.agent_connected.capacity = capacity
+    return event
+
+
+def agent_disconnected(agent_id: str, reason: str) -> event_pb2.Event:
+    event = _event(agent_stream(agent_id), agent_id)
+    event.agent_disconnected.agent_id = agent_id
+    event.agent_disconnected.reason = reason
+    return event

@@ -1,0 +1,178 @@
+"""In-memory records of tasks and agents: the coordinator's projection of its events.
+
+Plain slotted classes instead of protobuf messages, because the dispatcher touches them
+on every lease and result; they turn into API messages only when a caller asks.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from godel_grpc._proto.godel.v1 import agent_pb2, task_pb2
+
+TaskState = task_pb2.Task.State
+AgentState = agent_pb2.Agent.State
+
+PRIORITY_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
+"""Lower rank is leased first."""
+
+DEFAULT_MAX_ATTEMPTS = 3
+TERMINAL_TASK_STATES = frozenset(
+    {TaskState.STATE_SUCCEEDED, TaskState.STATE_FAILED, TaskState.STATE_CANCELLED}
+)
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp for a Unix time in seconds."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+class TaskRecord:
+    """One task as the coordinator knows it.
+
+    `spec` is the accepted Task message (its request fields); everything else is the
+    task's changing state, folded from events.
+    """
+
+    __slots__ = (
+        "agent_id",
+        "attempt_id",
+        "attempts",
+        "create_time",
+        "deadline",
+        "end_time",
+        "error",
+        "failures",
+        "id",
+        "max_attempts",
+        "output",
+        "pool",
+        "priority_rank",
+        "progress",
+        "spec",
+        "start_time",
+        "state",
+    )
+
+    def __init__(self, spec: task_pb2.Task, create_time: float) -> None:
+        self.id = spec.id
+        self.spec = spec
+        self.state = TaskState.STATE_QUEUED
+        self.pool = pool_of(spec)
+        self.priority_rank = PRIORITY_RANK.get(spec.priority or "normal", 2)
+        self.max_attempts = spec.max_attempts or DEFAULT_MAX_ATTEMPTS
+        self.deadline = (
+            spec.deadline.ToNanoseconds() / 1e9 if spec.HasField("deadline") else None
+        )
+        self.attempts = 0
+        self.failures = 0
+        self.agent_id = ""
+        self.attempt_id = ""
+        self.output: struct_pb2.Struct | None = None
+        self.error: task_pb2.TaskError | None = None
+        self.progress: task_pb2.TaskProgressReport | None = None
+        self.create_time = create_time
+        self.start_time = 0.0
+        self.end_time = 0.0
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the task has ended for good."""
+        return self.state in TERMINAL_TASK_STATES
+
+    def to_proto(self) -> task_pb2.Task:
+        """The task as the API shows it."""
+        task = task_pb2.Task()
+        task.CopyFrom(self.spec)
+        task.state = self.state
+        task.attempts = self.attempts
+        task.agent_id = self.agent_id
+        task.attempt_id = self.attempt_id
+        task.failed_attempts = self.failures
+        if self.output is not None:
+            task.output.CopyFrom(self.output)
+        if self.error is not None:
+            task.error.CopyFrom(self.error)
+        if self.progress is not None:
+            task.progress.CopyFrom(self.progress)
+        task.create_time.CopyFrom(timestamp(self.create_time))
+        if self.start_time:
+            task.start_time.CopyFrom(timestamp(self.start_time))
+        if self.end_time:
+            task.end_time.CopyFrom(timestamp(self.end_time))
+        return task
+
+
+def pool_of(spec: task_pb2.Task) -> str:
+    """The pool a task targets: `role:NAME` or `action:NAME`."""
+    target = spec.WhichOneof("target")
+    if target == "action":
+        return f"action:{spec.action}"
+    return f"role:{spec.role}"
+
+
+class AgentRecord:
+    """One registered agent identity and its counters."""
+
+    __slots__ = (
+        "actions",
+        "capacity",
+        "connect_time",
+        "create_time",
+        "id",
+        "in_flight",
+        "labels",
+        "last_seen",
+        "name",
+        "resume_token_sha256",
+        "role",
+        "state",
+        "tasks_completed",
+        "tasks_failed",
+        "version",
+    )
+
+    def __init__(self, agent_id: str, name: str, role: str, create_time: float) -> None:
+        self.id = agent_id
+        self.name = name
+        self.role = role
+        self.actions: list[str] = []
+        self.capacity = 1
+        self.labels: dict[str, str] = {}
+        self.resume_token_sha256 = ""
+        self.version = ""
+        self.state = AgentState.STATE_DISCONNECTED
+        self.in_flight = 0
+        self.tasks_completed = 0
+        self.tasks_failed = 0
+        self.create_time = create_time
+        self.connect_time = 0.0
+        self.last_seen = 0.0
+
+    def pools(self) -> list[str]:
+        """The pools this agent serves."""
+        return [f"role:{self.role}", *(f"action:{a}" for a in self.actions)]
+
+    def to_proto(self) -> agent_pb2.Agent:
+        """The agent as the API shows it."""
+        agent = agent_pb2.Agent(
+            id=self.id,
+            name=self.name,
+            role=self.role,
+            actions=self.actions,
+            capacity=self.capacity,
+            labels=self.labels,
+            state=self.state,
+            in_flight=self.in_flight,
+            tasks_completed=self.tasks_completed,
+            tasks_failed=self.tasks_failed,
+            version=self.version,
+        )
+        agent.create_time.CopyFrom(timestamp(self.create_time))
+        if self.connect_time:
+            agent.connect_time.CopyFrom(timestamp(self.connect_time))
+        if self.last_seen:
+            agent.last_seen_time.CopyFrom(timestamp(self.last_seen))
+        return agent

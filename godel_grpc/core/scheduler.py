@@ -1,0 +1,125 @@
+"""Which queued task goes to which agent: pure policy, no I/O.
+
+Every task targets exactly one pool (`role:NAME`, `action:NAME`, later queues,
+partitions and swarms); every agent serves a set of pools and has a number of free
+slots (its capacity minus its leases). `assign` leases ready tasks, highest priority
+then oldest first, to agents with free slots, rotating among a pool's agents so work
+spreads out. Only pools that changed since the last call are visited, which keeps a
+dispatch round proportional to what happened, not to the fleet's size.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class _Pool:
+    queue: list[tuple[int, int, str]] = field(default_factory=list)
+    agents: list[str] = field(default_factory=list)
+    cursor: int = 0
+
+
+class Scheduler:
+    """Pools of queued tasks and the agents that serve them."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, _Pool] = {}
+        self._free: dict[str, int] = {}
+        self._agent_pools: dict[str, tuple[str, ...]] = {}
+        self._dirty: set[str] = set()
+        self._sequence = itertools.count()
+
+    def _pool(self, name: str) -> _Pool:
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = self._pools[name] = _Pool()
+        return pool
+
+    @property
+    def has_work(self) -> bool:
+        """Whether some pool changed since the last `assign`."""
+        return bool(self._dirty)
+
+    def enqueue(self, task_id: str, pool: str, priority_rank: int) -> None:
+        """Adds a ready task; lower `priority_rank` goes first, then older tasks."""
+        heapq.heappush(self._pool(pool).queue, (priority_rank, next(self._sequence), task_id))
+        self._dirty.add(pool)
+
+    def queued(self, pool: str) -> int:
+        """Entries waiting in a pool (cancelled tasks leave until popped)."""
+        found = self._pools.get(pool)
+        return len(found.queue) if found else 0
+
+    def add_agent(self, agent_id: str, pools: Iterable[str], free: int) -> None:
+        """Registers an agent with `free` slots for the given pools."""
+        self.remove_agent(agent_id)
+        names = tuple(dict.fromkeys(pools))
+        self._agent_pools[agent_id] = names
+        self._free[agent_id] = max(0, free)
+        for name in names:
+            self._pool(name).agents.append(agent_id)
+            self._dirty.add(name)
+
+    def remove_agent(self, agent_id: str) -> None:
+        """Stops leasing to an agent (disconnected or draining)."""
+        for name in self._agent_pools.pop(agent_id, ()):
+            pool = self._pools[name]
+            pool.agents.remove(agent_id)
+            if pool.cursor >= len(pool.agents):
+                pool.cursor = 0
+        self._free.pop(agent_id, None)
+
+    def free_slots(self, agent_id: str) -> int:
+        """Free slots of an agent, 0 if unknown."""
+        return self._free.get(agent_id, 0)
+
+    def release(self, agent_id: str, slots: int = 1) -> None:
+        """Gives an agent back `slots` slots (an attempt ended)."""
+        if agent_id in self._free:
+            self._free[agent_id] += slots
+            self._dirty.update(self._agent_pools[agent_id])
+
+    def assign(self, is_ready: Callable[[str], bool]) -> list[tuple[str, str]]:
+        """Leases ready tasks to agents with free slots.
+
+        Args:
+            is_ready: whether a queued task id may still be leased (a cancelled task
+                stays in its heap until it surfaces here and is dropped).
+
+        Returns:
+            (task id, agent id) pairs, in lease order.
+        """
+        leases: list[tuple[str, str]] = []
+        dirty, self._dirty = self._dirty, set()
+        for name in dirty:
+            pool = self._pools.get(name)
+            if pool is None:
+                continue
+            queue = pool.queue
+            while queue:
+                task_id = queue[0][2]
+                if not is_ready(task_id):
+                    heapq.heappop(queue)
+                    continue
+                agent_id = self._next_free_agent(pool)
+                if agent_id is None:
+                    break
+                heapq.heappop(queue)
+                self._free[agent_id] -= 1
+                leases.append((task_id, agent_id))
+        return leases
+
+    def _next_free_agent(self, pool: _Pool) -> str | None:
+        agents = pool.agents
+        count = len(agents)
+        for step in range(count):
+            index = (pool.cursor + step) % count
+            agent_id = agents[index]
+            if self._free[agent_id] > 0:
+                pool.cursor = (index + 1) % count
+                return agent_id
+        return None

@@ -1,0 +1,77 @@
+"""One connected agent's link state: its leases and its outgoing message buffer.
+
+Liveness, not durable state: a session lives as long as the agent's stream, and is
+rebuilt when the agent reconnects. Everything queued for the agent while the stream is
+busy is merged into one CoordinatorMessage, so a burst of assignments costs one
+streamed message, not one per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+
+from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as link_pb2
+
+
+class AgentSession:
+    """The coordinator's side of one open agent link."""
+
+    def __init__(self, agent_id: str, name: str, capacity: int) -> None:
+        self.agent_id = agent_id
+        self.name = name
+        self.capacity = capacity
+        self.leases: dict[str, str] = {}
+        """Attempt id → task id, for every attempt leased on this link and not finished."""
+        self.last_seen = time.monotonic()
+        self.draining = False
+        self.close_reason = ""
+        self._pending: link_pb2.CoordinatorMessage | None = None
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the link has been closed by either side."""
+        return self._closed
+
+    def _message(self) -> link_pb2.CoordinatorMessage:
+        if self._pending is None:
+            self._pending = link_pb2.CoordinatorMessage()
+            self._ready.set()
+        return self._pending
+
+    def send_welcome(self, welcome: link_pb2.AgentWelcome) -> None:
+        """Queues the welcome; it is the first thing the agent receives."""
+        self._message().welcome.CopyFrom(welcome)
+
+    def send_assignments(self, assignments: Iterable[link_pb2.TaskAssignment]) -> None:
+        """Queues new leases for the agent."""
+        self._message().assignments.extend(assignments)
+
+    def send_cancellation(self, task_id: str, attempt_id: str, reason: str) -> None:
+        """Tells the agent to stop an attempt."""
+        self._message().cancellations.add(task_id=task_id, attempt_id=attempt_id, reason=reason)
+
+    def send_drain(self) -> None:
+        """Asks the agent to finish its work and disconnect."""
+        self._message().drain = True
+
+    def close(self, reason: str) -> None:
+        """Ends the outgoing stream after whatever is already queued."""
+        if not self._closed:
+            self._closed = True
+            self.close_reason = reason
+            self._ready.set()
+
+    async def outgoing(self) -> AsyncIterator[link_pb2.CoordinatorMessage]:
+        """Yields merged messages for the agent until the session closes."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            message, self._pending = self._pending, None
+            if message is not None:
+                yield message
+            if self._closed and self._pending is None:
+                return

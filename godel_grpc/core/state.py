@@ -1,0 +1,226 @@
+"""The coordinator's state as a fold over its events.
+
+`apply` is the only way tasks and agents change. Live commands build events, apply them
+and journal them; a restart loads the latest snapshot and applies the later events with
+the same function, so recovered state is the live state by construction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
+from godel_grpc.core.records import AgentRecord, AgentState, TaskRecord, TaskState
+
+
+class CoordinatorState:
+    """Tasks, agents and the indexes the API needs, folded from events."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskRecord] = {}
+        self.agents: dict[str, AgentRecord] = {}
+        self.idempotency: dict[str, str] = {}
+        self.agents_by_token: dict[str, str] = {}
+        self.epoch = 0
+        self.position = 0
+        self.task_counts: Counter[int] = Counter()
+
+    # -- folding ---------------------------------------------------------------------
+
+    def apply(self, event: event_pb2.Event) -> None:
+        """Folds one event into the state."""
+        kind = event.WhichOneof("payload")
+        handler = _HANDLERS.get(kind or "")
+        if handler is not None:
+            handler(self, event)
+        if event.id:
+            self.position = event.id
+
+    def _set_task_state(self, task: TaskRecord, state: int) -> None:
+        self.task_counts[task.state] -= 1
+        self.task_counts[state] += 1
+        task.state = state  # type: ignore[assignment]
+
+    def _on_coordinator_started(self, event: event_pb2.Event) -> None:
+        self.epoch = max(self.epoch, event.coordinator_started.epoch)
+
+    def _on_task_submitted(self, event: event_pb2.Event) -> None:
+        spec = event.task_submitted.task
+        task = TaskRecord(spec, event.time.ToNanoseconds() / 1e9)
+        self.tasks[task.id] = task
+        self.task_counts[task.state] += 1
+        if spec.idempotency_key:
+            self.idempotency[spec.idempotency_key] = task.id
+
+    def _on_task_leased(self, event: event_pb2.Event) -> None:
+        leased = event.task_leased
+        task = self.tasks[leased.task_id]
+        self._set_task_state(task, TaskState.STATE_RUNNING)
+        task.attempts = leased.attempt
+        task.attempt_id = leased.attempt_id
+        task.agent_id = leased.agent_id
+        task.start_time = event.time.ToNanoseconds() / 1e9
+        task.progress = None
+        agent = self.agents.get(leased.agent_id)
+        if agent is not None:
+            agent.in_flight += 1
+
+    def _release_agent_slot(self, agent_id: str, failed: bool) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            return
+        agent.in_flight = max(0, agent.in_flight - 1)
+        agent.tasks_completed += 1
+        if failed:
+            agent.tasks_failed += 1
+
+    def _on_task_succeeded(self, event: event_pb2.Event) -> None:
+        succeeded = event.task_succeeded
+        task = self.tasks[succeeded.task_id]
+        self._set_task_state(task, TaskState.STATE_SUCCEEDED)
+        task.output = succeeded.output
+        task.end_time = event.time.ToNanoseconds() / 1e9
+        self._release_agent_slot(task.agent_id, failed=False)
+
+    def _on_task_attempt_failed(self, event: event_pb2.Event) -> None:
+        failed = event.task_attempt_failed
+        task = self.tasks[failed.task_id]
+        task.failures += 1
+        task.error = failed.error
+        if failed.final:
+            self._set_task_state(task, TaskState.STATE_FAILED)
+            task.end_time = event.time.ToNanoseconds() / 1e9
+        else:
+            self._set_task_state(task, TaskState.STATE_QUEUED)
+        self._release_agent_slot(task.agent_id, failed=True)
+
+    def _on_task_requeued(self, event: event_pb2.Event) -> None:
+        requeued = event.task_requeued
+        task = self.tasks[requeued.task_id]
+        if requeued.lost:
+            task.failures += 1
+        self._set_task_state(task, TaskState.STATE_QUEUED)
+        agent = self.agents.get(task.agent_id)
+        if agent is not None:
+            agent.in_flight = max(0, agent.in_flight - 1)
+
+    def _on_task_cancelled(self, event: event_pb2.Event) -> None:
+        cancelled = event.task_cancelled
+        task = self.tasks[cancelled.task_id]
+        if task.state == TaskState.STATE_RUNNING:
+            agent = self.agents.get(task.agent_id)
+            if agent is not None:
+                agent.in_flight = max(0, agent.in_flight - 1)
+        self._set_task_state(task, TaskState.STATE_CANCELLED)
+        task.error = task_pb2.TaskError(code="CANCELLED", message=cancelled.reason)
+        task.end_time = event.time.ToNanoseconds() / 1e9
+
+    def _on_agent_registered(self, event: event_pb2.Event) -> None:
+        registered = event.agent_registered
+        agent = AgentRecord(
+            registered.agent_id,
+            registered.name,
+            registered.role,
+            event.time.ToNanoseconds() / 1e9,
+        )
+        agent.actions = list(registered.actions)
+        agent.capacity = registered.capacity
+        agent.labels = dict(registered.labels)
+        agent.version = registered.version
+        agent.resume_token_sha256 = registered.resume_token_sha256
+        self.agents[agent.id] = agent
+        if agent.resume_token_sha256:
+            self.agents_by_token[agent.resume_token_sha256] = agent.id
+
+    def _on_agent_connected(self, event: event_pb2.Event) -> None:
+        connected = event.agent_connected
+        agent = self.agents[connected.agent_id]
+        agent.state = AgentState.STATE_READY
+        agent.capacity = connected.capacity
+        agent.connect_time = event.time.ToNanoseconds() / 1e9
+        agent.last_seen = agent.connect_time
+
+    def _on_agent_disconnected(self, event: event_pb2.Event) -> None:
+        agent = self.agents[event.agent_disconnected.agent_id]
+        agent.state = AgentState.STATE_DISCONNECTED
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def to_snapshot(self) -> event_pb2.CoordinatorSnapshot:
+        """Everything needed to rebuild this state without the events before `position`."""
+        snapshot = event_pb2.CoordinatorSnapshot(position=self.position, epoch=self.epoch)
+        snapshot.tasks.extend(task.to_proto() for task in self.tasks.values())
+        for agent in self.agents.values():
+            snapshot.agents.add(
+                agent_id=agent.id,
+                name=agent.name,
+                role=agent.role,
+                actions=agent.actions,
+                capacity=agent.capacity,
+                labels=agent.labels,
+                resume_token_sha256=agent.resume_token_sha256,
+                version=agent.version,
+            )
+        return snapshot
+
+    @classmethod
+    def from_snapshot(cls, snapshot: event_pb2.CoordinatorSnapshot) -> CoordinatorState:
+        """Rebuilds the state a snapshot recorded."""
+        state = cls()
+        state.position = snapshot.position
+        state.epoch = snapshot.epoch
+        for registered in snapshot.agents:
+            event = event_pb2.Event()
+            event.agent_registered.CopyFrom(registered)
+            state._on_agent_registered(event)
+        for proto in snapshot.tasks:
+            spec = task_pb2.Task()
+            spec.CopyFrom(proto)
+            for name in _TASK_STATE_FIELDS:
+                spec.ClearField(name)
+            task = TaskRecord(spec, proto.create_time.ToNanoseconds() / 1e9)
+            task.state = proto.state
+            task.attempts = proto.attempts
+            task.agent_id = proto.agent_id
+            task.attempt_id = proto.attempt_id
+            task.output = proto.output if proto.HasField("output") else None
+            task.error = proto.error if proto.HasField("error") else None
+            task.start_time = proto.start_time.ToNanoseconds() / 1e9
+            task.end_time = proto.end_time.ToNanoseconds() / 1e9
+            task.failures = proto.failed_attempts
+            state.tasks[task.id] = task
+            state.task_counts[task.state] += 1
+            if spec.idempotency_key:
+                state.idempotency[spec.idempotency_key] = task.id
+            agent = state.agents.get(task.agent_id)
+            if agent is not None and task.state == TaskState.STATE_RUNNING:
+                agent.in_flight += 1
+        return state
+
+
+_TASK_STATE_FIELDS = (
+    "state",
+    "attempts",
+    "agent_id",
+    "attempt_id",
+    "output",
+    "error",
+    "progress",
+    "create_time",
+    "start_time",
+    "end_time",
+    "failed_attempts",
+)
+
+_HANDLERS = {
+    "coordinator_started": CoordinatorState._on_coordinator_started,
+    "task_submitted": CoordinatorState._on_task_submitted,
+    "task_leased": CoordinatorState._on_task_leased,
+    "task_succeeded": CoordinatorState._on_task_succeeded,
+    "task_attempt_failed": CoordinatorState._on_task_attempt_failed,
+    "task_requeued": CoordinatorState._on_task_requeued,
+    "task_cancelled": CoordinatorState._on_task_cancelled,
+    "agent_registered": CoordinatorState._on_agent_registered,
+    "agent_connected": CoordinatorState._on_agent_connected,
+    "agent_disconnected": CoordinatorState._on_agent_disconnected,
+}

@@ -1,0 +1,26 @@
+"""Handlers of the demo's Python agents: small stand-ins for real work.
+
+Run as `godel agent --handler godel_grpc.demo.handlers:NAME`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from godel_grpc.agent import TaskContext
+
+
+async def design(task: TaskContext) -> dict[str, Any]:
+    """Pretends to design something, reporting progress on the way."""
+    steps = ["read the brief", "sketch components", "write the plan"]
+    for index, step in enumerate(steps, start=1):
+        await task.progress(index / len(steps), step)
+        await asyncio.sleep(0.05)
+    return {"design": f"plan for {task.title!r}", "components": 3}
+
+
+async def review(task: TaskContext) -> dict[str, Any]:
+    """Pretends to review a change: approves anything with a non-empty payload."""
+    await asyncio.sleep(0.02)
+    return {"approved": bool(task.payload), "notes": "looks fine"}

@@ -1,0 +1,94 @@
+"""Prometheus metrics of the coordinator, registered on an injected registry.
+
+Names follow the Prometheus guide: `godel_` prefix, seconds for durations, `_total`
+for counters. Labels are bounded (method, code, state, outcome); never a task id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+_FAST_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+class _TaskStateCollector(Collector):
+    """Reads task counts by state at scrape time, so the hot path only bumps a Counter."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "godel_tasks", "Tasks the coordinator knows, by lifecycle state.", labels=["state"]
+        )
+        for state, count in sorted(self._counts().items()):
+            family.add_metric([state], count)
+        yield family
+
+
+class CoordinatorMetrics:
+    """Every metric the coordinator exports."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.rpcs = Counter(
+            "godel_rpc_handled",
+            "RPCs finished, by full method name and gRPC status code.",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.rpc_seconds = Histogram(
+            "godel_rpc_duration_seconds",
+            "Time from an RPC's start to its end (streams: their whole life), by method.",
+            ["method"],
+            buckets=_FAST_BUCKETS,
+            registry=registry,
+        )
+        self.agents_connected = Gauge(
+            "godel_agents_connected",
+            "Agents with an open link.",
+            registry=registry,
+        )
+        self.dispatch_seconds = Histogram(
+            "godel_dispatch_latency_seconds",
+            "Time a task waited in its queue before being leased to an agent.",
+            buckets=_FAST_BUCKETS,
+            registry=registry,
+        )
+        self.append_seconds = Histogram(
+            "godel_event_store_append_seconds",
+            "Time one batched append to the event store took, fsync included.",
+            buckets=_FAST_BUCKETS,
+            registry=registry,
+        )
+        self.append_batch = Histogram(
+            "godel_event_store_batch_events",
+            "Events written per batched append (group commit).",
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.results = Counter(
+            "godel_task_results",
+            "Attempt results received from agents, by outcome "
+            "(succeeded, failed, stale: dropped because the attempt was no longer current).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.requeued = Counter(
+            "godel_tasks_requeued",
+            "Attempts given back to the queue, by reason (agent_lost, released, restart).",
+            ["reason"],
+            registry=registry,
+        )
+
+    def watch_task_states(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Exports task counts by state, read from `counts` at scrape time."""
+        self.registry.register(_TaskStateCollector(counts))

@@ -1,0 +1,152 @@
+"""Builds and runs the coordinator's gRPC server.
+
+Serves every `godel.v1` service of the API (services not implemented yet answer
+UNIMPLEMENTED through their generated base class), server reflection, the standard
+health service, and Prometheus metrics on a separate HTTP port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import pkgutil
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from godel_grpc._proto.godel import v1 as proto_package
+from godel_grpc.api.agent_link import AgentLinkServicer
+from godel_grpc.api.agents import AgentServicer
+from godel_grpc.api.events import EventServicer
+from godel_grpc.api.interceptor import BoundaryInterceptor
+from godel_grpc.api.tasks import TaskServicer
+from godel_grpc.config import ServeConfig
+from godel_grpc.core.coordinator import Coordinator, CoordinatorSettings
+from godel_grpc.metrics import CoordinatorMetrics
+from godel_grpc.store.factory import open_store
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SERVICES = frozenset({"LoggerSidecarService", "MonitorSidecarService"})
+"""Served by the sidecar processes, not by the coordinator."""
+
+
+def api_services() -> list[tuple[str, Any, Any]]:
+    """(service name, generated base servicer, add-to-server function) of every
+    coordinator service in the protos."""
+    found = []
+    for module_info in pkgutil.iter_modules(proto_package.__path__):
+        if not module_info.name.endswith("_service_pb2_grpc"):
+            continue
+        module = importlib.import_module(f"{proto_package.__name__}.{module_info.name}")
+        pb2 = importlib.import_module(f"{proto_package.__name__}.{module_info.name[:-5]}")
+        for name in pb2.DESCRIPTOR.services_by_name:
+            if name in SIDECAR_SERVICES:
+                continue
+            found.append((name, getattr(module, f"{name}Servicer"),
+                          getattr(module, f"add_{name}Servicer_to_server")))
+    return sorted(found, key=lambda item: item[0])
+
+
+@dataclass
+class RunningServer:
+    """A started coordinator: its server, core, and the ports it bound."""
+
+    server: grpc.aio.Server
+    coordinator: Coordinator
+    health: health.aio.HealthServicer
+    port: int
+    metrics_port: int | None
+    registry: CollectorRegistry
+    _metrics_server: Any = field(default=None, repr=False)
+
+    async def stop(self, grace: float) -> None:
+        """Stops taking calls, drains agents and in-flight RPCs, then flushes the log."""
+        await self.health.enter_graceful_shutdown()
+        await self.coordinator.stop(grace)
+        await self.server.stop(grace=min(grace, 2.0))
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+
+
+async def start_server(config: ServeConfig, registry: CollectorRegistry | None = None) -> RunningServer:
+    """Starts a coordinator as configured and returns once it is serving."""
+    registry = registry or CollectorRegistry()
+    metrics = CoordinatorMetrics(registry)
+    store = open_store(config.store, config.data_dir)
+    coordinator = Coordinator(
+        store,
+        metrics,
+        CoordinatorSettings(
+            heartbeat_interval=config.heartbeat_interval,
+            heartbeat_timeout=config.heartbeat_timeout,
+        ),
+    )
+    await coordinator.start()
+    server = grpc.aio.server(
+        interceptors=[BoundaryInterceptor(metrics)],
+        options=[
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # Agents ping every 20 s to notice a dead coordinator; allow that.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ],
+    )
+    implemented: dict[str, Any] = {
+        "TaskService": TaskServicer(coordinator),
+        "AgentLinkService": AgentLinkServicer(coordinator),
+        "AgentService": AgentServicer(coordinator),
+        "EventService": EventServicer(coordinator),
+    }
+    names = []
+    for name, base, add in api_services():
+        add(implemented.get(name) or base(), server)
+        names.append(f"godel.v1.{name}")
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise OSError(f"could not listen on {config.listen}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics_server = None
+    metrics_port = None
+    if config.metrics_listen:
+        host, _, raw_port = config.metrics_listen.rpartition(":")
+        metrics_server, _thread = start_http_server(int(raw_port), addr=host or "127.0.0.1", registry=registry)
+        metrics_port = metrics_server.server_port
+    log.info("serving", extra={"listen": config.listen, "port": port, "metrics_port": metrics_port,
+                               "store": config.store or str(config.data_dir / "events.db")})
+    return RunningServer(server, coordinator, health_servicer, port, metrics_port, registry, metrics_server)
+
+
+async def serve(config: ServeConfig) -> int:
+    """Runs until SIGTERM or SIGINT, then drains and returns 0."""
+    running = await start_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    assert running.coordinator.fatal is not None
+    fatal = running.coordinator.fatal
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([stopper, fatal], return_when=asyncio.FIRST_COMPLETED)
+    if fatal.done():
+        log.critical("stopping: the event store failed", exc_info=fatal.result())
+        await running.server.stop(grace=0)
+        return 1
+    log.info("draining", extra={"grace_seconds": config.drain_grace})
+    await running.stop(config.drain_grace)
+    log.info("stopped")
+    return 0

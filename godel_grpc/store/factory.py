@@ -1,0 +1,40 @@
+"""Turns a store URL from the configuration into an `EventStore`."""
+
+from __future__ import annotations
+
+import pathlib
+
+from godel_grpc.store.base import EventStore
+from godel_grpc.store.memory import InMemoryEventStore
+from godel_grpc.store.sqlite import SqliteEventStore
+
+DEFAULT_SQLITE_FILE = "events.db"
+
+
+def open_store(url: str, data_dir: pathlib.Path) -> EventStore:
+    """Builds the store `url` names; the caller still awaits its `open()`.
+
+    Accepted forms:
+        ``""`` or ``"sqlite://"``: SQLite at ``data_dir / "events.db"``.
+        ``"sqlite:///abs/path.db"``: SQLite at that absolute path.
+        ``"sqlite://rel/path.db"``: SQLite at ``data_dir / "rel/path.db"``.
+        ``"memory://"``: an in-memory store that forgets everything on exit.
+
+    Raises:
+        ValueError: for PostgreSQL URLs (no backend yet) and unknown schemes, so a typo
+            fails at startup instead of silently writing somewhere else.
+    """
+    if not url:
+        return SqliteEventStore(data_dir / DEFAULT_SQLITE_FILE)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"store URL {url!r} has no scheme; use sqlite://, memory:// or ''")
+    scheme = scheme.lower()
+    if scheme == "sqlite":
+        path = pathlib.Path(rest) if rest else pathlib.Path(DEFAULT_SQLITE_FILE)
+        return SqliteEventStore(path if path.is_absolute() else data_dir / path)
+    if scheme == "memory":
+        return InMemoryEventStore()
+    if scheme in ("postgresql", "postgres"):
+        raise ValueError(f"PostgreSQL store not available yet: {url.split('@')[-1]!r}")
+    raise ValueError(f"unknown store URL scheme {scheme!r} in {url!r}")

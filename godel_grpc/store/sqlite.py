@@ -1,0 +1,474 @@
+"""The SQLite event store: one writer thread, group commit, WAL readers.
+
+Durability costs one fsync per commit, so throughput comes from sharing commits. Every
+`append` puts ``(events, future)`` on a queue; a single writer thread takes everything
+queued at that moment, writes it with one ``executemany`` in ONE transaction with ONE
+commit (``synchronous=FULL``), and resolves all the callers' futures with a single
+``call_soon_threadsafe``. Under load, batches grow by themselves while a commit is in
+flight. The writer only makes row tuples; the event loop turns them into `StoredEvent`s
+while the writer sits in COMMIT's fsync (which releases the GIL), so the two overlap.
+
+Version checks happen in Python before anything is written: the writer owns the only
+write connection, so it knows every stream's version (a bounded cache backed by
+``MAX(stream_version)``) and assigns positions itself (last + 1, hence gap-free). A call
+whose `expected_version` does not match is failed on its own and simply left out of the
+transaction, so it cannot disturb the calls that share the commit.
+
+Reads use read-only connections from a small pool, in worker threads; WAL lets them run
+while the writer commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pathlib
+import queue
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from godel_grpc.store.base import (
+    ANY_VERSION,
+    EventStore,
+    NewEvent,
+    StoreClosed,
+    StoredEvent,
+    WrongExpectedVersion,
+)
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY,
+    stream TEXT NOT NULL,
+    stream_version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    agent_id TEXT NOT NULL DEFAULT '',
+    recorded_at REAL NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (stream, stream_version)
+);
+CREATE INDEX IF NOT EXISTS events_by_agent ON events (agent_id, position) WHERE agent_id != '';
+CREATE TABLE IF NOT EXISTS snapshots (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+"""
+# Column order matches StoredEvent's fields, so a row tuple maps with StoredEvent(*row).
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (position, stream, stream_version, type, data, agent_id, recorded_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_SNAPSHOT: Final = (
+    "INSERT INTO snapshots (name, position, data) VALUES (?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET position = excluded.position, data = excluded.data"
+)
+_SELECT_EVENTS: Final = (
+    "SELECT position, stream, stream_version, type, data, agent_id, recorded_at FROM events"
+)
+
+DEFAULT_VERSION_CACHE_SIZE: Final = 200_000
+"""How many stream versions the writer remembers before asking the database again."""
+
+_NEW, _OPEN, _CLOSED = 0, 1, 2
+_STOP: Final = object()
+"""Queued by `close` after the last accepted append: the writer exits when it sees it."""
+
+_Row = tuple[int, str, int, str, bytes, str, float]
+# (future, (first, end) slice of the batch's rows or None, exception) for one caller.
+_Outcome = tuple[asyncio.Future[Any], tuple[int, int] | None, BaseException | None]
+
+
+class _SnapshotWrite:
+    """A snapshot to upsert in the writer's next transaction."""
+
+    __slots__ = ("data", "name", "position")
+
+    def __init__(self, name: str, position: int, data: bytes) -> None:
+        self.name = name
+        self.position = position
+        self.data = data
+
+
+class _Built:
+    """A batch's `StoredEvent`s, made once, on the loop thread, from the writer's rows."""
+
+    __slots__ = ("_events", "_rows")
+
+    def __init__(self, rows: list[_Row]) -> None:
+        self._rows = rows
+        self._events: list[StoredEvent] | None = None
+
+    def build(self) -> list[StoredEvent]:
+        if self._events is None:
+            self._events = [StoredEvent(*row) for row in self._rows]
+        return self._events
+
+
+class SqliteEventStore(EventStore):
+    """An `EventStore` in one SQLite file (plus its ``-wal`` and ``-shm`` companions).
+
+    Must be opened, used and closed on one event loop. Appends are accepted from that
+    loop only. Cancelling an `append` stops the wait, not the write: an append already
+    queued is still committed.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, version_cache_size: int = DEFAULT_VERSION_CACHE_SIZE
+    ) -> None:
+        self._path = pathlib.Path(path)
+        self._cache_size = max(version_cache_size, 1)
+        self._state = _NEW
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._close_task: asyncio.Task[None] | None = None
+        # Loop side: the last position whose commit has been reported to the loop.
+        self._last = 0
+        self._changed = asyncio.Event()
+        # Writer side, touched only by the writer thread once it runs.
+        self._wconn: sqlite3.Connection | None = None
+        self._w_last = 0
+        self._versions: OrderedDict[str, int] = OrderedDict()
+        # Idle read-only connections; the lock makes "return to pool" and "close all" exclusive.
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._readers_closed = False
+        self._read_uri = ""
+
+    @property
+    def path(self) -> pathlib.Path:
+        """The database file."""
+        return self._path
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Creates the file and schema if needed, then starts the writer thread."""
+        if self._state == _OPEN:
+            return
+        if self._state == _CLOSED:
+            raise RuntimeError("an event store cannot be reopened after close")
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._open_sync)
+        self._last = self._w_last
+        self._thread = threading.Thread(target=self._run, name="godel-store-writer", daemon=True)
+        self._thread.start()
+        self._state = _OPEN
+
+    def _open_sync(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"{self._path}: SQLite refused WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            self._w_last = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[
+                0
+            ]
+        except BaseException:
+            conn.close()
+            raise
+        self._wconn = conn
+        self._read_uri = self._path.resolve().as_uri() + "?mode=ro"
+
+    async def close(self) -> None:
+        """Commits everything already queued, stops the writer, closes every connection.
+
+        Concurrent and repeated calls all wait for the same shutdown.
+        """
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self._shutdown())
+        await asyncio.shield(self._close_task)
+
+    async def _shutdown(self) -> None:
+        was_open = self._state == _OPEN
+        self._state = _CLOSED
+        if was_open and self._thread is not None:
+            # Every append accepted so far is ahead of _STOP in the queue.
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+        with self._readers_lock:
+            self._readers_closed = True
+            idle, self._readers = self._readers, []
+        for conn in idle:
+            conn.close()
+        self._changed.set()
+
+    def _check_open(self) -> None:
+        if self._state != _OPEN:
+            if self._state == _CLOSED:
+                raise StoreClosed("the event store is closed")
+            raise RuntimeError("the event store is not open; call open() first")
+
+    # --- writes ----------------------------------------------------------------------
+
+    async def append(self, events: Sequence[NewEvent]) -> list[StoredEvent]:
+        """Queues `events` for the writer's next commit and waits for that commit.
+
+        Each event's `expected_version` is compared with its stream's version just
+        before that event, counting earlier events of the same call.
+        """
+        self._check_open()
+        if not events:
+            return []
+        assert self._loop is not None
+        future: asyncio.Future[list[StoredEvent]] = self._loop.create_future()
+        self._queue.put((events, future))
+        return await future
+
+    async def save_snapshot(self, name: str, position: int, data: bytes) -> None:
+        """Upserts the snapshot through the writer, so it is committed like an append."""
+        self._check_open()
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put((_SnapshotWrite(name, position, data), future))
+        await future
+
+    def _run(self) -> None:
+        """The writer thread: drain the queue, commit the lot, report, repeat."""
+        take, take_nowait = self._queue.get, self._queue.get_nowait
+        try:
+            while True:
+                batch = [take()]
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        batch.append(take_nowait())
+                stop = next((i for i, item in enumerate(batch) if item is _STOP), -1)
+                if stop < 0:
+                    self._commit_safely(batch)
+                    continue
+                self._commit_safely(batch[:stop])
+                # Nothing should follow _STOP (close refuses new work first); fail it if it does.
+                closed = StoreClosed("the event store is closed")
+                self._report([(item[1], None, closed) for item in batch[stop + 1 :]])
+                return
+        finally:
+            if self._wconn is not None:
+                self._wconn.close()
+
+    def _commit_safely(self, batch: list[Any]) -> None:
+        """Commits `batch`; a bug in the writer fails the batch instead of hanging its callers."""
+        try:
+            self._commit(batch)
+        except Exception as error:
+            assert self._wconn is not None
+            self._recover(self._wconn)
+            self._report([(future, None, error) for _, future in batch])
+
+    def _commit(self, batch: list[Any]) -> None:
+        """Writes every acceptable call of `batch` in one transaction and reports outcomes.
+
+        Rows are plain tuples in `StoredEvent` field order: the loop thread turns them into
+        `StoredEvent`s while this thread is already in SQLite (which releases the GIL)
+        with the next batch.
+        """
+        if not batch:
+            return
+        conn = self._wconn
+        assert conn is not None
+        now = time.time()
+        position = self._w_last
+        cached = self._versions.get
+        pending: dict[str, int] = {}  # stream versions written by this transaction
+        rows: list[_Row] = []
+        add_row = rows.append
+        snapshots: list[tuple[str, int, bytes]] = []
+        outcomes: list[_Outcome] = []
+        for work, future in batch:
+            if type(work) is _SnapshotWrite:
+                snapshots.append((work.name, work.position, work.data))
+                outcomes.append((future, None, None))
+                continue
+            staged: dict[str, int] = {}  # this call's versions, merged only if it all fits
+            first, start = len(rows), position
+            try:
+                for event in work:
+                    stream = event.stream
+                    current = staged.get(stream)
+                    if current is None:
+                        current = pending.get(stream)
+                        if current is None:
+                            current = cached(stream)
+                            if current is None:
+                                current = self._load_version(conn, stream)
+                    expected = event.expected_version
+                    if expected != ANY_VERSION and expected != current:
+                        raise WrongExpectedVersion(stream, expected, current)
+                    staged[stream] = current = current + 1
+                    position += 1
+                    add_row(
+                        (position, stream, current, event.type, event.data, event.agent_id, now)
+                    )
+            except Exception as error:  # a conflict, or a malformed event: this call only
+                position = start
+                del rows[first:]
+                outcomes.append((future, None, error))
+                continue
+            pending.update(staged)
+            outcomes.append((future, (first, len(rows)), None))
+        built = _Built(rows)
+        if rows or snapshots:
+            try:
+                conn.execute("BEGIN")
+                if rows:
+                    conn.executemany(_INSERT_EVENT, rows)
+                    # COMMIT waits on fsync without the GIL: let the loop build the results.
+                    self._call_loop(built.build)
+                if snapshots:
+                    conn.executemany(_UPSERT_SNAPSHOT, snapshots)
+                conn.execute("COMMIT")
+            except Exception as error:
+                self._recover(conn)
+                self._report([(f, None, e if e is not None else error) for f, _, e in outcomes])
+                return
+            self._w_last = position
+            self._remember(pending)
+        self._report(outcomes, built)
+
+    def _load_version(self, conn: sqlite3.Connection, stream: str) -> int:
+        """Reads a stream's committed version from disk and caches it."""
+        row = conn.execute(
+            "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream = ?", (stream,)
+        ).fetchone()
+        version = int(row[0])
+        self._versions[stream] = version
+        return version
+
+    def _remember(self, committed: dict[str, int]) -> None:
+        """Caches committed stream versions, evicting the least recently written."""
+        cache = self._versions
+        for stream, version in committed.items():
+            cache[stream] = version
+            cache.move_to_end(stream)
+        while len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+    def _recover(self, conn: sqlite3.Connection) -> None:
+        """After a failed transaction, forgets cached state and rereads it from disk.
+
+        A failed COMMIT may or may not have reached the disk, so nothing is assumed.
+        """
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        self._versions.clear()
+        with contextlib.suppress(sqlite3.Error):
+            row = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
+            self._w_last = int(row[0])
+
+    def _call_loop(self, callback: Callable[..., object], *args: object) -> None:
+        assert self._loop is not None
+        # The loop may already be gone if the store was never closed; nobody is waiting then.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _report(self, outcomes: list[_Outcome], built: _Built | None = None) -> None:
+        """Hands a batch's outcomes to the event loop in one thread-safe call."""
+        if outcomes:
+            self._call_loop(self._deliver, outcomes, built, self._w_last)
+
+    def _deliver(self, outcomes: list[_Outcome], built: _Built | None, last: int) -> None:
+        """On the loop: publish the new last position, then resolve the callers."""
+        if last != self._last:
+            self._last = last
+            self._changed.set()
+            self._changed = asyncio.Event()
+        for future, span, error in outcomes:
+            if future.done():  # the caller was cancelled
+                continue
+            if error is not None:
+                future.set_exception(error)
+            elif span is None or built is None:
+                future.set_result(None)
+            else:
+                future.set_result(built.build()[span[0] : span[1]])
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def read(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        *,
+        stream: str | None = None,
+        agent_id: str | None = None,
+        types: Sequence[str] = (),
+        up_to: int | None = None,
+    ) -> list[StoredEvent]:
+        """Runs one indexed SELECT on a pooled read-only connection in a worker thread."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        clauses = ["position > ?"]
+        params: list[Any] = [after]
+        if up_to is not None:
+            clauses.append("position <= ?")
+            params.append(up_to)
+        if stream is not None:
+            clauses.append("stream = ?")
+            params.append(stream)
+        if agent_id is not None:
+            clauses.append("agent_id = ?")
+            params.append(agent_id)
+            if agent_id:
+                # Spelled exactly like the partial index's WHERE so the planner can use it.
+                clauses.append("agent_id != ''")
+        if types:
+            wanted = list(dict.fromkeys(types))
+            clauses.append(f"type IN ({', '.join('?' * len(wanted))})")
+            params.extend(wanted)
+        sql = f"{_SELECT_EVENTS} WHERE {' AND '.join(clauses)} ORDER BY position LIMIT ?"
+        params.append(limit)
+        rows = await asyncio.to_thread(self._query, sql, params)
+        return [StoredEvent(*row) for row in rows]
+
+    async def last_position(self) -> int:
+        """The last position the writer reported as committed; no I/O."""
+        return self._last
+
+    async def wait_for_position(self, after: int, timeout: float | None = None) -> int:  # noqa: ASYNC109
+        """Sleeps until a commit reports a position past `after`, the store closes, or
+        `timeout` passes; each commit wakes the waiters once, nothing polls."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._last <= after and self._state != _CLOSED:
+                    await self._changed.wait()
+        except TimeoutError:
+            pass
+        return self._last
+
+    async def load_snapshot(self, name: str) -> tuple[int, bytes] | None:
+        """Reads the snapshot on a pooled read-only connection."""
+        self._check_open()
+        rows = await asyncio.to_thread(
+            self._query, "SELECT position, data FROM snapshots WHERE name = ?", [name]
+        )
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Runs in a worker thread; fetches everything so no read transaction lingers."""
+        with self._readers_lock:
+            if self._readers_closed:
+                raise StoreClosed("the event store is closed")
+            conn = self._readers.pop() if self._readers else None
+        if conn is None:
+            conn = sqlite3.connect(
+                self._read_uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            with self._readers_lock:
+                if not self._readers_closed:
+                    self._readers.append(conn)
+                    conn = None
+            if conn is not None:
+                conn.close()

@@ -1,0 +1,1 @@
+"""Small handlers for tests and demos, run as ``--handler tests.agents.handlers:NAME``."""

@@ -1,0 +1,100 @@
+"""Handlers that tests and demos start agents with.
+
+Each one is a plain function so that ``godel agent --handler tests.agents.handlers:NAME``
+can import it. They do one recognisable thing each, so that a test can tell from a
+task's output or side effect that the task really ran, and where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from godel_grpc.agent import TaskContext, TaskFailed
+
+
+def _agent(ctx: TaskContext) -> str:
+    return ctx.agent_name or ctx.agent_id
+
+
+def noop(ctx: TaskContext) -> dict[str, Any]:
+    """Does nothing: the cheapest possible task, for throughput tests."""
+    return {}
+
+
+def echo(ctx: TaskContext) -> dict[str, Any]:
+    """Returns the payload and the name of the agent that ran it."""
+    return {"echo": ctx.payload, "agent": _agent(ctx)}
+
+
+async def sleep(ctx: TaskContext) -> dict[str, Any]:
+    """Sleeps ``payload["seconds"]`` (default 1) in ten steps, reporting progress.
+
+    Being async, it is cancelled promptly, which makes it the handler of choice for
+    cancellation, timeout and drain tests.
+    """
+    seconds = float(ctx.payload.get("seconds", 1.0))
+    steps = 10
+    for step in range(steps):
+        await asyncio.sleep(seconds / steps)
+        await ctx.progress((step + 1) / steps, f"slept {step + 1}/{steps}")
+    return {"slept": seconds, "agent": _agent(ctx)}
+
+
+def fail(ctx: TaskContext) -> dict[str, Any]:
+    """Always fails, with ``payload`` choosing ``code``, ``message`` and ``retryable``."""
+    raise TaskFailed(
+        str(ctx.payload.get("code", "FAILED")),
+        str(ctx.payload.get("message", "failed on purpose")),
+        retryable=bool(ctx.payload.get("retryable", False)),
+    )
+
+
+def fail_when(ctx: TaskContext) -> dict[str, Any]:
+    """Fails like `fail` when ``payload["fail"]`` is true; succeeds otherwise.
+
+    Lets one agent serve both sides of a test (a saga step that fails, a convoy node
+    whose failure should cancel its dependents).
+    """
+    if ctx.payload.get("fail"):
+        return fail(ctx)
+    return {"ok": True, "agent": _agent(ctx)}
+
+
+def record(ctx: TaskContext) -> dict[str, Any]:
+    """Appends one JSON line about the attempt to the file named by ``GODEL_TEST_RECORD``.
+
+    The line holds ``taskId``, ``attemptId``, ``idempotencyKey`` and ``agent``, so that a
+    test can count how often each task really ran (at-least-once delivery, retries,
+    reassignment after an agent was lost). Each line is written with one ``write`` on a
+    file opened for appending, so that several agents can share the file.
+    """
+    path = os.environ["GODEL_TEST_RECORD"]
+    line = json.dumps(
+        {
+            "taskId": ctx.task_id,
+            "attemptId": ctx.attempt_id,
+            "idempotencyKey": ctx.idempotency_key,
+            "agent": _agent(ctx),
+        }
+    )
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(line + "\n")
+    return {"recorded": True}
+
+
+async def allocate(ctx: TaskContext) -> dict[str, Any]:
+    """Allocates ``payload["mb"]`` MiB (default 10) and holds it ``payload["seconds"]``.
+
+    Every page is written so that the memory really counts against the process's
+    resident size, which is what the monitor sidecar samples.
+    """
+    size = int(float(ctx.payload.get("mb", 10)) * 1024 * 1024)
+    seconds = float(ctx.payload.get("seconds", 1.0))
+    block = bytearray(size)
+    for offset in range(0, size, 4096):
+        block[offset] = 1
+    await asyncio.sleep(seconds)
+    return {"allocated_mb": size // (1024 * 1024), "agent": _agent(ctx)}

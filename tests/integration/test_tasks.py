@@ -1,0 +1,192 @@
+"""Tasks end to end: a real coordinator on loopback, real `godel agent` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import Counter
+
+import grpc
+import pytest
+
+from godel_grpc._proto.godel.v1 import task_pb2
+from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
+from godel_grpc.client import Client, RPCError, task_request
+from godel_grpc.server import RunningServer
+from tests.support import AgentProcess, agent_processes
+
+pytestmark = pytest.mark.integration
+
+Task = task_pb2.Task
+HANDLERS = "tests.agents.handlers"
+
+
+async def wait_for_agents(client: Client, count: int, role: str = "", timeout: float = 20.0) -> None:
+    """Waits until `count` agents (of `role`) are connected and ready."""
+    async def ready() -> int:
+        return sum(1 for a in await client.agents.list(role=role) if a.state == a.STATE_READY)
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await ready() < count:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{count} agents did not connect")
+        await asyncio.sleep(0.05)
+
+
+def address(server: RunningServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+async def test_a_submitted_task_runs_on_a_real_agent(server: RunningServer, client: Client) -> None:
+    with agent_processes(address(server), "worker", 1, "--handler", f"{HANDLERS}:echo"):
+        await wait_for_agents(client, 1)
+        task = await client.tasks.submit(role="worker", title="say hi", payload={"greeting": "hi"})
+        assert task.id.startswith("t-") and task.HasField("create_time")
+        done = await client.tasks.wait(task.id, timeout=20)
+    assert done.state == Task.STATE_SUCCEEDED
+    assert dict(done.output["echo"]) == {"greeting": "hi"}
+    assert done.agent_id and done.attempts == 1
+
+
+async def test_an_exec_agent_runs_a_command_line(server: RunningServer, client: Client) -> None:
+    command = f"{sys.executable} -c \"import json,sys; t=json.load(sys.stdin); print(json.dumps({{'n': t['payload']['n'] * 2}}))\""
+    with agent_processes(address(server), "doubler", 1, "--exec", command):
+        await wait_for_agents(client, 1)
+        task = await client.tasks.submit(role="doubler", payload={"n": 21})
+        done = await client.tasks.wait(task.id, timeout=20)
+    assert done.state == Task.STATE_SUCCEEDED
+    assert done.output["n"] == 42
+
+
+async def test_never_more_in_flight_than_capacity(server: RunningServer, client: Client) -> None:
+    # Given two agents of capacity 2 and 12 tasks that each take a while
+    with agent_processes(address(server), "slow", 2, "--capacity", "2", "--handler", f"{HANDLERS}:sleep"):
+        await wait_for_agents(client, 2)
+        tasks = await client.tasks.submit_many(
+            [task_request(role="slow", payload={"seconds": 0.15}) for _ in range(12)]
+        )
+        done = await asyncio.gather(*(client.tasks.wait(t.id, timeout=30) for t in tasks))
+        assert all(t.state == Task.STATE_SUCCEEDED for t in done)
+        agents = {a.id for a in await client.agents.list(role="slow")}
+        # Then the durable log shows at most 2 attempts open per agent at any moment
+        peak: Counter[str] = Counter()
+        for agent_id in agents:
+            open_now = 0
+            for event in await client.events.get_for_agent(agent_id):
+                if event.type == "task.leased":
+                    open_now += 1
+                elif event.type in ("task.succeeded", "task.attempt_failed", "task.requeued"):
+                    open_now -= 1
+                peak[agent_id] = max(peak[agent_id], open_now)
+    assert max(peak.values()) <= 2
+    assert sum(1 for t in done if t.agent_id) == 12
+
+
+async def test_failures_are_retried_then_the_task_fails(server: RunningServer, client: Client) -> None:
+    with agent_processes(address(server), "flaky", 1, "--handler", f"{HANDLERS}:fail_when"):
+        await wait_for_agents(client, 1)
+        task = await client.tasks.submit(
+            role="flaky", payload={"fail": True, "retryable": True, "code": "BOOM"}, max_attempts=2
+        )
+        fatal = await client.tasks.submit(role="flaky", payload={"fail": True, "retryable": False})
+        done = await client.tasks.wait(task.id, timeout=20)
+        done_fatal = await client.tasks.wait(fatal.id, timeout=20)
+    # A retryable failure is tried max_attempts times, then the task fails
+    assert done.state == Task.STATE_FAILED
+    assert done.attempts == 2 and done.failed_attempts == 2
+    assert done.error.code == "BOOM"
+    # A non-retryable failure ends the task at once
+    assert done_fatal.state == Task.STATE_FAILED
+    assert done_fatal.attempts == 1
+
+
+async def test_cancel_a_running_task(server: RunningServer, client: Client) -> None:
+    with agent_processes(address(server), "slow", 1, "--handler", f"{HANDLERS}:sleep"):
+        await wait_for_agents(client, 1)
+        task = await client.tasks.submit(role="slow", payload={"seconds": 30})
+        async for update in client.tasks.watch(task.id, timeout=20):
+            if update.state == Task.STATE_RUNNING:
+                break
+        cancelled = await client.tasks.cancel(task.id, reason="changed my mind")
+        assert cancelled.state == Task.STATE_CANCELLED
+        assert cancelled.error.message == "changed my mind"
+        # And the agent's slot is free again: a new task runs at once
+        quick = await client.tasks.submit(role="slow", payload={"seconds": 0})
+        assert (await client.tasks.wait(quick.id, timeout=20)).state == Task.STATE_SUCCEEDED
+    with pytest.raises(RPCError) as again:
+        await client.tasks.cancel(task.id)
+    assert again.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_lost_agents_task_completes_on_another(server: RunningServer, client: Client) -> None:
+    # Given one agent running a long task
+    first = AgentProcess(address(server), "worker", "--name", "doomed", "--handler", f"{HANDLERS}:sleep")
+    try:
+        await wait_for_agents(client, 1)
+        task = await client.tasks.submit(role="worker", payload={"seconds": 1.0})
+        async for update in client.tasks.watch(task.id, timeout=20):
+            if update.state == Task.STATE_RUNNING:
+                break
+        lost_attempt = update.attempt_id
+        # When that agent is killed and another one joins
+        first.proc.kill()
+        first.proc.wait(10)
+        with agent_processes(address(server), "worker", 1, "--handler", f"{HANDLERS}:sleep"):
+            done = await client.tasks.wait(task.id, timeout=30)
+    finally:
+        first.stop()
+    # Then the task completed on the new agent, under a new attempt
+    assert done.state == Task.STATE_SUCCEEDED
+    assert done.attempt_id != lost_attempt
+    assert done.attempts == 2 and done.failed_attempts == 1
+
+
+async def test_idempotency_key_returns_the_first_task(server: RunningServer, client: Client) -> None:
+    first = await client.tasks.submit(role="nobody", idempotency_key="order-17")
+    second = await client.tasks.submit(role="nobody", idempotency_key="order-17", title="other")
+    assert second.id == first.id
+
+
+async def test_watch_streams_each_state(server: RunningServer, client: Client) -> None:
+    # Given a task queued before any agent can run it, and a watcher
+    task = await client.tasks.submit(role="watched", payload={"seconds": 0.3})
+    updates = client.tasks.watch(task.id, timeout=20)
+    first = await anext(updates)
+    # When an agent arrives and runs it
+    with agent_processes(address(server), "watched", 1, "--handler", f"{HANDLERS}:sleep"):
+        states = [first.state] + [t.state async for t in updates]
+    # Then the watcher saw it queued, running (with progress) and succeeded, in that order
+    assert states[0] == Task.STATE_QUEUED
+    assert Task.STATE_RUNNING in states
+    assert states[-1] == Task.STATE_SUCCEEDED
+
+
+async def test_bad_input_gets_a_clear_status_and_changes_nothing(server: RunningServer, client: Client) -> None:
+    before, _ = await client.tasks.list()
+    with pytest.raises(RPCError) as missing:
+        await client.tasks.submit(title="no target")
+    assert missing.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert missing.value.field_violations == [("target", "exactly one of role or action is required")]
+    with pytest.raises(RPCError) as oversize:
+        await client.tasks.submit(role="w", payload={"blob": "x" * (1024 * 1024 + 10)})
+    assert oversize.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert oversize.value.field_violations[0][0] == "payload"
+    with pytest.raises(RPCError) as batch:
+        await client.tasks.submit_many([task_request(role="w"), task_pb.SubmitTaskRequest(role="w", priority="urgent")])
+    assert batch.value.field_violations[0][0] == "requests[1].priority"
+    with pytest.raises(RPCError) as unknown:
+        await client.tasks.get("t-404")
+    assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+    after, _ = await client.tasks.list()
+    assert len(after) == len(before)
+
+
+async def test_unimplemented_services_say_so(server: RunningServer) -> None:
+    from godel_grpc._proto.godel.v1 import convoy_service_pb2 as convoy_pb
+    from godel_grpc._proto.godel.v1 import convoy_service_pb2_grpc as convoy_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = convoy_grpc.ConvoyServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.GetConvoy(convoy_pb.GetConvoyRequest(id="c-1"), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -1,0 +1,166 @@
+"""Helpers shared by the integration tests: real coordinator and agent processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def in_ci() -> bool:
+    """True under CI, where a missing real component fails instead of skipping."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool; skips on a laptop without it, fails under CI."""
+    path = shutil.which(name) or (
+        str(Path(PYTHON).parent / name) if (Path(PYTHON).parent / name).exists() else None
+    )
+    if path is None:
+        message = f"{name} is not installed (run `bash scripts/ensure_tools.sh`)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for child processes: the repo importable, no inherited GODEL_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GODEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env.update(extra)
+    return env
+
+
+class LineReader:
+    """Collects a child's output lines on a thread so tests can wait for one."""
+
+    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream) -> None:  # type: ignore[no-untyped-def]
+        for raw in stream:
+            line = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("")  # end of stream marker
+            self._cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 30.0) -> str:  # type: ignore[no-untyped-def]
+        """The first line satisfying `predicate`, waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                while seen < len(self.lines):
+                    line = self.lines[seen]
+                    seen += 1
+                    if line and predicate(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("no matching line; output so far:\n" + "\n".join(self.lines[-40:]))
+                self._cond.wait(remaining)
+
+
+class CoordinatorProcess:
+    """A real `godel serve` child process on loopback with its own data directory."""
+
+    def __init__(self, data_dir: Path, *extra_args: str) -> None:
+        self.data_dir = data_dir
+        self.extra_args = extra_args
+        self.port = 0
+        self.metrics_port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log: LineReader | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, port: int = 0) -> CoordinatorProcess:
+        args = [PYTHON, "-m", "godel_grpc.cli", "serve", "--listen", f"127.0.0.1:{port}",
+                "--metrics-listen", "127.0.0.1:0", "--data-dir", str(self.data_dir),
+                *self.extra_args]
+        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     env=child_env(), cwd=ROOT)
+        self.log = LineReader(self.proc.stderr)
+        line = self.log.wait_for(lambda text: '"serving"' in text)
+        record = json.loads(line)
+        self.port = record["port"]
+        self.metrics_port = record["metrics_port"]
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class AgentProcess:
+    """A real `godel agent` child process."""
+
+    def __init__(self, address: str, role: str, *extra_args: str, env: dict[str, str] | None = None) -> None:
+        args = [PYTHON, "-m", "godel_grpc.cli", "agent", "--coordinator", address, "--role", role,
+                *extra_args]
+        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     env=child_env(**(env or {})), cwd=ROOT)
+        self.log = LineReader(self.proc.stderr)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextmanager
+def coordinator_process(data_dir: Path, *args: str) -> Iterator[CoordinatorProcess]:
+    """Starts a coordinator process and always kills it afterwards."""
+    process = CoordinatorProcess(data_dir, *args)
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+
+
+@contextmanager
+def agent_processes(address: str, role: str, count: int, *args: str,
+                    env: dict[str, str] | None = None) -> Iterator[list[AgentProcess]]:
+    """Starts `count` agent processes and always kills them afterwards."""
+    agents: list[AgentProcess] = []
+    try:
+        for index in range(count):
+            agents.append(AgentProcess(address, role, "--name", f"{role}-{index}", *args, env=env))
+        yield agents
+    finally:
+        for agent in agents:
+            agent.stop()

@@ -1,0 +1,106 @@
+"""`godel agent` configuration: flags, GODEL_* variables and handler imports."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from godel_grpc.agent import ExecHandler, add_agent_arguments, run_agent_command
+from godel_grpc.agent._cli import UsageError, build_agent, import_handler, resolve_config
+from tests.agents import handlers
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_agent_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_every_setting_can_come_from_the_environment() -> None:
+    env = {
+        "GODEL_COORDINATOR": "coord:1",
+        "GODEL_ROLE": "builder",
+        "GODEL_ACTION": "lint, test",
+        "GODEL_CAPACITY": "4",
+        "GODEL_EXEC": "cat",
+        "GODEL_NAME": "b-1",
+        "GODEL_LABEL": "zone=a,tier=gold",
+        "GODEL_DRAIN_GRACE": "2.5",
+        "GODEL_LOG_LEVEL": "DEBUG",
+    }
+
+    config = resolve_config(parse(), env)
+
+    assert config.coordinator == "coord:1"
+    assert config.role == "builder"
+    assert config.actions == ["lint", "test"]
+    assert config.capacity == 4
+    assert config.exec_command == "cat"
+    assert config.name == "b-1"
+    assert config.labels == {"zone": "a", "tier": "gold"}
+    assert config.drain_grace == 2.5
+    assert config.log_level == "debug"
+
+
+def test_flags_win_over_the_environment() -> None:
+    args = parse("--role", "r2", "--capacity", "3", "--action", "x", "--handler", "m:f")
+    env = {"GODEL_ROLE": "r1", "GODEL_CAPACITY": "9", "GODEL_ACTION": "y"}
+
+    config = resolve_config(args, env)
+
+    assert (config.role, config.capacity, config.actions) == ("r2", 3, ["x"])
+    assert config.coordinator == "127.0.0.1:50051"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ((), "--role"),
+        (("--role", "r"), "exactly one of --exec"),
+        (("--role", "r", "--exec", "cat", "--handler", "m:f"), "exactly one of --exec"),
+        (("--role", "r", "--exec", "cat", "--capacity", "0"), "--capacity must be between"),
+        (("--role", "r", "--exec", "cat", "--capacity", "many"), "--capacity must be a number"),
+        (("--role", "r", "--exec", "cat", "--label", "novalue"), "--label takes KEY=VALUE"),
+        (("--role", "r", "--exec", "cat", "--drain-grace", "-1"), "--drain-grace must be"),
+    ],
+)
+def test_bad_configurations_are_usage_errors(argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        resolve_config(parse(*argv), {})
+
+
+def test_usage_errors_exit_with_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_agent_command(parse("--role", "r", "--exec", "cat", "--handler", "m:f")) == 2
+    assert "godel agent: error: give exactly one of --exec" in capsys.readouterr().err
+
+
+def test_handlers_import_from_module_and_attribute() -> None:
+    assert import_handler("tests.agents.handlers:echo") is handlers.echo
+
+
+@pytest.mark.parametrize(
+    "target", ["no_colon", "tests.agents.nothing_here:f", "tests.agents.handlers:missing"]
+)
+def test_unimportable_handlers_are_usage_errors(target: str) -> None:
+    with pytest.raises(UsageError):
+        import_handler(target)
+
+
+def test_build_agent_wires_exec_and_action_handlers() -> None:
+    args = parse(
+        "--role",
+        "builder",
+        "--exec",
+        "cat",
+        "--action",
+        "deploy",
+        "--action-handler",
+        "echo=tests.agents.handlers:echo",
+    )
+
+    agent = build_agent(resolve_config(args, {}))
+
+    assert agent.role == "builder"
+    assert agent.actions == ("deploy", "echo")
+    assert isinstance(agent._default.fn if agent._default else None, ExecHandler)

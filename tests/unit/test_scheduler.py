@@ -1,0 +1,112 @@
+"""The scheduler's leasing policy: priorities, capacity, rotation, readiness."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from godel_grpc.core.scheduler import Scheduler
+
+
+def always_ready(_: str) -> bool:
+    return True
+
+
+def test_higher_priority_then_older_first() -> None:
+    # Given one agent with one free slot and three queued tasks
+    scheduler = Scheduler()
+    scheduler.enqueue("old-normal", "role:w", 2)
+    scheduler.enqueue("critical", "role:w", 0)
+    scheduler.enqueue("new-normal", "role:w", 2)
+    scheduler.add_agent("a", ["role:w"], free=1)
+    # When leasing, then only the critical one goes out
+    assert scheduler.assign(always_ready) == [("critical", "a")]
+    # And after the slot comes back, the older of the two normal tasks
+    scheduler.release("a")
+    assert scheduler.assign(always_ready) == [("old-normal", "a")]
+
+
+def test_never_more_than_free_slots() -> None:
+    scheduler = Scheduler()
+    for index in range(10):
+        scheduler.enqueue(f"t{index}", "role:w", 2)
+    scheduler.add_agent("a", ["role:w"], free=3)
+    scheduler.add_agent("b", ["role:w"], free=2)
+    leases = scheduler.assign(always_ready)
+    assert len(leases) == 5
+    assert sum(1 for _, agent in leases if agent == "a") == 3
+    assert scheduler.assign(always_ready) == []
+
+
+def test_rotates_between_agents() -> None:
+    scheduler = Scheduler()
+    scheduler.add_agent("a", ["role:w"], free=10)
+    scheduler.add_agent("b", ["role:w"], free=10)
+    for index in range(6):
+        scheduler.enqueue(f"t{index}", "role:w", 2)
+    agents = [agent for _, agent in scheduler.assign(always_ready)]
+    assert agents.count("a") == 3 and agents.count("b") == 3
+
+
+def test_tasks_only_go_to_agents_of_their_pool() -> None:
+    scheduler = Scheduler()
+    scheduler.add_agent("builder", ["role:builder", "action:compile"], free=5)
+    scheduler.add_agent("tester", ["role:tester"], free=5)
+    scheduler.enqueue("c", "action:compile", 2)
+    scheduler.enqueue("t", "role:tester", 2)
+    scheduler.enqueue("nobody", "role:deployer", 2)
+    assert sorted(scheduler.assign(always_ready)) == [("c", "builder"), ("t", "tester")]
+
+
+def test_not_ready_tasks_are_dropped_not_leased() -> None:
+    scheduler = Scheduler()
+    scheduler.add_agent("a", ["role:w"], free=5)
+    scheduler.enqueue("cancelled", "role:w", 0)
+    scheduler.enqueue("live", "role:w", 2)
+    assert scheduler.assign(lambda task: task != "cancelled") == [("live", "a")]
+    assert scheduler.queued("role:w") == 0
+
+
+def test_removed_agent_gets_nothing() -> None:
+    scheduler = Scheduler()
+    scheduler.add_agent("a", ["role:w"], free=5)
+    scheduler.remove_agent("a")
+    scheduler.enqueue("t", "role:w", 2)
+    assert scheduler.assign(always_ready) == []
+    assert scheduler.queued("role:w") == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacities=st.lists(st.integers(0, 4), min_size=1, max_size=5),
+    priorities=st.lists(st.integers(0, 3), max_size=40),
+    releases=st.lists(st.integers(0, 4), max_size=20),
+)
+def test_model_capacity_and_order(capacities: list[int], priorities: list[int], releases: list[int]) -> None:
+    """For any fleet and queue: no agent exceeds its capacity, every task is leased at most
+    once, and leases come out in (priority, age) order."""
+    scheduler = Scheduler()
+    for index, capacity in enumerate(capacities):
+        scheduler.add_agent(f"a{index}", ["role:w"], free=capacity)
+    for index, rank in enumerate(priorities):
+        scheduler.enqueue(f"t{index}", "role:w", rank)
+    held = dict.fromkeys((f"a{i}" for i in range(len(capacities))), 0)
+    leased: list[str] = []
+
+    def lease_round() -> None:
+        for task, agent_id in scheduler.assign(always_ready):
+            held[agent_id] += 1
+            leased.append(task)
+
+    lease_round()
+    for agent_index in releases:
+        agent = f"a{agent_index % len(capacities)}"
+        if held[agent] > 0:
+            scheduler.release(agent)
+            held[agent] -= 1
+        lease_round()
+    assert len(leased) == len(set(leased))
+    for index, capacity in enumerate(capacities):
+        assert held[f"a{index}"] <= capacity
+    order = sorted(range(len(priorities)), key=lambda i: (priorities[i], i))
+    assert leased == [f"t{i}" for i in order[: len(leased)]]
