@@ -25,6 +25,7 @@ from godel_grpc.api.agent_link import AgentLinkServicer
 from godel_grpc.api.agents import AgentServicer
 from godel_grpc.api.events import EventServicer
 from godel_grpc.api.interceptor import BoundaryInterceptor
+from godel_grpc.api.reflection_pool import MethodAwarePool
 from godel_grpc.api.tasks import TaskServicer
 from godel_grpc.config import ServeConfig
 from godel_grpc.core.coordinator import Coordinator, CoordinatorSettings
@@ -112,7 +113,7 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=MethodAwarePool()
     )
     port = server.add_insecure_port(config.listen)
     if port == 0:
