@@ -46,24 +46,52 @@ class ServeConfig:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds `godel serve` flags, each defaulting to its GODEL_* variable."""
     d = ServeConfig()
-    parser.add_argument("--listen", default=env_default("LISTEN", d.listen),
-                        help="gRPC address (host:port; port 0 picks a free one)")
-    parser.add_argument("--metrics-listen", default=env_default("METRICS_LISTEN", d.metrics_listen),
-                        help="Prometheus /metrics address (host:port; empty disables)")
-    parser.add_argument("--data-dir", default=env_default("DATA_DIR", str(d.data_dir)),
-                        help="directory for the embedded event store")
-    parser.add_argument("--store", default=env_default("STORE", d.store),
-                        help="event store URL: sqlite:///PATH or memory:// (default: SQLite in --data-dir)")
-    parser.add_argument("--runtime", default=env_default("RUNTIME", d.runtime),
-                        choices=["local", "kubernetes"], help="where spawned agents run")
-    parser.add_argument("--log-level", default=env_default("LOG_LEVEL", d.log_level),
-                        choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--drain-grace", type=float,
-                        default=float(env_default("DRAIN_GRACE", str(d.drain_grace))),
-                        help="seconds SIGTERM waits for running tasks before exiting")
-    parser.add_argument("--heartbeat-interval", type=float,
-                        default=float(env_default("HEARTBEAT_INTERVAL", str(d.heartbeat_interval))),
-                        help="seconds between agent heartbeats")
-    parser.add_argument("--heartbeat-timeout", type=float,
-                        default=float(env_default("HEARTBEAT_TIMEOUT", str(d.heartbeat_timeout))),
-                        help="seconds of agent silence before it counts as lost")
+    parser.add_argument(
+        "--listen",
+        default=env_default("LISTEN", d.listen),
+        help="gRPC address (host:port; port 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default=env_default("METRICS_LISTEN", d.metrics_listen),
+        help="Prometheus /metrics address (host:port; empty disables)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=env_default("DATA_DIR", str(d.data_dir)),
+        help="directory for the embedded event store",
+    )
+    parser.add_argument(
+        "--store",
+        default=env_default("STORE", d.store),
+        help="event store URL: sqlite:///PATH or memory:// (default: SQLite in --data-dir)",
+    )
+    parser.add_argument(
+        "--runtime",
+        default=env_default("RUNTIME", d.runtime),
+        choices=["local", "kubernetes"],
+        help="where spawned agents run",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env_default("LOG_LEVEL", d.log_level),
+        choices=["debug", "info", "warning", "error"],
+    )
+    parser.add_argument(
+        "--drain-grace",
+        type=float,
+        default=float(env_default("DRAIN_GRACE", str(d.drain_grace))),
+        help="seconds SIGTERM waits for running tasks before exiting",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=float(env_default("HEARTBEAT_INTERVAL", str(d.heartbeat_interval))),
+        help="seconds between agent heartbeats",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=float(env_default("HEARTBEAT_TIMEOUT", str(d.heartbeat_timeout))),
+        help="seconds of agent silence before it counts as lost",
+    )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "godel.v1"
@@ -44,7 +45,7 @@ class GodelError(Exception):
             self.reason = reason
         self.metadata = metadata
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         """The `google.rpc` detail messages beyond ErrorInfo; subclasses add theirs."""
         return []
 
@@ -55,7 +56,7 @@ class GodelError(Exception):
         info.metadata.update(self.metadata)
         status.details.add().Pack(info)
         for detail in self.details():
-            status.details.add().Pack(detail)  # type: ignore[arg-type]
+            status.details.add().Pack(detail)
         return status
 
 
@@ -73,12 +74,10 @@ class InvalidArgument(GodelError):
             message = f"{first.field}: {first.description}{more}"
         super().__init__(message)
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         request = error_details_pb2.BadRequest()
         for violation in self.violations:
-            request.field_violations.add(
-                field=violation.field, description=violation.description
-            )
+            request.field_violations.add(field=violation.field, description=violation.description)
         return [request]
 
 
@@ -93,7 +92,7 @@ class NotFound(GodelError):
         self.resource_type = resource_type
         self.resource_id = resource_id
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         return [
             error_details_pb2.ResourceInfo(
                 resource_type=self.resource_type, resource_name=self.resource_id
@@ -114,13 +113,19 @@ class FailedPrecondition(GodelError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"
 
-    def __init__(self, message: str, *, subject: str = "", violation_type: str = "STATE",
-                 reason: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str = "",
+        violation_type: str = "STATE",
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message, reason=reason)
         self.subject = subject
         self.violation_type = violation_type
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         failure = error_details_pb2.PreconditionFailure()
         failure.violations.add(
             type=self.violation_type, subject=self.subject, description=self.message
@@ -134,16 +139,22 @@ class ResourceExhausted(GodelError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, *, subject: str, retry_after: float | None = None,
-                 reason: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str,
+        retry_after: float | None = None,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message, reason=reason)
         self.subject = subject
         self.retry_after = retry_after
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         failure = error_details_pb2.QuotaFailure()
         failure.violations.add(subject=self.subject, description=self.message)
-        out: list[object] = [failure]
+        out: list[Message] = [failure]
         if self.retry_after is not None:
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(self.retry_after * 1e9))
@@ -163,5 +174,3 @@ class Unimplemented(GodelError):
 
     code = grpc.StatusCode.UNIMPLEMENTED
     reason = "UNIMPLEMENTED"
-
-

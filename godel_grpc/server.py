@@ -50,8 +50,13 @@ def api_services() -> list[tuple[str, Any, Any]]:
         for name in pb2.DESCRIPTOR.services_by_name:
             if name in SIDECAR_SERVICES:
                 continue
-            found.append((name, getattr(module, f"{name}Servicer"),
-                          getattr(module, f"add_{name}Servicer_to_server")))
+            found.append(
+                (
+                    name,
+                    getattr(module, f"{name}Servicer"),
+                    getattr(module, f"add_{name}Servicer_to_server"),
+                )
+            )
     return sorted(found, key=lambda item: item[0])
 
 
@@ -76,7 +81,9 @@ class RunningServer:
             self._metrics_server.shutdown()
 
 
-async def start_server(config: ServeConfig, registry: CollectorRegistry | None = None) -> RunningServer:
+async def start_server(
+    config: ServeConfig, registry: CollectorRegistry | None = None
+) -> RunningServer:
     """Starts a coordinator as configured and returns once it is serving."""
     registry = registry or CollectorRegistry()
     metrics = CoordinatorMetrics(registry)
@@ -103,7 +110,9 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
     implemented: dict[str, Any] = {
         "TaskService": TaskServicer(coordinator),
         "AgentLinkService": AgentLinkServicer(coordinator),
-        "AgentService": AgentServicer(coordinator),
+        # The generated stubs declare every RPC abstract; at run time the base class
+        # answers UNIMPLEMENTED for the ones this coordinator does not serve yet.
+        "AgentService": AgentServicer(coordinator),  # type: ignore[abstract]
         "EventService": EventServicer(coordinator),
     }
     names = []
@@ -125,11 +134,22 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
     metrics_port = None
     if config.metrics_listen:
         host, _, raw_port = config.metrics_listen.rpartition(":")
-        metrics_server, _thread = start_http_server(int(raw_port), addr=host or "127.0.0.1", registry=registry)
+        metrics_server, _thread = start_http_server(
+            int(raw_port), addr=host or "127.0.0.1", registry=registry
+        )
         metrics_port = metrics_server.server_port
-    log.info("serving", extra={"listen": config.listen, "port": port, "metrics_port": metrics_port,
-                               "store": config.store or str(config.data_dir / "events.db")})
-    return RunningServer(server, coordinator, health_servicer, port, metrics_port, registry, metrics_server)
+    log.info(
+        "serving",
+        extra={
+            "listen": config.listen,
+            "port": port,
+            "metrics_port": metrics_port,
+            "store": config.store or str(config.data_dir / "events.db"),
+        },
+    )
+    return RunningServer(
+        server, coordinator, health_servicer, port, metrics_port, registry, metrics_server
+    )
 
 
 async def serve(config: ServeConfig) -> int:
@@ -141,8 +161,8 @@ async def serve(config: ServeConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     assert running.coordinator.fatal is not None
     fatal = running.coordinator.fatal
-    stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([stopper, fatal], return_when=asyncio.FIRST_COMPLETED)
+    stopper: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([stopper, fatal], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
     if fatal.done():
         log.critical("stopping: the event store failed", exc_info=fatal.result())
         await running.server.stop(grace=0)

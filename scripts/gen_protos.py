@@ -30,6 +30,7 @@ def _generate(dest: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     plugin = Path(sys.executable).parent / "protoc-gen-mypy"
+    grpc_plugin = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
@@ -38,6 +39,8 @@ def _generate(dest: Path) -> None:
         f"--grpc_python_out={dest}",
         f"--plugin=protoc-gen-mypy={plugin}",
         f"--mypy_out={dest}",
+        f"--plugin=protoc-gen-mypy_grpc={grpc_plugin}",
+        f"--mypy_grpc_out={dest}",
         *protos,
     ]
     if protoc.main(args) != 0:
@@ -50,8 +53,12 @@ def _generate(dest: Path) -> None:
 
 
 def _differences(a: Path, b: Path) -> list[str]:
-    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    files_a = {
+        p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
+    files_b = {
+        p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
     diffs = sorted(str(p) for p in files_a ^ files_b)
     for rel in files_a & files_b:
         if not filecmp.cmp(a / rel, b / rel, shallow=False):

@@ -78,7 +78,9 @@ class LineReader:
                         return line
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError("no matching line; output so far:\n" + "\n".join(self.lines[-40:]))
+                    raise TimeoutError(
+                        "no matching line; output so far:\n" + "\n".join(self.lines[-40:])
+                    )
                 self._cond.wait(remaining)
 
 
@@ -98,11 +100,22 @@ class CoordinatorProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, port: int = 0) -> CoordinatorProcess:
-        args = [PYTHON, "-m", "godel_grpc.cli", "serve", "--listen", f"127.0.0.1:{port}",
-                "--metrics-listen", "127.0.0.1:0", "--data-dir", str(self.data_dir),
-                *self.extra_args]
-        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     env=child_env(), cwd=ROOT)
+        args = [
+            PYTHON,
+            "-m",
+            "godel_grpc.cli",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=child_env(), cwd=ROOT
+        )
         self.log = LineReader(self.proc.stderr)
         line = self.log.wait_for(lambda text: '"serving"' in text)
         record = json.loads(line)
@@ -129,11 +142,27 @@ class CoordinatorProcess:
 class AgentProcess:
     """A real `godel agent` child process."""
 
-    def __init__(self, address: str, role: str, *extra_args: str, env: dict[str, str] | None = None) -> None:
-        args = [PYTHON, "-m", "godel_grpc.cli", "agent", "--coordinator", address, "--role", role,
-                *extra_args]
-        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     env=child_env(**(env or {})), cwd=ROOT)
+    def __init__(
+        self, address: str, role: str, *extra_args: str, env: dict[str, str] | None = None
+    ) -> None:
+        args = [
+            PYTHON,
+            "-m",
+            "godel_grpc.cli",
+            "agent",
+            "--coordinator",
+            address,
+            "--role",
+            role,
+            *extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=child_env(**(env or {})),
+            cwd=ROOT,
+        )
         self.log = LineReader(self.proc.stderr)
 
     def stop(self) -> None:
@@ -153,8 +182,9 @@ def coordinator_process(data_dir: Path, *args: str) -> Iterator[CoordinatorProce
 
 
 @contextmanager
-def agent_processes(address: str, role: str, count: int, *args: str,
-                    env: dict[str, str] | None = None) -> Iterator[list[AgentProcess]]:
+def agent_processes(
+    address: str, role: str, count: int, *args: str, env: dict[str, str] | None = None
+) -> Iterator[list[AgentProcess]]:
     """Starts `count` agent processes and always kills them afterwards."""
     agents: list[AgentProcess] = []
     try:

@@ -40,7 +40,9 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
         try:
             first = await asyncio.wait_for(anext(messages), HELLO_TIMEOUT)
         except (StopAsyncIteration, TimeoutError):
-            raise InvalidArgument([FieldViolation("hello", "the first message must carry a hello")]) from None
+            raise InvalidArgument(
+                [FieldViolation("hello", "the first message must carry a hello")]
+            ) from None
         if not first.HasField("hello"):
             raise InvalidArgument([FieldViolation("hello", "the first message must carry a hello")])
         found = violations(first.hello, "hello")
@@ -58,7 +60,10 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
             self._coordinator.close_session(session, session.close_reason or "stream closed")
 
     async def _read(
-        self, session: AgentSession, first: pb.AgentMessage, messages: AsyncIterator[pb.AgentMessage]
+        self,
+        session: AgentSession,
+        first: pb.AgentMessage,
+        messages: AsyncIterator[pb.AgentMessage],
     ) -> None:
         reason = "stream closed by agent"
         try:

@@ -22,7 +22,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     async def GetAgent(self, request: pb.GetAgentRequest, context: Context) -> pb.GetAgentResponse:
         return pb.GetAgentResponse(agent=self._coordinator.get_agent(request.id))
 
-    async def ListAgents(self, request: pb.ListAgentsRequest, context: Context) -> pb.ListAgentsResponse:
+    async def ListAgents(
+        self, request: pb.ListAgentsRequest, context: Context
+    ) -> pb.ListAgentsResponse:
         agents, token = self._coordinator.list_agents(
             request.page_size, request.page_token, request.state, request.role
         )

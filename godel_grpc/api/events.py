@@ -41,7 +41,9 @@ class EventServicer(pb_grpc.EventServiceServicer):
         after = request.after_id
         if request.page_token:
             if not request.page_token.isdigit():
-                raise InvalidArgument([FieldViolation("pageToken", "is not a token from a previous page")])
+                raise InvalidArgument(
+                    [FieldViolation("pageToken", "is not a token from a previous page")]
+                )
             after = max(after, int(request.page_token))
         size = request.page_size or 100
         stored = await self._coordinator.store.read(
@@ -53,7 +55,9 @@ class EventServicer(pb_grpc.EventServiceServicer):
         )
         page = stored[:size]
         token = str(page[-1].position) if len(stored) > size else ""
-        return pb.ListAgentEventsResponse(events=[to_api_event(e) for e in page], next_page_token=token)
+        return pb.ListAgentEventsResponse(
+            events=[to_api_event(e) for e in page], next_page_token=token
+        )
 
     async def SubscribeEvents(
         self, request: pb.SubscribeEventsRequest, context: Context
@@ -66,7 +70,9 @@ class EventServicer(pb_grpc.EventServiceServicer):
         while True:
             last = await store.last_position()
             while position < last:
-                batch = await store.read(position, _SUBSCRIBE_BATCH, stream=stream, types=types, up_to=last)
+                batch = await store.read(
+                    position, _SUBSCRIBE_BATCH, stream=stream, types=types, up_to=last
+                )
                 for stored in batch:
                     yield pb.SubscribeEventsResponse(event=to_api_event(stored), live=caught_up)
                 position = batch[-1].position if len(batch) == _SUBSCRIBE_BATCH else last

@@ -34,7 +34,7 @@ async def _abort(context: Context, error: GodelError) -> None:
     )
 
 
-class BoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class BoundaryInterceptor(grpc.aio.ServerInterceptor):
     """Validation, error mapping and RPC metrics for every method."""
 
     def __init__(self, metrics: CoordinatorMetrics) -> None:
@@ -42,9 +42,11 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -59,7 +61,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._unary_stream(method, handler.unary_stream),
+                self._unary_stream(method, handler.unary_stream),  # type: ignore[arg-type]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -70,7 +72,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._stream_stream(method, handler.stream_stream),
+            self._stream_stream(method, handler.stream_stream),  # type: ignore[arg-type]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -79,7 +81,9 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._metrics.rpcs.labels(method, code.name).inc()
         self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
 
-    def _unary(self, method: str, behaviour: Callable[..., Awaitable[Message]]) -> Callable[..., Awaitable[Message]]:
+    def _unary(
+        self, method: str, behaviour: Callable[..., Awaitable[Message]]
+    ) -> Callable[..., Awaitable[Message]]:
         async def handle(request: Message, context: Context) -> Message:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
@@ -142,7 +146,9 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _stream_stream(
         self, method: str, behaviour: Callable[..., AsyncIterator[Message]]
     ) -> Callable[..., AsyncIterator[Message]]:
-        async def handle(requests: AsyncIterator[Message], context: Context) -> AsyncIterator[Message]:
+        async def handle(
+            requests: AsyncIterator[Message], context: Context
+        ) -> AsyncIterator[Message]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:

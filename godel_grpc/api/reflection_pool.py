@@ -19,7 +19,7 @@ class MethodAwarePool:
     def __init__(self, pool: descriptor_pool.DescriptorPool | None = None) -> None:
         self._pool = pool or descriptor_pool.Default()
 
-    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:  # noqa: N802 - pool API
+    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:
         try:
             return self._pool.FindFileContainingSymbol(symbol)
         except KeyError:

@@ -20,23 +20,35 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
 
-    async def SubmitTask(self, request: pb.SubmitTaskRequest, context: Context) -> pb.SubmitTaskResponse:
+    async def SubmitTask(
+        self, request: pb.SubmitTaskRequest, context: Context
+    ) -> pb.SubmitTaskResponse:
         (task,) = await self._coordinator.submit_tasks([request])
         return pb.SubmitTaskResponse(task=task)
 
-    async def SubmitTasks(self, request: pb.SubmitTasksRequest, context: Context) -> pb.SubmitTasksResponse:
+    async def SubmitTasks(
+        self, request: pb.SubmitTasksRequest, context: Context
+    ) -> pb.SubmitTasksResponse:
         tasks = await self._coordinator.submit_tasks(request.requests)
         return pb.SubmitTasksResponse(tasks=tasks)
 
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
         return pb.GetTaskResponse(task=self._coordinator.get_task(request.id))
 
-    async def ListTasks(self, request: pb.ListTasksRequest, context: Context) -> pb.ListTasksResponse:
-        tasks, token = self._coordinator.list_tasks(request.page_size, request.page_token, request.state)
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: Context
+    ) -> pb.ListTasksResponse:
+        tasks, token = self._coordinator.list_tasks(
+            request.page_size, request.page_token, request.state
+        )
         return pb.ListTasksResponse(tasks=tasks, next_page_token=token)
 
-    async def CancelTask(self, request: pb.CancelTaskRequest, context: Context) -> pb.CancelTaskResponse:
-        return pb.CancelTaskResponse(task=await self._coordinator.cancel_task(request.id, request.reason))
+    async def CancelTask(
+        self, request: pb.CancelTaskRequest, context: Context
+    ) -> pb.CancelTaskResponse:
+        return pb.CancelTaskResponse(
+            task=await self._coordinator.cancel_task(request.id, request.reason)
+        )
 
     async def WatchTask(
         self, request: pb.WatchTaskRequest, context: Context

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
+from typing import cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -49,19 +50,16 @@ def _plan(descriptor: Descriptor) -> _MessagePlan:
     checks = []
     for field in descriptor.fields:
         rules = _rules_of(field)
-        is_message = field.type == FieldDescriptor.TYPE_MESSAGE
-        is_map = is_message and field.message_type.GetOptions().map_entry
-        nested = (
-            is_message
-            and not is_map
-            and field.message_type.file.package == "godel.v1"
-        )
-        is_enum = field.type == FieldDescriptor.TYPE_ENUM
+        message_type = field.message_type
+        is_map = message_type is not None and message_type.GetOptions().map_entry
+        nested = message_type is not None and not is_map and message_type.file.package == "godel.v1"
+        enum_type = field.enum_type
+        is_enum = enum_type is not None
         if rules is None and not nested and not is_enum:
             continue
         regex = re.compile(rules.pattern) if rules is not None and rules.pattern else None
         enum_values = (
-            frozenset(v.number for v in field.enum_type.values) if is_enum else None
+            frozenset(v.number for v in enum_type.values) if enum_type is not None else None
         )
         checks.append(_FieldCheck(field, field.json_name, rules, regex, nested, enum_values))
     oneofs = tuple(
@@ -94,8 +92,12 @@ def _walk(message: Message, prefix: str, found: list[FieldViolation]) -> None:
     plan = _plan(message.DESCRIPTOR)
     for oneof in plan.required_oneofs:
         if message.WhichOneof(oneof) is None:
-            members = " or ".join(f.json_name for f in message.DESCRIPTOR.oneofs_by_name[oneof].fields)
-            found.append(FieldViolation(_path(prefix, oneof), f"exactly one of {members} is required"))
+            members = " or ".join(
+                f.json_name for f in message.DESCRIPTOR.oneofs_by_name[oneof].fields
+            )
+            found.append(
+                FieldViolation(_path(prefix, oneof), f"exactly one of {members} is required")
+            )
     for check in plan.checks:
         field = check.field
         path = _path(prefix, check.json_name)
@@ -128,14 +130,14 @@ def _check_rules(
     field = check.field
     add: Callable[[str], None] = lambda text: found.append(FieldViolation(path, text))  # noqa: E731
     if repeated:
-        items = value  # a list or a map
-        size = len(items)  # type: ignore[arg-type]
+        items = cast("Sized", value)  # a repeated field or a map
+        size = len(items)
         if rules.required and size == 0:
             add("is required")
         if rules.max_len and size > rules.max_len:
             add(f"has {size} entries; at most {rules.max_len} allowed")
         if field.type == FieldDescriptor.TYPE_STRING:
-            for index, item in enumerate(items):  # type: ignore[attr-defined]
+            for index, item in enumerate(cast("Iterable[str]", items)):
                 _check_scalar(rules, check.regex, item, f"{path}[{index}]", found, in_list=True)
         return
     if field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -160,10 +162,14 @@ def _check_scalar(
     if isinstance(value, str):
         if not value:
             if rules.required or in_list:
-                found.append(FieldViolation(path, "is required" if not in_list else "must not be empty"))
+                found.append(
+                    FieldViolation(path, "is required" if not in_list else "must not be empty")
+                )
             return
         if not in_list and rules.max_len and len(value) > rules.max_len:
-            found.append(FieldViolation(path, f"is {len(value)} characters; at most {rules.max_len} allowed"))
+            found.append(
+                FieldViolation(path, f"is {len(value)} characters; at most {rules.max_len} allowed")
+            )
         elif in_list and len(value) > 256:
             found.append(FieldViolation(path, "is longer than 256 characters"))
         if getattr(rules, "in") and value not in getattr(rules, "in"):
@@ -176,7 +182,9 @@ def _check_scalar(
         if rules.required and not value:
             found.append(FieldViolation(path, "is required"))
         if rules.max_len and len(value) > rules.max_len:
-            found.append(FieldViolation(path, f"is {len(value)} bytes; at most {rules.max_len} allowed"))
+            found.append(
+                FieldViolation(path, f"is {len(value)} bytes; at most {rules.max_len} allowed")
+            )
         return
     if isinstance(value, bool):
         return
@@ -187,9 +195,13 @@ def _check_scalar(
             found.append(FieldViolation(path, "must be a number"))
             return
         if rules.HasField("min") and value < rules.min:
-            found.append(FieldViolation(path, f"must be at least {_fmt(rules.min)}; got {_fmt(value)}"))
+            found.append(
+                FieldViolation(path, f"must be at least {_fmt(rules.min)}; got {_fmt(value)}")
+            )
         if rules.HasField("max") and value > rules.max:
-            found.append(FieldViolation(path, f"must be at most {_fmt(rules.max)}; got {_fmt(value)}"))
+            found.append(
+                FieldViolation(path, f"must be at most {_fmt(rules.max)}; got {_fmt(value)}")
+            )
 
 
 def _fmt(number: float) -> str:

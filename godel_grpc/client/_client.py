@@ -103,11 +103,15 @@ class Tasks:
     @_translated
     async def get(self, task_id: str) -> task_pb2.Task:
         """The task with this id."""
-        response = await self._stub.GetTask(task_pb.GetTaskRequest(id=task_id), timeout=self._timeout)
+        response = await self._stub.GetTask(
+            task_pb.GetTaskRequest(id=task_id), timeout=self._timeout
+        )
         return response.task
 
     @_translated
-    async def list(self, page_size: int = 100, page_token: str = "", state: int = 0) -> tuple[list[task_pb2.Task], str]:
+    async def list(
+        self, page_size: int = 100, page_token: str = "", state: int = 0
+    ) -> tuple[list[task_pb2.Task], str]:
         """A page of tasks, newest first, and the next page's token."""
         response = await self._stub.ListTasks(
             task_pb.ListTasksRequest(page_size=page_size, page_token=page_token, state=state),  # type: ignore[arg-type]
@@ -123,7 +127,9 @@ class Tasks:
         )
         return response.task
 
-    async def watch(self, task_id: str, timeout: float | None = None) -> AsyncIterator[task_pb2.Task]:
+    async def watch(
+        self, task_id: str, timeout: float | None = None
+    ) -> AsyncIterator[task_pb2.Task]:
         """The task now and after every change, until it ends (or `timeout` seconds)."""
         call = self._stub.WatchTask(task_pb.WatchTaskRequest(id=task_id), timeout=timeout)
         try:
@@ -151,7 +157,9 @@ class Agents:
     @_translated
     async def get(self, agent_id: str) -> agent_pb2.Agent:
         """The agent with this id."""
-        response = await self._stub.GetAgent(agent_pb.GetAgentRequest(id=agent_id), timeout=self._timeout)
+        response = await self._stub.GetAgent(
+            agent_pb.GetAgentRequest(id=agent_id), timeout=self._timeout
+        )
         return response.agent
 
     @_translated
@@ -184,7 +192,9 @@ class Events:
         token = ""
         while True:
             response = await self._stub.ListAgentEvents(
-                event_pb.ListAgentEventsRequest(agent_id=agent_id, page_size=page_size, page_token=token),
+                event_pb.ListAgentEventsRequest(
+                    agent_id=agent_id, page_size=page_size, page_token=token
+                ),
                 timeout=self._timeout,
             )
             found.extend(response.events)
@@ -192,9 +202,13 @@ class Events:
             if not token:
                 return found
 
-    async def subscribe(self, after_id: int = 0, types: Sequence[str] = ()) -> AsyncIterator[event_pb.SubscribeEventsResponse]:
+    async def subscribe(
+        self, after_id: int = 0, types: Sequence[str] = ()
+    ) -> AsyncIterator[event_pb.SubscribeEventsResponse]:
         """Every event after `after_id`: recorded ones first, then live ones."""
-        call = self._stub.SubscribeEvents(event_pb.SubscribeEventsRequest(after_id=after_id, types=types))
+        call = self._stub.SubscribeEvents(
+            event_pb.SubscribeEventsRequest(after_id=after_id, types=types)
+        )
         try:
             async for response in call:
                 yield response
@@ -205,7 +219,9 @@ class Events:
 class Client:
     """Connects to a coordinator; use as `async with Client(address) as client`."""
 
-    def __init__(self, address: str = "127.0.0.1:50051", *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, address: str = "127.0.0.1:50051", *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self.address = address
         self._channel = grpc.aio.insecure_channel(
             address, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
@@ -222,7 +238,10 @@ class Client:
         return self
 
     async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 

@@ -10,6 +10,7 @@ message with all its new assignments.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import heapq
 import itertools
@@ -31,11 +32,11 @@ from godel_grpc._proto.godel.v1 import (
 )
 from godel_grpc.core import events
 from godel_grpc.core.fields import copy_common_fields
+from godel_grpc.core.journal import Journal
 from godel_grpc.core.records import AgentRecord, AgentState, TaskRecord, TaskState
 from godel_grpc.core.scheduler import Scheduler
 from godel_grpc.core.session import AgentSession
 from godel_grpc.core.state import CoordinatorState
-from godel_grpc.core.journal import Journal
 from godel_grpc.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -91,6 +92,7 @@ class Coordinator:
         self._sweeper: asyncio.Task[None] | None = None
         self._events_since_snapshot = 0
         self._stopping = False
+        self._lease_ended = asyncio.Event()
         self.fatal: asyncio.Future[BaseException] | None = None
         metrics.watch_task_states(self._task_counts_by_name)
 
@@ -107,8 +109,9 @@ class Coordinator:
         for task in self.state.tasks.values():
             if task.state == TaskState.STATE_RUNNING:
                 recovery.append(
-                    events.task_requeued(task.id, task.attempt_id, task.agent_id,
-                                         "coordinator restarted", lost=False)
+                    events.task_requeued(
+                        task.id, task.attempt_id, task.agent_id, "coordinator restarted", lost=False
+                    )
                 )
                 self.metrics.requeued.labels("restart").inc()
         self._apply_all(recovery)
@@ -156,8 +159,13 @@ class Coordinator:
             session.send_drain()
             self.scheduler.remove_agent(session.agent_id)
         deadline = time.monotonic() + grace
-        while any(s.leases for s in self.sessions.values()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        while any(s.leases for s in self.sessions.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._lease_ended.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lease_ended.wait(), remaining)
         for session in list(self.sessions.values()):
             session.close("coordinator shutting down")
         if self._sweeper is not None:
@@ -191,7 +199,7 @@ class Coordinator:
 
     def _task_counts_by_name(self) -> dict[str, int]:
         return {
-            TaskState.Name(state).removeprefix("STATE_").lower(): count
+            TaskState.Name(state).removeprefix("STATE_").lower(): count  # type: ignore[arg-type]
             for state, count in self.state.task_counts.items()
             if state
         }
@@ -239,8 +247,9 @@ class Coordinator:
         self._require_open()
         now = time.time()
         violations = [
-            FieldViolation(f"requests[{i}].deadline" if len(requests) > 1 else "deadline",
-                           "is in the past")
+            FieldViolation(
+                f"requests[{i}].deadline" if len(requests) > 1 else "deadline", "is in the past"
+            )
             for i, request in enumerate(requests)
             if request.HasField("deadline") and request.deadline.ToNanoseconds() / 1e9 <= now
         ]
@@ -285,7 +294,9 @@ class Coordinator:
     ) -> tuple[list[task_pb2.Task], str]:
         """A page of tasks, newest first; the token is the index to continue below."""
         size = page_size or 100
-        end = _page_start(page_token, len(self._task_order)) if page_token else len(self._task_order)
+        end = (
+            _page_start(page_token, len(self._task_order)) if page_token else len(self._task_order)
+        )
         page: list[task_pb2.Task] = []
         index = end
         while index > 0 and len(page) < size:
@@ -306,8 +317,13 @@ class Coordinator:
             )
         was_running = task.state == TaskState.STATE_RUNNING
         agent_id, attempt_id = task.agent_id, task.attempt_id
-        done = self._record([events.task_cancelled(task_id, reason or "cancelled by caller",
-                                                   agent_id if was_running else "")])
+        done = self._record(
+            [
+                events.task_cancelled(
+                    task_id, reason or "cancelled by caller", agent_id if was_running else ""
+                )
+            ]
+        )
         if was_running:
             self._end_lease(agent_id, attempt_id)
             session = self.sessions.get(agent_id)
@@ -419,8 +435,9 @@ class Coordinator:
             agent.labels = dict(hello.labels)
         session = AgentSession(agent_id, name, capacity)
         self.sessions[agent_id] = session
-        welcome = link_pb2.AgentWelcome(agent_id=agent_id, name=name, resume_token=token,
-                                        resumed=resumed)
+        welcome = link_pb2.AgentWelcome(
+            agent_id=agent_id, name=name, resume_token=token, resumed=resumed
+        )
         welcome.heartbeat_interval.FromNanoseconds(int(self.settings.heartbeat_interval * 1e9))
         welcome.heartbeat_timeout.FromNanoseconds(int(self.settings.heartbeat_timeout * 1e9))
         session.send_welcome(welcome)
@@ -429,8 +446,10 @@ class Coordinator:
             self.scheduler.add_agent(agent_id, agent.pools(), capacity)
             self.metrics.agents_connected.set(len(self.sessions))
             self._schedule_dispatch()
-        log.info("agent connected", extra={"agent_id": agent_id, "agent": name,
-                                           "role": hello.role, "resumed": resumed})
+        log.info(
+            "agent connected",
+            extra={"agent_id": agent_id, "agent": name, "role": hello.role, "resumed": resumed},
+        )
         return session
 
     def on_agent_message(self, session: AgentSession, message: link_pb2.AgentMessage) -> None:
@@ -446,20 +465,25 @@ class Coordinator:
             task = self._current_task(session, result.task_id, result.attempt_id)
             if task is None:
                 self.metrics.results.labels("stale").inc()
-                log.debug("dropped stale result", extra={"task_id": result.task_id,
-                                                         "attempt_id": result.attempt_id})
+                log.debug(
+                    "dropped stale result",
+                    extra={"task_id": result.task_id, "attempt_id": result.attempt_id},
+                )
                 continue
             del session.leases[result.attempt_id]
             self.scheduler.release(session.agent_id)
             if result.WhichOneof("outcome") == "error":
                 error = result.error
                 final = not error.retryable or task.failures + 1 >= task.max_attempts
-                event = events.task_attempt_failed(task.id, result.attempt_id, session.agent_id,
-                                                   error, final)
+                event = events.task_attempt_failed(
+                    task.id, result.attempt_id, session.agent_id, error, final
+                )
                 self.metrics.results.labels("failed").inc()
             else:
                 event = events.task_succeeded(
-                    task.id, result.attempt_id, session.agent_id,
+                    task.id,
+                    result.attempt_id,
+                    session.agent_id,
                     result.output if result.HasField("output") else None,
                 )
                 self.metrics.results.labels("succeeded").inc()
@@ -475,8 +499,9 @@ class Coordinator:
                 continue
             del session.leases[attempt_id]
             self.scheduler.release(session.agent_id)
-            event = events.task_requeued(task.id, attempt_id, session.agent_id,
-                                         "released by agent", lost=False)
+            event = events.task_requeued(
+                task.id, attempt_id, session.agent_id, "released by agent", lost=False
+            )
             self.state.apply(event)
             batch.append(event)
             self.metrics.requeued.labels("released").inc()
@@ -485,14 +510,22 @@ class Coordinator:
         for progress in message.progress:
             task = self._current_task(session, progress.task_id, progress.attempt_id)
             if task is not None:
-                report = task_pb2.TaskProgressReport(fraction=progress.fraction,
-                                                     message=progress.message)
+                report = task_pb2.TaskProgressReport(
+                    fraction=progress.fraction, message=progress.message
+                )
                 report.time.GetCurrentTime()
                 task.progress = report
                 changed.append(task)
         for line in message.logs:
-            log.debug("agent log", extra={"agent": session.name, "task_id": line.task_id,
-                                          "agent_level": line.level, "text": line.message})
+            log.debug(
+                "agent log",
+                extra={
+                    "agent": session.name,
+                    "task_id": line.task_id,
+                    "agent_level": line.level,
+                    "text": line.message,
+                },
+            )
         if message.draining and not session.draining:
             session.draining = True
             agent.state = AgentState.STATE_DRAINING
@@ -500,10 +533,13 @@ class Coordinator:
         if batch:
             self.journal.record(batch)
             self._schedule_dispatch()
+            self._lease_ended.set()
         for task in changed:
             self._notify(task)
 
-    def _current_task(self, session: AgentSession, task_id: str, attempt_id: str) -> TaskRecord | None:
+    def _current_task(
+        self, session: AgentSession, task_id: str, attempt_id: str
+    ) -> TaskRecord | None:
         if session.leases.get(attempt_id) != task_id:
             return None
         task = self.state.tasks.get(task_id)
@@ -528,17 +564,28 @@ class Coordinator:
         requeued: list[TaskRecord] = []
         for attempt_id, task_id in session.leases.items():
             task = self.state.tasks.get(task_id)
-            if task is None or task.state != TaskState.STATE_RUNNING or task.attempt_id != attempt_id:
+            if (
+                task is None
+                or task.state != TaskState.STATE_RUNNING
+                or task.attempt_id != attempt_id
+            ):
                 continue
             final = task.failures + 1 >= task.max_attempts
             if final:
-                error = task_pb2.TaskError(code="AGENT_LOST",
-                                           message=f"agent {session.name} was lost: {reason}")
-                batch.append(events.task_attempt_failed(task_id, attempt_id, session.agent_id,
-                                                        error, final=True))
+                error = task_pb2.TaskError(
+                    code="AGENT_LOST", message=f"agent {session.name} was lost: {reason}"
+                )
+                batch.append(
+                    events.task_attempt_failed(
+                        task_id, attempt_id, session.agent_id, error, final=True
+                    )
+                )
             else:
-                batch.append(events.task_requeued(task_id, attempt_id, session.agent_id,
-                                                  f"agent lost: {reason}", lost=True))
+                batch.append(
+                    events.task_requeued(
+                        task_id, attempt_id, session.agent_id, f"agent lost: {reason}", lost=True
+                    )
+                )
                 self.metrics.requeued.labels("agent_lost").inc()
             requeued.append(task)
         session.leases.clear()
@@ -548,8 +595,10 @@ class Coordinator:
             if task.state == TaskState.STATE_QUEUED:
                 self._enqueue(task)
             self._notify(task)
-        log.info("agent disconnected", extra={"agent_id": session.agent_id,
-                                              "agent": session.name, "reason": reason})
+        log.info(
+            "agent disconnected",
+            extra={"agent_id": session.agent_id, "agent": session.name, "reason": reason},
+        )
 
     def get_agent(self, agent_id: str) -> agent_pb2.Agent:
         """The agent with this id, or NotFound."""
@@ -585,10 +634,7 @@ class Coordinator:
                 if now - session.last_seen > self.settings.heartbeat_timeout:
                     self.close_session(session, "heartbeat timeout")
             self._expire_deadlines(time.time())
-            if (
-                self._events_since_snapshot >= self.settings.snapshot_every
-                and self.journal.idle
-            ):
+            if self._events_since_snapshot >= self.settings.snapshot_every and self.journal.idle:
                 await self._snapshot()
 
     def _expire_deadlines(self, now: float) -> None:
@@ -598,8 +644,9 @@ class Coordinator:
             task = self.state.tasks.get(task_id)
             if task is None or task.terminal:
                 continue
-            error = task_pb2.TaskError(code="DEADLINE_EXCEEDED",
-                                       message="the task's deadline passed before it finished")
+            error = task_pb2.TaskError(
+                code="DEADLINE_EXCEEDED", message="the task's deadline passed before it finished"
+            )
             if task.state == TaskState.STATE_RUNNING:
                 agent_id, attempt_id = task.agent_id, task.attempt_id
                 event = events.task_attempt_failed(task_id, attempt_id, agent_id, error, final=True)

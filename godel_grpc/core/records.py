@@ -63,9 +63,7 @@ class TaskRecord:
         self.pool = pool_of(spec)
         self.priority_rank = PRIORITY_RANK.get(spec.priority or "normal", 2)
         self.max_attempts = spec.max_attempts or DEFAULT_MAX_ATTEMPTS
-        self.deadline = (
-            spec.deadline.ToNanoseconds() / 1e9 if spec.HasField("deadline") else None
-        )
+        self.deadline = spec.deadline.ToNanoseconds() / 1e9 if spec.HasField("deadline") else None
         self.attempts = 0
         self.failures = 0
         self.agent_id = ""

@@ -177,7 +177,7 @@ class CoordinatorState:
             spec = task_pb2.Task()
             spec.CopyFrom(proto)
             for name in _TASK_STATE_FIELDS:
-                spec.ClearField(name)
+                spec.ClearField(name)  # type: ignore[arg-type]
             task = TaskRecord(spec, proto.create_time.ToNanoseconds() / 1e9)
             task.state = proto.state
             task.attempts = proto.attempts

@@ -25,10 +25,17 @@ pytestmark = pytest.mark.integration
 Task = task_pb2.Task
 HANDLERS = "tests.agents.handlers"
 SERVICES = [
-    "godel.v1.AgentLinkService", "godel.v1.AgentService", "godel.v1.BulkheadService",
-    "godel.v1.ConvoyService", "godel.v1.EventService", "godel.v1.PatternService",
-    "godel.v1.QueueService", "godel.v1.SagaService", "godel.v1.SwarmService",
-    "godel.v1.TaskService", "godel.v1.WorkflowService",
+    "godel.v1.AgentLinkService",
+    "godel.v1.AgentService",
+    "godel.v1.BulkheadService",
+    "godel.v1.ConvoyService",
+    "godel.v1.EventService",
+    "godel.v1.PatternService",
+    "godel.v1.QueueService",
+    "godel.v1.SagaService",
+    "godel.v1.SwarmService",
+    "godel.v1.TaskService",
+    "godel.v1.WorkflowService",
 ]
 
 
@@ -47,8 +54,9 @@ async def wait_ready(client: Client, count: int, timeout: float = 30.0) -> None:
 
 async def test_grpcurl_lists_describes_and_submits(tmp_path: Path) -> None:
     require_tool("grpcurl")
-    with coordinator_process(tmp_path) as coordinator, agent_processes(
-        coordinator.address, "worker", 1, "--handler", f"{HANDLERS}:echo"
+    with (
+        coordinator_process(tmp_path) as coordinator,
+        agent_processes(coordinator.address, "worker", 1, "--handler", f"{HANDLERS}:echo"),
     ):
         listed = grpcurl(coordinator.address, "list")
         assert listed.returncode == 0, listed.stderr
@@ -63,7 +71,8 @@ async def test_grpcurl_lists_describes_and_submits(tmp_path: Path) -> None:
         async with Client(coordinator.address) as client:
             await wait_ready(client, 1)
             submitted = grpcurl(
-                coordinator.address, "godel.v1.TaskService/SubmitTask",
+                coordinator.address,
+                "godel.v1.TaskService/SubmitTask",
                 data='{"role": "worker", "title": "from grpcurl", "payload": {"n": 7}}',
             )
             assert submitted.returncode == 0, submitted.stderr
@@ -79,29 +88,45 @@ async def test_grpcurl_lists_describes_and_submits(tmp_path: Path) -> None:
 
 async def test_metrics_pass_promtool(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
-    with coordinator_process(tmp_path) as coordinator, agent_processes(
-        coordinator.address, "worker", 2, "--handler", f"{HANDLERS}:noop"
+    with (
+        coordinator_process(tmp_path) as coordinator,
+        agent_processes(coordinator.address, "worker", 2, "--handler", f"{HANDLERS}:noop"),
     ):
         async with Client(coordinator.address) as client:
             await wait_ready(client, 2)
             tasks = await client.tasks.submit_many([task_request(role="worker") for _ in range(20)])
             await asyncio.gather(*(client.tasks.wait(t.id, timeout=20) for t in tasks))
         url = f"http://127.0.0.1:{coordinator.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=10).read().decode()
-    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                             text=True, timeout=60)
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=10).read().decode()
+        )
+    checked = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert 'godel_rpc_handled_total{code="OK",method="/godel.v1.TaskService/SubmitTasks"} 1.0' in text
+    assert (
+        'godel_rpc_handled_total{code="OK",method="/godel.v1.TaskService/SubmitTasks"} 1.0' in text
+    )
     assert "godel_agents_connected 2.0" in text
     assert 'godel_tasks{state="succeeded"} 20.0' in text
-    for name in ("godel_rpc_duration_seconds_bucket", "godel_dispatch_latency_seconds_count",
-                 "godel_event_store_append_seconds_count", "godel_event_store_batch_events_bucket"):
+    for name in (
+        "godel_rpc_duration_seconds_bucket",
+        "godel_dispatch_latency_seconds_count",
+        "godel_event_store_append_seconds_count",
+        "godel_event_store_batch_events_bucket",
+    ):
         assert name in text
 
 
 async def test_sigterm_drains_running_work_and_exits_zero(tmp_path: Path) -> None:
-    with coordinator_process(tmp_path) as coordinator, agent_processes(
-        coordinator.address, "worker", 1, "--handler", f"{HANDLERS}:sleep"
+    with (
+        coordinator_process(tmp_path) as coordinator,
+        agent_processes(coordinator.address, "worker", 1, "--handler", f"{HANDLERS}:sleep"),
     ):
         async with Client(coordinator.address) as client:
             await wait_ready(client, 1)
@@ -124,18 +149,22 @@ async def test_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     accepted: list[str] = []
     with coordinator_process(data) as coordinator:
         port = coordinator.port
-        with agent_processes(coordinator.address, "worker", 4, "--capacity", "32",
-                             "--handler", f"{HANDLERS}:sleep") as _agents:
+        with agent_processes(
+            coordinator.address, "worker", 4, "--capacity", "32", "--handler", f"{HANDLERS}:sleep"
+        ) as _agents:
             async with Client(coordinator.address) as client:
                 await wait_ready(client, 4)
                 for _ in range(total // 500):
                     batch = await client.tasks.submit_many(
-                        [task_request(role="worker", payload={"seconds": 0.002}) for _ in range(500)]
+                        [
+                            task_request(role="worker", payload={"seconds": 0.002})
+                            for _ in range(500)
+                        ]
                     )
                     accepted.extend(t.id for t in batch)
                 # Kill once some, but not all, results are in
                 seen = 0
-                async for update in client.events.subscribe(types=["task.succeeded"]):
+                async for _update in client.events.subscribe(types=["task.succeeded"]):
                     seen += 1
                     if seen >= 1000:
                         break
@@ -144,9 +173,17 @@ async def test_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
             coordinator.start(port=port)
             async with Client(coordinator.address) as client:
                 remaining = set(accepted)
-                async for update in client.events.subscribe(types=["task.succeeded", "task.attempt_failed"]):
-                    payload = update.event.task_succeeded.task_id or update.event.task_attempt_failed.task_id
-                    if update.event.type == "task.succeeded" or update.event.task_attempt_failed.final:
+                async for update in client.events.subscribe(
+                    types=["task.succeeded", "task.attempt_failed"]
+                ):
+                    payload = (
+                        update.event.task_succeeded.task_id
+                        or update.event.task_attempt_failed.task_id
+                    )
+                    if (
+                        update.event.type == "task.succeeded"
+                        or update.event.task_attempt_failed.final
+                    ):
                         remaining.discard(payload)
                     if not remaining:
                         break
@@ -157,7 +194,9 @@ async def test_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         results: Counter[str] = Counter()
         interrupted = 0
         position = 0
-        while batch_events := await store.read(position, 5000, types=["task.succeeded", "task.requeued"]):
+        while batch_events := await store.read(
+            position, 5000, types=["task.succeeded", "task.requeued"]
+        ):
             for stored in batch_events:
                 if stored.type == "task.succeeded":
                     results[stored.stream.removeprefix("task/")] += 1

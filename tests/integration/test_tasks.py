@@ -21,8 +21,11 @@ Task = task_pb2.Task
 HANDLERS = "tests.agents.handlers"
 
 
-async def wait_for_agents(client: Client, count: int, role: str = "", timeout: float = 20.0) -> None:
+async def wait_for_agents(
+    client: Client, count: int, role: str = "", timeout: float = 20.0
+) -> None:
     """Waits until `count` agents (of `role`) are connected and ready."""
+
     async def ready() -> int:
         return sum(1 for a in await client.agents.list(role=role) if a.state == a.STATE_READY)
 
@@ -49,7 +52,10 @@ async def test_a_submitted_task_runs_on_a_real_agent(server: RunningServer, clie
 
 
 async def test_an_exec_agent_runs_a_command_line(server: RunningServer, client: Client) -> None:
-    command = f"{sys.executable} -c \"import json,sys; t=json.load(sys.stdin); print(json.dumps({{'n': t['payload']['n'] * 2}}))\""
+    script = (
+        "import json,sys; t=json.load(sys.stdin); print(json.dumps({'n': t['payload']['n'] * 2}))"
+    )
+    command = f'{sys.executable} -c "{script}"'
     with agent_processes(address(server), "doubler", 1, "--exec", command):
         await wait_for_agents(client, 1)
         task = await client.tasks.submit(role="doubler", payload={"n": 21})
@@ -60,7 +66,9 @@ async def test_an_exec_agent_runs_a_command_line(server: RunningServer, client: 
 
 async def test_never_more_in_flight_than_capacity(server: RunningServer, client: Client) -> None:
     # Given two agents of capacity 2 and 12 tasks that each take a while
-    with agent_processes(address(server), "slow", 2, "--capacity", "2", "--handler", f"{HANDLERS}:sleep"):
+    with agent_processes(
+        address(server), "slow", 2, "--capacity", "2", "--handler", f"{HANDLERS}:sleep"
+    ):
         await wait_for_agents(client, 2)
         tasks = await client.tasks.submit_many(
             [task_request(role="slow", payload={"seconds": 0.15}) for _ in range(12)]
@@ -82,7 +90,9 @@ async def test_never_more_in_flight_than_capacity(server: RunningServer, client:
     assert sum(1 for t in done if t.agent_id) == 12
 
 
-async def test_failures_are_retried_then_the_task_fails(server: RunningServer, client: Client) -> None:
+async def test_failures_are_retried_then_the_task_fails(
+    server: RunningServer, client: Client
+) -> None:
     with agent_processes(address(server), "flaky", 1, "--handler", f"{HANDLERS}:fail_when"):
         await wait_for_agents(client, 1)
         task = await client.tasks.submit(
@@ -118,9 +128,13 @@ async def test_cancel_a_running_task(server: RunningServer, client: Client) -> N
     assert again.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_a_lost_agents_task_completes_on_another(server: RunningServer, client: Client) -> None:
+async def test_a_lost_agents_task_completes_on_another(
+    server: RunningServer, client: Client
+) -> None:
     # Given one agent running a long task
-    first = AgentProcess(address(server), "worker", "--name", "doomed", "--handler", f"{HANDLERS}:sleep")
+    first = AgentProcess(
+        address(server), "worker", "--name", "doomed", "--handler", f"{HANDLERS}:sleep"
+    )
     try:
         await wait_for_agents(client, 1)
         task = await client.tasks.submit(role="worker", payload={"seconds": 1.0})
@@ -141,7 +155,9 @@ async def test_a_lost_agents_task_completes_on_another(server: RunningServer, cl
     assert done.attempts == 2 and done.failed_attempts == 1
 
 
-async def test_idempotency_key_returns_the_first_task(server: RunningServer, client: Client) -> None:
+async def test_idempotency_key_returns_the_first_task(
+    server: RunningServer, client: Client
+) -> None:
     first = await client.tasks.submit(role="nobody", idempotency_key="order-17")
     second = await client.tasks.submit(role="nobody", idempotency_key="order-17", title="other")
     assert second.id == first.id
@@ -161,18 +177,24 @@ async def test_watch_streams_each_state(server: RunningServer, client: Client) -
     assert states[-1] == Task.STATE_SUCCEEDED
 
 
-async def test_bad_input_gets_a_clear_status_and_changes_nothing(server: RunningServer, client: Client) -> None:
+async def test_bad_input_gets_a_clear_status_and_changes_nothing(
+    server: RunningServer, client: Client
+) -> None:
     before, _ = await client.tasks.list()
     with pytest.raises(RPCError) as missing:
         await client.tasks.submit(title="no target")
     assert missing.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert missing.value.field_violations == [("target", "exactly one of role or action is required")]
+    assert missing.value.field_violations == [
+        ("target", "exactly one of role or action is required")
+    ]
     with pytest.raises(RPCError) as oversize:
         await client.tasks.submit(role="w", payload={"blob": "x" * (1024 * 1024 + 10)})
     assert oversize.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert oversize.value.field_violations[0][0] == "payload"
     with pytest.raises(RPCError) as batch:
-        await client.tasks.submit_many([task_request(role="w"), task_pb.SubmitTaskRequest(role="w", priority="urgent")])
+        await client.tasks.submit_many(
+            [task_request(role="w"), task_pb.SubmitTaskRequest(role="w", priority="urgent")]
+        )
     assert batch.value.field_violations[0][0] == "requests[1].priority"
     with pytest.raises(RPCError) as unknown:
         await client.tasks.get("t-404")

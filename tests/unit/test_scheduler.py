@@ -82,7 +82,9 @@ def test_removed_agent_gets_nothing() -> None:
     priorities=st.lists(st.integers(0, 3), max_size=40),
     releases=st.lists(st.integers(0, 4), max_size=20),
 )
-def test_model_capacity_and_order(capacities: list[int], priorities: list[int], releases: list[int]) -> None:
+def test_model_capacity_and_order(
+    capacities: list[int], priorities: list[int], releases: list[int]
+) -> None:
     """For any fleet and queue: no agent exceeds its capacity, every task is leased at most
     once, and leases come out in (priority, age) order."""
     scheduler = Scheduler()

@@ -65,4 +65,7 @@ def test_validate_raises_invalid_argument_with_bad_request_details() -> None:
         validate(task_pb.GetTaskRequest())
     status = raised.value.to_status()
     assert status.code == 3
-    assert [d.TypeName() for d in status.details] == ["google.rpc.ErrorInfo", "google.rpc.BadRequest"]
+    assert [d.TypeName() for d in status.details] == [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+    ]
