@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
@@ -38,8 +39,8 @@ SIDECAR_SERVICES = frozenset({"LoggerSidecarService", "MonitorSidecarService"})
 """Served by the sidecar processes, not by the coordinator."""
 
 
-def api_services() -> list[tuple[str, Any, Any]]:
-    """(service name, generated base servicer, add-to-server function) of every
+def api_services() -> list[tuple[ServiceDescriptor, Any, Any]]:
+    """(service descriptor, generated base servicer, add-to-server function) of every
     coordinator service in the protos."""
     found = []
     for module_info in pkgutil.iter_modules(proto_package.__path__):
@@ -47,17 +48,17 @@ def api_services() -> list[tuple[str, Any, Any]]:
             continue
         module = importlib.import_module(f"{proto_package.__name__}.{module_info.name}")
         pb2 = importlib.import_module(f"{proto_package.__name__}.{module_info.name[:-5]}")
-        for name in pb2.DESCRIPTOR.services_by_name:
+        for name, service in pb2.DESCRIPTOR.services_by_name.items():
             if name in SIDECAR_SERVICES:
                 continue
             found.append(
                 (
-                    name,
+                    service,
                     getattr(module, f"{name}Servicer"),
                     getattr(module, f"add_{name}Servicer_to_server"),
                 )
             )
-    return sorted(found, key=lambda item: item[0])
+    return sorted(found, key=lambda item: item[0].name)
 
 
 @dataclass
@@ -116,9 +117,9 @@ async def start_server(
         "EventService": EventServicer(coordinator),
     }
     names = []
-    for name, base, add in api_services():
-        add(implemented.get(name) or base(), server)
-        names.append(f"godel.v1.{name}")
+    for service, base, add in api_services():
+        add(implemented.get(service.name) or base(), server)
+        names.append(service.full_name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -17,7 +17,13 @@ import grpc
 from google.protobuf.message import Message
 
 from godel_grpc.api.validation import validate
-from godel_grpc.errors import DETAILS_METADATA_KEY, GodelError, Unimplemented
+from godel_grpc.errors import (
+    DETAILS_METADATA_KEY,
+    FieldViolation,
+    GodelError,
+    InvalidArgument,
+    Unimplemented,
+)
 from godel_grpc.metrics import CoordinatorMetrics
 
 log = logging.getLogger(__name__)
@@ -56,24 +62,24 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._unary_stream(method, handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
                 self._stream_unary(method, handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
             self._stream_stream(method, handler.stream_stream),  # type: ignore[arg-type]
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -88,7 +94,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                validate(request)
+                _check(request)
                 return await behaviour(request, context)
             except _ABORTED:
                 raise
@@ -109,7 +115,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                validate(request)
+                _check(request)
                 async for response in behaviour(request, context):
                     yield response
             except _ABORTED:
@@ -168,8 +174,41 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
 
 async def _validated(requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
     async for request in requests:
-        validate(request)
+        _check(request)
         yield request
+
+
+class _Undecodable:
+    """Stands for request bytes that do not parse, so the handler can refuse them with
+    INVALID_ARGUMENT instead of gRPC's own INTERNAL."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # any parse failure is the caller's malformed input
+            return _Undecodable(str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def _check(request: Any) -> None:
+    """Refuses undecodable bytes, then validates the message against its rules."""
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            [FieldViolation("", "the request is not a valid protobuf message of this RPC")],
+            "malformed request: the bytes do not decode as this RPC's request message",
+        )
+    validate(request)
 
 
 def _translate(method: str, exc: Exception) -> GodelError:

@@ -11,7 +11,7 @@ import functools
 import re
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -30,6 +30,7 @@ class _FieldCheck:
     regex: re.Pattern[str] | None
     nested: bool
     enum_values: frozenset[int] | None
+    time_type: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +56,24 @@ def _plan(descriptor: Descriptor) -> _MessagePlan:
         nested = message_type is not None and not is_map and message_type.file.package == "godel.v1"
         enum_type = field.enum_type
         is_enum = enum_type is not None
-        if rules is None and not nested and not is_enum:
+        is_time = message_type is not None and message_type.full_name in _TIME_TYPES
+        if rules is None and not nested and not is_enum and not is_time:
             continue
         regex = re.compile(rules.pattern) if rules is not None and rules.pattern else None
         enum_values = (
             frozenset(v.number for v in enum_type.values) if enum_type is not None else None
         )
-        checks.append(_FieldCheck(field, field.json_name, rules, regex, nested, enum_values))
+        checks.append(
+            _FieldCheck(
+                field,
+                field.json_name,
+                rules,
+                regex,
+                nested,
+                enum_values,
+                message_type.full_name if is_time and message_type is not None else "",
+            )
+        )
     oneofs = tuple(
         oneof.name
         for oneof in descriptor.oneofs
@@ -107,6 +119,10 @@ def _walk(message: Message, prefix: str, found: list[FieldViolation]) -> None:
             for number in value if repeated else [value]:
                 if number not in check.enum_values:
                     found.append(FieldViolation(path, f"unknown enum value {number}"))
+        if check.time_type and not repeated and message.HasField(field.name):
+            problem = _time_problem(check.time_type, value)
+            if problem:
+                found.append(FieldViolation(path, problem))
         if check.rules is not None:
             _check_rules(check, value, repeated, message, path, found)
         if check.nested and len(found) < _MAX_VIOLATIONS:
@@ -142,6 +158,12 @@ def _check_rules(
         return
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         present = message.HasField(field.name)
+        if present and check.time_type == "google.protobuf.Duration":
+            seconds = value.ToNanoseconds() / 1e9  # type: ignore[attr-defined]
+            if rules.HasField("min") and seconds < rules.min:
+                add(f"must be at least {_fmt(rules.min)} s; got {_fmt(seconds)} s")
+            if rules.HasField("max") and seconds > rules.max:
+                add(f"must be at most {_fmt(rules.max)} s; got {_fmt(seconds)} s")
         if rules.required and not present:
             add("is required")
         if present and rules.max_bytes and value.ByteSize() > rules.max_bytes:  # type: ignore[attr-defined]
@@ -202,6 +224,29 @@ def _check_scalar(
             found.append(
                 FieldViolation(path, f"must be at most {_fmt(rules.max)}; got {_fmt(value)}")
             )
+
+
+_TIME_TYPES = frozenset({"google.protobuf.Timestamp", "google.protobuf.Duration"})
+_MAX_SECONDS = 315_576_000_000
+"""10,000 years: the range protobuf allows for both types."""
+_MIN_TIMESTAMP = -62_135_596_800
+_MAX_TIMESTAMP = 253_402_300_799
+
+
+def _time_problem(kind: str, value: Any) -> str:
+    """Why a Timestamp or Duration is out of protobuf's documented range, or ""."""
+    seconds, nanos = value.seconds, value.nanos
+    if kind == "google.protobuf.Timestamp":
+        if not 0 <= nanos <= 999_999_999:
+            return "nanos must be between 0 and 999,999,999"
+        if not _MIN_TIMESTAMP <= seconds <= _MAX_TIMESTAMP:
+            return "must be between 0001-01-01 and 9999-12-31"
+        return ""
+    if not -999_999_999 <= nanos <= 999_999_999 or (seconds * nanos < 0):
+        return "nanos must be within ±999,999,999 and have the sign of seconds"
+    if not -_MAX_SECONDS <= seconds <= _MAX_SECONDS:
+        return "must be within ±10,000 years"
+    return ""
 
 
 def _fmt(number: float) -> str:

@@ -12,7 +12,6 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-
 ANY_VERSION = -1
 """`expected_version` that accepts whatever version the stream is at."""
 

@@ -162,6 +162,7 @@ class SqliteEventStore(EventStore):
         self._state = _OPEN
 
     def _open_sync(self) -> None:
+        """Prepares the write connection (handed to the writer thread) and the reader URI."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
@@ -170,9 +171,8 @@ class SqliteEventStore(EventStore):
                 raise RuntimeError(f"{self._path}: SQLite refused WAL mode (got {mode!r})")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
-            self._w_last = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[
-                0
-            ]
+            row = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
+            self._w_last = int(row[0])
         except BaseException:
             conn.close()
             raise
@@ -425,7 +425,10 @@ class SqliteEventStore(EventStore):
             wanted = list(dict.fromkeys(types))
             clauses.append(f"type IN ({', '.join('?' * len(wanted))})")
             params.extend(wanted)
-        sql = f"{_SELECT_EVENTS} WHERE {' AND '.join(clauses)} ORDER BY position LIMIT ?"
+        # Within a stream, version order is position order, and the UNIQUE (stream,
+        # stream_version) index already holds the rows that way: no sort, early LIMIT.
+        order = "stream_version" if stream is not None else "position"
+        sql = f"{_SELECT_EVENTS} WHERE {' AND '.join(clauses)} ORDER BY {order} LIMIT ?"
         params.append(limit)
         rows = await asyncio.to_thread(self._query, sql, params)
         return [StoredEvent(*row) for row in rows]

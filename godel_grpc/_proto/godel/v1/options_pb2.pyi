@@ -77,9 +77,9 @@ class FieldRules(_message.Message):
     max_bytes: _builtins.int
     """Largest allowed serialized size of a message field, in bytes. Zero means no limit."""
     min: _builtins.float
-    """Smallest allowed value of a number field, inclusive."""
+    """Smallest allowed value of a number field, inclusive; for a Duration, in seconds."""
     max: _builtins.float
-    """Largest allowed value of a number field, inclusive."""
+    """Largest allowed value of a number field, inclusive; for a Duration, in seconds."""
     pattern: _builtins.str
     """Regular expression (Python `re.fullmatch` syntax) a non-empty string must match."""
     def __init__(

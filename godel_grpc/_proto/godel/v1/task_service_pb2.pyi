@@ -76,7 +76,7 @@ class SubmitTaskRequest(_message.Message):
 
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """Longest one attempt may run. Unset means no limit."""
+        """Longest one attempt may run, at least 1 ms and at most 30 days. Unset means no limit."""
 
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
