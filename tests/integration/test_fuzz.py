@@ -6,6 +6,7 @@ server stays healthy for everyone else.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,10 +109,8 @@ def _build(cls: type[Message], values: dict[str, object]) -> Message:
             else:
                 target.extend(value)
         else:
-            try:
+            with contextlib.suppress(ValueError):  # e.g. a float out of float32 range
                 setattr(message, name, value)
-            except ValueError:  # e.g. a oneof sibling already set
-                pass
     return message
 
 

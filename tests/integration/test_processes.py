@@ -187,6 +187,10 @@ async def test_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
                         remaining.discard(payload)
                     if not remaining:
                         break
+            async with Client(coordinator.address) as client:
+                # The agents reconnected as themselves: still 4 identities, not 8
+                agents = await client.agents.list()
+                assert len(agents) == 4
         assert coordinator.terminate() == 0
     store = SqliteEventStore(data / "events.db")
     await store.open()

@@ -1,0 +1,135 @@
+"""The agent link's guarantees, driven over the real protocol by hand-written agents.
+
+These agents are this test's own code speaking AgentLinkService.Connect directly, so the
+test can do what a misbehaving agent would: vanish with a lease, come back late, send a
+result twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as link_pb
+from godel_grpc._proto.godel.v1 import agent_link_service_pb2_grpc as link_grpc
+from godel_grpc._proto.godel.v1 import task_pb2
+from godel_grpc.client import Client
+from godel_grpc.server import RunningServer
+
+pytestmark = pytest.mark.integration
+
+
+class RawAgent:
+    """One Connect stream, with the test deciding every message."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.outgoing: asyncio.Queue[link_pb.AgentMessage | None] = asyncio.Queue()
+        self.call = link_grpc.AgentLinkServiceStub(self.channel).Connect(self._requests())
+        self.welcome: link_pb.AgentWelcome | None = None
+
+    async def _requests(self) -> AsyncIterator[link_pb.AgentMessage]:
+        while (message := await self.outgoing.get()) is not None:
+            yield message
+
+    async def hello(self, **fields: object) -> link_pb.AgentWelcome:
+        await self.outgoing.put(link_pb.AgentMessage(hello=link_pb.AgentHello(**fields)))  # type: ignore[arg-type]
+        first = await self.call.read()
+        assert first.HasField("welcome")
+        self.welcome = first.welcome
+        return first.welcome
+
+    async def next_assignments(self) -> list[link_pb.TaskAssignment]:
+        while True:
+            message = await asyncio.wait_for(self.call.read(), 10)
+            if message.assignments:
+                return list(message.assignments)
+
+    async def succeed(self, assignment: link_pb.TaskAssignment, **output: object) -> None:
+        result = link_pb.TaskResult(task_id=assignment.task_id, attempt_id=assignment.attempt_id)
+        result.output.update(output)
+        await self.outgoing.put(link_pb.AgentMessage(results=[result]))
+
+    async def close(self) -> None:
+        self.call.cancel()
+        await self.channel.close()
+
+
+async def stale_results(server: RunningServer) -> float:
+    value = server.registry.get_sample_value("godel_task_results_total", {"outcome": "stale"})
+    return value or 0.0
+
+
+async def test_a_late_result_of_a_lost_attempt_is_dropped_and_counted(
+    server: RunningServer, client: Client
+) -> None:
+    address = f"127.0.0.1:{server.port}"
+    # Given agent A holds the lease of a task
+    first = RawAgent(address)
+    welcome = await first.hello(role="linker", name="a")
+    task = await client.tasks.submit(role="linker")
+    (lost,) = await first.next_assignments()
+    # When A's link drops, the task goes to agent B
+    await first.close()
+    second = RawAgent(address)
+    await second.hello(role="linker", name="b")
+    (current,) = await second.next_assignments()
+    assert current.task_id == task.id and current.attempt_id != lost.attempt_id
+    # And A comes back (same identity) and sends its old result
+    returning = RawAgent(address)
+    resumed = await returning.hello(role="linker", name="a", resume_token=welcome.resume_token)
+    assert resumed.resumed and resumed.agent_id == welcome.agent_id
+    await returning.succeed(lost, by="a")
+    # Then that result is dropped and counted, and B's result is the one recorded
+    await second.succeed(current, by="b")
+    await second.succeed(current, by="b-again")
+    done = await client.tasks.wait(task.id, timeout=10)
+    assert done.state == task_pb2.Task.STATE_SUCCEEDED
+    assert done.output["by"] == "b"
+    assert await stale_results(server) == 2.0
+    for agent in (second, returning):
+        await agent.close()
+
+
+async def test_capacity_bounds_what_is_in_flight(server: RunningServer, client: Client) -> None:
+    agent = RawAgent(f"127.0.0.1:{server.port}")
+    await agent.hello(role="bounded", capacity=3)
+    tasks = [await client.tasks.submit(role="bounded") for _ in range(10)]
+    first = await agent.next_assignments()
+    got = list(first)
+    while len(got) < 3:
+        got.extend(await agent.next_assignments())
+    assert len(got) == 3
+    # Finishing one frees exactly one slot
+    await agent.succeed(got[0])
+    (more,) = await agent.next_assignments()
+    assert more.task_id not in {a.task_id for a in got}
+    assert len({t.id for t in tasks}) == 10
+    await agent.close()
+
+
+async def test_a_second_link_with_a_taken_name_is_refused(server: RunningServer) -> None:
+    address = f"127.0.0.1:{server.port}"
+    first = RawAgent(address)
+    await first.hello(role="named", name="unique")
+    second = RawAgent(address)
+    await second.outgoing.put(
+        link_pb.AgentMessage(hello=link_pb.AgentHello(role="named", name="unique"))
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await second.call.read()
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    for agent in (first, second):
+        await agent.close()
+
+
+async def test_a_link_must_start_with_a_valid_hello(server: RunningServer) -> None:
+    agent = RawAgent(f"127.0.0.1:{server.port}")
+    await agent.outgoing.put(link_pb.AgentMessage(draining=True))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await agent.call.read()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await agent.close()
