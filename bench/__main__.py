@@ -385,14 +385,14 @@ async def coordinator_figures(
 
     done = section(
         f"round trip at low load: {sizes.latency_samples} tasks one at a time "
-        f"(after {sizes.latency_warmup} warm-up), client.tasks.submit then client.tasks.wait"
+        f"(after {sizes.latency_warmup} warm-up): RunTask (one call), and submit then wait"
     )
     trips = await e2e.round_trips(coordinator.address, sizes.latency_samples, sizes.latency_warmup)
     _print_round_trips(report, trips)
-    p50 = quantile(trips.total, 0.50)
-    report.target("round trip p50", "ms", 1.0, p50 * 1e3, higher=False, fmt=".2f")
-    p99 = quantile(trips.total, 0.99)
-    report.target("round trip p99", "ms", 3.0, p99 * 1e3, higher=False, fmt=".2f")
+    p50 = quantile(trips.run, 0.50)
+    report.target("round trip p50 (RunTask)", "ms", 1.0, p50 * 1e3, higher=False, fmt=".2f")
+    p99 = quantile(trips.run, 0.99)
+    report.target("round trip p99 (RunTask)", "ms", 3.0, p99 * 1e3, higher=False, fmt=".2f")
     rss_end = coordinator.rss_bytes()
     done()
 
@@ -423,7 +423,7 @@ async def coordinator_figures(
     report.figure("round-trip p50 / raw ping-pong p50", p50 / raw.ping_p50, "", ".2f")
     report.figure(
         "round-trip p50, memory store / raw ping-pong p50",
-        quantile(memory_trips.total, 0.5) / raw.ping_p50,
+        quantile(memory_trips.run, 0.5) / raw.ping_p50,
         "",
         ".2f",
     )
@@ -442,6 +442,13 @@ async def coordinator_figures(
 def _print_round_trips(report: Report, trips: e2e.RoundTrips) -> None:
     watch = [total - submit for total, submit in zip(trips.total, trips.submit, strict=True)]
     ms = 1e3
+    report.figure(
+        "RunTask (submit, run, answer when durable), p50",
+        quantile(trips.run, 0.5) * ms,
+        "ms",
+        ".3f",
+    )
+    report.figure("RunTask, p99", quantile(trips.run, 0.99) * ms, "ms", ".3f")
     report.figure("submit -> result visible, p50", quantile(trips.total, 0.5) * ms, "ms", ".3f")
     report.figure("submit -> result visible, p99", quantile(trips.total, 0.99) * ms, "ms", ".3f")
     report.figure(

@@ -335,6 +335,8 @@ class RoundTrips:
     """The SubmitTask call alone (answered once the task is durable: one commit)."""
     get: list[float]
     """A GetTask call: one RPC to the coordinator with no disk and no agent involved."""
+    run: list[float] = field(default_factory=list)
+    """One RunTask call: submit and answer once the task has ended and that is durable."""
     done_before_watch: int = 0
     """Samples whose task had already ended when WatchTask sent its first message."""
 
@@ -358,6 +360,13 @@ async def round_trips(address: str, samples: int, warmup: int) -> RoundTrips:
                 result.total.append(end - start)
                 result.submit.append(submitted - start)
                 result.done_before_watch += len(seen) == 1
+        for index in range(warmup + samples):
+            start = time.perf_counter()
+            ran = await client.tasks.run(role=ROLE, wait_timeout=10)
+            if ran.state != task_pb2.Task.STATE_SUCCEEDED:
+                raise RuntimeError(f"task {ran.id} ended {task_pb2.Task.State.Name(ran.state)}")
+            if index >= warmup:
+                result.run.append(time.perf_counter() - start)
         for index in range(warmup + samples):
             start = time.perf_counter()
             await client.tasks.get(task.id)

@@ -1,4 +1,4 @@
-"""Throughput of the SQLite event store under the three append patterns the coordinator uses.
+"""Throughput of the SQLite event store under the append patterns the coordinator sees.
 
 Run ``python -m bench.store_bench [DIR]``. DIR must be on the disk you care about: the
 figures are bounded by fsync, so a tmpfs directory would flatter them. By default a
@@ -17,68 +17,63 @@ import time
 from godel_grpc.store.base import NewEvent
 from godel_grpc.store.sqlite import SqliteEventStore
 
-SEQUENTIAL_APPENDS = 2_000
-CONCURRENT_APPENDS = 1_000
-CONCURRENT_ROUNDS = 20
-BATCH_SIZE = 100
-BATCHES = 1_000
 PAYLOAD = os.urandom(120)
 """Roughly the size of a serialized ``godel.v1.Event`` for a task state change."""
 
+SCENARIOS: dict[str, tuple[int, int, int]] = {
+    # name: (appends in flight, events per append, appends per in-flight slot)
+    "sequential_1": (1, 1, 2_000),
+    "concurrent_1000x1": (1_000, 1, 20),
+    "sequential_100": (1, 100, 500),
+    "concurrent_50x100": (50, 100, 20),
+}
+"""Sequential runs pay one commit (one fsync) per append; concurrent ones keep that many
+appends in flight all the time, so the writer's group commit can share fsyncs."""
 
-def _events(count: int, streams: int) -> list[NewEvent]:
+
+def _events(count: int, seed: int) -> list[NewEvent]:
+    """`count` events, ten per stream in a row, over 1,000 streams and 50 agents."""
     return [
-        NewEvent(f"task/t-{i % streams}", "task.progressed", PAYLOAD, f"agent-{i % 50}")
+        NewEvent(
+            f"task/t-{(seed + i // 10) % 1_000}",
+            "task.progressed",
+            PAYLOAD,
+            f"agent-{(seed + i) % 50}",
+        )
         for i in range(count)
     ]
 
 
-async def _sequential(store: SqliteEventStore) -> float:
-    """One-event appends, each awaited before the next: one commit (and fsync) apiece."""
-    events = _events(SEQUENTIAL_APPENDS, 100)
+async def _run(store: SqliteEventStore, in_flight: int, size: int, rounds: int) -> float:
+    """Keeps `in_flight` tasks appending `size`-event batches; returns events/s."""
+    # Built up front so that only the store is timed.
+    work = [[_events(size, slot * rounds + n) for n in range(rounds)] for slot in range(in_flight)]
+
+    async def task(batches: list[list[NewEvent]]) -> None:
+        for batch in batches:
+            await store.append(batch)
+
     start = time.perf_counter()
-    for event in events:
-        await store.append((event,))
-    return len(events) / (time.perf_counter() - start)
-
-
-async def _concurrent(store: SqliteEventStore) -> float:
-    """Rounds of 1,000 one-event appends in flight at once: group commit shares fsyncs."""
-    rounds = [_events(CONCURRENT_APPENDS, 1_000) for _ in range(CONCURRENT_ROUNDS)]
-    start = time.perf_counter()
-    for events in rounds:
-        await asyncio.gather(*(store.append((event,)) for event in events))
-    return CONCURRENT_APPENDS * CONCURRENT_ROUNDS / (time.perf_counter() - start)
-
-
-async def _batched(store: SqliteEventStore) -> float:
-    """100-event appends awaited one at a time: one commit per batch."""
-    batches = [_events(BATCH_SIZE, 10) for _ in range(BATCHES)]
-    start = time.perf_counter()
-    for batch in batches:
-        await store.append(batch)
-    return BATCH_SIZE * BATCHES / (time.perf_counter() - start)
+    await asyncio.gather(*(task(batches) for batches in work))
+    return in_flight * size * rounds / (time.perf_counter() - start)
 
 
 async def bench_store(path: str | os.PathLike[str]) -> dict[str, float]:
-    """Measures appends/s for each pattern, each on a fresh database in directory `path`.
+    """Measures appends/s for each of `SCENARIOS`, each on a fresh database in `path`.
+
+    Args:
+        path: a directory on the disk to measure (fsync speed is most of the answer).
 
     Returns:
-        Events per second keyed by pattern: ``sequential_1``, ``concurrent_1000x1`` and
-        ``sequential_100``.
+        Events per second keyed by scenario name.
     """
     directory = pathlib.Path(path)
-    scenarios = {
-        "sequential_1": _sequential,
-        "concurrent_1000x1": _concurrent,
-        "sequential_100": _batched,
-    }
     results: dict[str, float] = {}
-    for name, scenario in scenarios.items():
+    for name, (in_flight, size, rounds) in SCENARIOS.items():
         store = SqliteEventStore(directory / f"bench-{name}.db")
         await store.open()
         try:
-            results[name] = await scenario(store)
+            results[name] = await _run(store, in_flight, size, rounds)
         finally:
             await store.close()
     return results

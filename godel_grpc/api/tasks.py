@@ -32,6 +32,9 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         tasks = await self._coordinator.submit_tasks(request.requests)
         return pb.SubmitTasksResponse(tasks=tasks)
 
+    async def RunTask(self, request: pb.RunTaskRequest, context: Context) -> pb.RunTaskResponse:
+        return pb.RunTaskResponse(task=await self._coordinator.run_task(request.task))
+
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
         return pb.GetTaskResponse(task=self._coordinator.get_task(request.id))
 

@@ -35,8 +35,21 @@ class _FieldCheck:
 
 @dataclass(frozen=True, slots=True)
 class _MessagePlan:
-    checks: tuple[_FieldCheck, ...]
+    by_number: dict[int, _FieldCheck]
+    """Checks of fields that have rules, looked up only for fields that are set."""
+    when_unset: tuple[_FieldCheck, ...]
+    """Checks that an unset field can fail (required, or a minimum above zero)."""
     required_oneofs: tuple[str, ...]
+
+
+def _fails_when_unset(rules: options_pb2.FieldRules | None) -> bool:
+    if rules is None:
+        return False
+    return (
+        rules.required
+        or (rules.HasField("min") and rules.min > 0)
+        or (rules.HasField("max") and rules.max < 0)
+    )
 
 
 def _rules_of(field: FieldDescriptor) -> options_pb2.FieldRules | None:
@@ -79,7 +92,11 @@ def _plan(descriptor: Descriptor) -> _MessagePlan:
         for oneof in descriptor.oneofs
         if oneof.GetOptions().Extensions[options_pb2.oneof_required]
     )
-    return _MessagePlan(tuple(checks), oneofs)
+    return _MessagePlan(
+        {check.field.number: check for check in checks},
+        tuple(check for check in checks if _fails_when_unset(check.rules)),
+        oneofs,
+    )
 
 
 def violations(message: Message, prefix: str = "") -> list[FieldViolation]:
@@ -110,27 +127,39 @@ def _walk(message: Message, prefix: str, found: list[FieldViolation]) -> None:
             found.append(
                 FieldViolation(_path(prefix, oneof), f"exactly one of {members} is required")
             )
-    for check in plan.checks:
-        field = check.field
-        path = _path(prefix, check.json_name)
-        value = getattr(message, field.name)
-        repeated = field.is_repeated
-        if check.enum_values is not None:
-            for number in value if repeated else [value]:
-                if number not in check.enum_values:
-                    found.append(FieldViolation(path, f"unknown enum value {number}"))
-        if check.time_type and not repeated and message.HasField(field.name):
-            problem = _time_problem(check.time_type, value)
-            if problem:
-                found.append(FieldViolation(path, problem))
-        if check.rules is not None:
-            _check_rules(check, value, repeated, message, path, found)
-        if check.nested and len(found) < _MAX_VIOLATIONS:
-            if repeated:
-                for index, item in enumerate(value):
-                    _walk(item, f"{path}[{index}]", found)
-            elif message.HasField(field.name):
-                _walk(value, path, found)
+    seen: set[int] = set()
+    for field, value in message.ListFields():
+        check = plan.by_number.get(field.number)
+        if check is not None:
+            seen.add(field.number)
+            _run(check, value, message, prefix, found)
+    for check in plan.when_unset:
+        if check.field.number not in seen:
+            _run(check, getattr(message, check.field.name), message, prefix, found)
+
+
+def _run(
+    check: _FieldCheck, value: Any, message: Message, prefix: str, found: list[FieldViolation]
+) -> None:
+    field = check.field
+    path = _path(prefix, check.json_name)
+    repeated = field.is_repeated
+    if check.enum_values is not None:
+        for number in value if repeated else [value]:
+            if number not in check.enum_values:
+                found.append(FieldViolation(path, f"unknown enum value {number}"))
+    if check.time_type and not repeated and message.HasField(field.name):
+        problem = _time_problem(check.time_type, value)
+        if problem:
+            found.append(FieldViolation(path, problem))
+    if check.rules is not None:
+        _check_rules(check, value, repeated, message, path, found)
+    if check.nested and len(found) < _MAX_VIOLATIONS:
+        if repeated:
+            for index, item in enumerate(value):
+                _walk(item, f"{path}[{index}]", found)
+        elif message.HasField(field.name):
+            _walk(value, path, found)
 
 
 def _check_rules(

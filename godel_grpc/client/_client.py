@@ -91,6 +91,19 @@ class Tasks:
         return response.task
 
     @_translated
+    async def run(self, *, wait_timeout: float | None = None, **fields: Any) -> task_pb2.Task:
+        """Submits one task and returns it once it has ended (one call, one round trip).
+
+        Args:
+            wait_timeout: seconds to wait for the end; None waits as long as it takes.
+            **fields: keyword arguments of `task_request`.
+        """
+        response = await self._stub.RunTask(
+            task_pb.RunTaskRequest(task=task_request(**fields)), timeout=wait_timeout
+        )
+        return response.task
+
+    @_translated
     async def submit_many(
         self, requests: Sequence[task_pb.SubmitTaskRequest]
     ) -> list[task_pb2.Task]:

@@ -85,6 +85,7 @@ class Coordinator:
         self._queued_at: dict[str, float] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._watchers: dict[str, set[asyncio.Queue[task_pb2.Task | None]]] = {}
+        self._end_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._dispatch_scheduled = False
         self._task_ids = itertools.count(1)
         self._attempt_ids = itertools.count(1)
@@ -225,6 +226,10 @@ class Coordinator:
             asyncio.get_running_loop().call_soon(self._dispatch)
 
     def _notify(self, task: TaskRecord) -> None:
+        if task.terminal and task.id in self._end_waiters:
+            for ended in self._end_waiters.pop(task.id):
+                if not ended.done():
+                    ended.set_result(None)
         watchers = self._watchers.get(task.id)
         if watchers:
             proto = task.to_proto()
@@ -278,6 +283,24 @@ class Coordinator:
         if created:
             await self.journal.record(created)
         return [task.to_proto() for task in result]
+
+    async def run_task(self, request: task_service_pb2.SubmitTaskRequest) -> task_pb2.Task:
+        """Submits a task and returns it once it has ended and its ending is durable."""
+        (submitted,) = await self.submit_tasks([request])
+        task = self.state.tasks[submitted.id]
+        if not task.terminal:
+            ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._end_waiters.setdefault(task.id, []).append(ended)
+            try:
+                await ended
+            finally:
+                waiters = self._end_waiters.get(task.id)
+                if waiters is not None and ended in waiters:
+                    waiters.remove(ended)
+                    if not waiters:
+                        del self._end_waiters[task.id]
+        await self.journal.flush()
+        return task.to_proto()
 
     def get_task(self, task_id: str) -> task_pb2.Task:
         """The task with this id, or NotFound."""

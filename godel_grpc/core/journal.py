@@ -42,6 +42,7 @@ class Journal:
         self._on_fatal = on_fatal
         self._pending: list[NewEvent] = []
         self._pending_future: asyncio.Future[None] | None = None
+        self._writing_future: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
         self._wakeup = asyncio.Event()
@@ -75,6 +76,7 @@ class Journal:
                 continue
             batch, future = self._pending, self._pending_future
             self._pending, self._pending_future = [], None
+            self._writing_future = future
             started = time.perf_counter()
             try:
                 await self._store.append(batch)
@@ -90,13 +92,15 @@ class Journal:
                 self._on_written(len(batch), time.perf_counter() - started)
             if future is not None and not future.done():
                 future.set_result(None)
+            self._writing_future = None
             if self._pending:
                 self._wakeup.set()
 
     async def flush(self) -> None:
         """Waits until everything recorded so far is durable."""
-        if self._pending_future is not None:
-            await asyncio.shield(self._pending_future)
+        for future in (self._writing_future, self._pending_future):
+            if future is not None:
+                await asyncio.shield(future)
 
     async def close(self) -> None:
         """Flushes and stops the writer."""
@@ -109,4 +113,4 @@ class Journal:
     @property
     def idle(self) -> bool:
         """True when nothing is waiting to be written (memory equals the log)."""
-        return not self._pending and self._pending_future is None
+        return not self._pending and self._pending_future is None and self._writing_future is None

@@ -129,7 +129,7 @@ class InMemoryEventStore(EventStore):
         """Length of the log, since positions are gap-free from 1."""
         return len(self._events)
 
-    async def wait_for_position(self, after: int, timeout: float | None = None) -> int:  # noqa: ASYNC109
+    async def wait_for_position(self, after: int, timeout: float | None = None) -> int:
         """Sleeps on the change event until the log grows past `after`, closes, or times out."""
         try:
             async with asyncio.timeout(timeout):

@@ -75,6 +75,9 @@ _SELECT_EVENTS: Final = (
 DEFAULT_VERSION_CACHE_SIZE: Final = 200_000
 """How many stream versions the writer remembers before asking the database again."""
 
+_PREBUILD_MIN_ROWS: Final = 32
+"""Below this, waking the loop early to build results costs more than it overlaps."""
+
 _NEW, _OPEN, _CLOSED = 0, 1, 2
 _STOP: Final = object()
 """Queued by `close` after the last accepted append: the writer exits when it sees it."""
@@ -266,9 +269,9 @@ class SqliteEventStore(EventStore):
     def _commit(self, batch: list[Any]) -> None:
         """Writes every acceptable call of `batch` in one transaction and reports outcomes.
 
-        Rows are plain tuples in `StoredEvent` field order: the loop thread turns them into
-        `StoredEvent`s while this thread is already in SQLite (which releases the GIL)
-        with the next batch.
+        Version checks run first, in Python, so a conflicting call is simply left out.
+        Rows are plain tuples in `StoredEvent` field order; the loop thread turns them
+        into `StoredEvent`s while this thread waits in COMMIT (which releases the GIL).
         """
         if not batch:
             return
@@ -320,8 +323,9 @@ class SqliteEventStore(EventStore):
                 conn.execute("BEGIN")
                 if rows:
                     conn.executemany(_INSERT_EVENT, rows)
-                    # COMMIT waits on fsync without the GIL: let the loop build the results.
-                    self._call_loop(built.build)
+                    if len(rows) >= _PREBUILD_MIN_ROWS:
+                        # COMMIT waits on fsync without the GIL: the loop builds the results.
+                        self._call_loop(built.build)
                 if snapshots:
                     conn.executemany(_UPSERT_SNAPSHOT, snapshots)
                 conn.execute("COMMIT")
@@ -437,7 +441,7 @@ class SqliteEventStore(EventStore):
         """The last position the writer reported as committed; no I/O."""
         return self._last
 
-    async def wait_for_position(self, after: int, timeout: float | None = None) -> int:  # noqa: ASYNC109
+    async def wait_for_position(self, after: int, timeout: float | None = None) -> int:
         """Sleeps until a commit reports a position past `after`, the store closes, or
         `timeout` passes; each commit wakes the waiters once, nothing polls."""
         try:

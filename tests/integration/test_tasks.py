@@ -212,3 +212,17 @@ async def test_unimplemented_services_say_so(server: RunningServer) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.GetConvoy(convoy_pb.GetConvoyRequest(id="c-1"), timeout=5)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_run_task_answers_with_the_ended_task(server: RunningServer, client: Client) -> None:
+    with agent_processes(address(server), "runner", 1, "--handler", f"{HANDLERS}:echo"):
+        await wait_for_agents(client, 1)
+        done = await client.tasks.run(role="runner", payload={"x": 1}, wait_timeout=20)
+        assert done.state == Task.STATE_SUCCEEDED
+        assert done.output["echo"]["x"] == 1
+        # The ending is durable: it is in the log when the reply arrives
+        events = await server.coordinator.store.read(0, 1000, stream=f"task/{done.id}")
+        assert [e.type for e in events][-1] == "task.succeeded"
+    with pytest.raises(RPCError) as waited:
+        await client.tasks.run(role="nobody-runs-this", wait_timeout=0.3)
+    assert waited.value.code == grpc.StatusCode.DEADLINE_EXCEEDED

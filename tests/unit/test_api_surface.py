@@ -92,6 +92,7 @@ def test_implemented_servicers_override_every_rpc() -> None:
 def test_client_covers_task_service() -> None:
     expected = {
         "SubmitTask": "submit",
+        "RunTask": "run",
         "SubmitTasks": "submit_many",
         "GetTask": "get",
         "ListTasks": "list",

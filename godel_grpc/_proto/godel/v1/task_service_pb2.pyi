@@ -183,6 +183,56 @@ class SubmitTasksResponse(_message.Message):
 Global___SubmitTasksResponse: _TypeAlias = SubmitTasksResponse  # noqa: Y015
 
 @_typing.final
+class RunTaskRequest(_message.Message):
+    """Request of TaskService.RunTask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def task(self) -> Global___SubmitTaskRequest:
+        """Required. The task to run, as for SubmitTask."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___SubmitTaskRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunTaskRequest: _TypeAlias = RunTaskRequest  # noqa: Y015
+
+@_typing.final
+class RunTaskResponse(_message.Message):
+    """Response of TaskService.RunTask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def task(self) -> _task_pb2.Task:
+        """The task in its terminal state: SUCCEEDED with its output, FAILED or CANCELLED
+        with its error.
+        """
+
+    def __init__(
+        self,
+        *,
+        task: _task_pb2.Task | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunTaskResponse: _TypeAlias = RunTaskResponse  # noqa: Y015
+
+@_typing.final
 class GetTaskRequest(_message.Message):
     """Request of TaskService.GetTask."""
 

@@ -45,6 +45,11 @@ class TaskServiceStub:
                 request_serializer=godel_dot_v1_dot_task__service__pb2.SubmitTasksRequest.SerializeToString,
                 response_deserializer=godel_dot_v1_dot_task__service__pb2.SubmitTasksResponse.FromString,
                 _registered_method=True)
+        self.RunTask = channel.unary_unary(
+                '/godel.v1.TaskService/RunTask',
+                request_serializer=godel_dot_v1_dot_task__service__pb2.RunTaskRequest.SerializeToString,
+                response_deserializer=godel_dot_v1_dot_task__service__pb2.RunTaskResponse.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/godel.v1.TaskService/GetTask',
                 request_serializer=godel_dot_v1_dot_task__service__pb2.GetTaskRequest.SerializeToString,
@@ -84,6 +89,16 @@ class TaskServiceServicer:
         """Accepts up to 1,000 tasks in one call and one durable write: the fast path for
         producers. All tasks are validated first; if any is invalid none is accepted and the
         reply is INVALID_ARGUMENT with field paths like `requests[3].role`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunTask(self, request, context):
+        """Submits one task and answers once it has ended and its result is durable: the
+        one-call round trip for a caller that would wait anyway. INVALID_ARGUMENT as for
+        SubmitTask. If the call's deadline passes first the caller gets DEADLINE_EXCEEDED
+        and the task carries on; follow it with GetTask or WatchTask.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,6 +146,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.SubmitTasks,
                     request_deserializer=godel_dot_v1_dot_task__service__pb2.SubmitTasksRequest.FromString,
                     response_serializer=godel_dot_v1_dot_task__service__pb2.SubmitTasksResponse.SerializeToString,
+            ),
+            'RunTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunTask,
+                    request_deserializer=godel_dot_v1_dot_task__service__pb2.RunTaskRequest.FromString,
+                    response_serializer=godel_dot_v1_dot_task__service__pb2.RunTaskResponse.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
@@ -208,6 +228,33 @@ class TaskService:
             '/godel.v1.TaskService/SubmitTasks',
             godel_dot_v1_dot_task__service__pb2.SubmitTasksRequest.SerializeToString,
             godel_dot_v1_dot_task__service__pb2.SubmitTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/godel.v1.TaskService/RunTask',
+            godel_dot_v1_dot_task__service__pb2.RunTaskRequest.SerializeToString,
+            godel_dot_v1_dot_task__service__pb2.RunTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,12 @@ class TaskServiceStub:
     producers. All tasks are validated first; if any is invalid none is accepted and the
     reply is INVALID_ARGUMENT with field paths like `requests[3].role`.
     """
+    RunTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.RunTaskRequest, _task_service_pb2.RunTaskResponse]
+    """Submits one task and answers once it has ended and its result is durable: the
+    one-call round trip for a caller that would wait anyway. INVALID_ARGUMENT as for
+    SubmitTask. If the call's deadline passes first the caller gets DEADLINE_EXCEEDED
+    and the task carries on; follow it with GetTask or WatchTask.
+    """
     GetTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.GetTaskRequest, _task_service_pb2.GetTaskResponse]
     """Returns one task. NOT_FOUND if the id is unknown."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTasksRequest, _task_service_pb2.ListTasksResponse]
@@ -70,6 +76,12 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Accepts up to 1,000 tasks in one call and one durable write: the fast path for
     producers. All tasks are validated first; if any is invalid none is accepted and the
     reply is INVALID_ARGUMENT with field paths like `requests[3].role`.
+    """
+    RunTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.RunTaskRequest, _task_service_pb2.RunTaskResponse]  # type: ignore[assignment]
+    """Submits one task and answers once it has ended and its result is durable: the
+    one-call round trip for a caller that would wait anyway. INVALID_ARGUMENT as for
+    SubmitTask. If the call's deadline passes first the caller gets DEADLINE_EXCEEDED
+    and the task carries on; follow it with GetTask or WatchTask.
     """
     GetTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.GetTaskRequest, _task_service_pb2.GetTaskResponse]  # type: ignore[assignment]
     """Returns one task. NOT_FOUND if the id is unknown."""
@@ -107,6 +119,18 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         """Accepts up to 1,000 tasks in one call and one durable write: the fast path for
         producers. All tasks are validated first; if any is invalid none is accepted and the
         reply is INVALID_ARGUMENT with field paths like `requests[3].role`.
+        """
+
+    @_abc_1.abstractmethod
+    def RunTask(
+        self,
+        request: _task_service_pb2.RunTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.RunTaskResponse, _abc.Awaitable[_task_service_pb2.RunTaskResponse]]:
+        """Submits one task and answers once it has ended and its result is durable: the
+        one-call round trip for a caller that would wait anyway. INVALID_ARGUMENT as for
+        SubmitTask. If the call's deadline passes first the caller gets DEADLINE_EXCEEDED
+        and the task carries on; follow it with GetTask or WatchTask.
         """
 
     @_abc_1.abstractmethod
