@@ -96,6 +96,14 @@ class CoordinatorMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.link_batch = Histogram(
+            "godel_link_message_tasks",
+            "Assignments (to_agent) or results (from_agent) carried by one agent-link "
+            "message: how well the link batches.",
+            ["direction"],
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
         self.requeued = Counter(
             "godel_tasks_requeued",
             "Attempts given back to the queue, by reason (agent_lost, released, restart).",

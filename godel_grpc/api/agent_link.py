@@ -50,8 +50,11 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
             raise InvalidArgument(found)
         session = await self._coordinator.open_session(first.hello)
         reader = asyncio.get_running_loop().create_task(self._read(session, first, messages))
+        sent = self._coordinator.metrics.link_batch.labels("to_agent")
         try:
             async for outgoing in session.outgoing():
+                if outgoing.assignments:
+                    sent.observe(len(outgoing.assignments))
                 yield outgoing
         finally:
             reader.cancel()
@@ -69,7 +72,10 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
         try:
             if first.results or first.progress or first.released_attempt_ids or first.draining:
                 self._coordinator.on_agent_message(session, first)
+            received = self._coordinator.metrics.link_batch.labels("from_agent")
             async for message in messages:
+                if message.results:
+                    received.observe(len(message.results))
                 self._coordinator.on_agent_message(session, message)
         except asyncio.CancelledError:
             raise

@@ -33,7 +33,7 @@ from godel_grpc._proto.godel.v1 import (
 from godel_grpc.core import events
 from godel_grpc.core.fields import copy_common_fields
 from godel_grpc.core.journal import Journal
-from godel_grpc.core.records import AgentRecord, AgentState, TaskRecord, TaskState
+from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord, TaskState
 from godel_grpc.core.scheduler import Scheduler
 from godel_grpc.core.session import AgentSession
 from godel_grpc.core.state import CoordinatorState
@@ -108,7 +108,7 @@ class Coordinator:
         epoch = self.state.epoch + 1
         recovery = [events.coordinator_started(epoch, __version__)]
         for task in self.state.tasks.values():
-            if task.state == TaskState.STATE_RUNNING:
+            if task.state == Task.STATE_RUNNING:
                 recovery.append(
                     events.task_requeued(
                         task.id, task.attempt_id, task.agent_id, "coordinator restarted", lost=False
@@ -118,7 +118,7 @@ class Coordinator:
         self._apply_all(recovery)
         for task_id in self._task_order:
             task = self.state.tasks[task_id]
-            if task.state == TaskState.STATE_QUEUED:
+            if task.state == Task.STATE_QUEUED:
                 self._enqueue(task)
             if task.deadline is not None and not task.terminal:
                 heapq.heappush(self._deadlines, (task.deadline, task.id))
@@ -262,27 +262,28 @@ class Coordinator:
             raise InvalidArgument(violations)
         epoch = self.state.epoch
         created: list[event_pb2.Event] = []
-        result: list[TaskRecord] = []
+        result: list[task_pb2.Task] = []
         for request in requests:
             key = request.idempotency_key
             existing = self.state.idempotency.get(key) if key else None
             if existing is not None:
-                result.append(self.state.tasks[existing])
+                result.append(self.state.tasks[existing].to_proto())
                 continue
-            spec = task_pb2.Task(id=f"t-{epoch}-{next(self._task_ids)}")
+            event = events.task_submitted_new(f"t-{epoch}-{next(self._task_ids)}")
+            spec = event.task_submitted.task
             copy_common_fields(request, spec)
-            event = events.task_submitted(spec)
             self.state.apply(event)
             created.append(event)
             task = self.state.tasks[spec.id]
             self._task_order.append(task.id)
-            result.append(task)
+            # The accepted task as recorded (QUEUED): later changes show in GetTask.
+            result.append(spec)
             self._enqueue(task)
             if task.deadline is not None:
                 heapq.heappush(self._deadlines, (task.deadline, task.id))
         if created:
             await self.journal.record(created)
-        return [task.to_proto() for task in result]
+        return result
 
     async def run_task(self, request: task_service_pb2.SubmitTaskRequest) -> task_pb2.Task:
         """Submits a task and returns it once it has ended and its ending is durable."""
@@ -338,7 +339,7 @@ class Coordinator:
                 f"task {task_id!r} has already ended ({TaskState.Name(task.state)})",
                 subject=f"tasks/{task_id}",
             )
-        was_running = task.state == TaskState.STATE_RUNNING
+        was_running = task.state == Task.STATE_RUNNING
         agent_id, attempt_id = task.agent_id, task.attempt_id
         done = self._record(
             [
@@ -380,7 +381,7 @@ class Coordinator:
 
     def _is_ready(self, task_id: str) -> bool:
         task = self.state.tasks.get(task_id)
-        return task is not None and task.state == TaskState.STATE_QUEUED
+        return task is not None and task.state == Task.STATE_QUEUED
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
@@ -512,7 +513,7 @@ class Coordinator:
                 self.metrics.results.labels("succeeded").inc()
             self.state.apply(event)
             batch.append(event)
-            if task.state == TaskState.STATE_QUEUED:
+            if task.state == Task.STATE_QUEUED:
                 self._enqueue(task)
             changed.append(task)
         for attempt_id in message.released_attempt_ids:
@@ -551,7 +552,7 @@ class Coordinator:
             )
         if message.draining and not session.draining:
             session.draining = True
-            agent.state = AgentState.STATE_DRAINING
+            agent.state = Agent.STATE_DRAINING
             self.scheduler.remove_agent(session.agent_id)
         if batch:
             self.journal.record(batch)
@@ -566,7 +567,7 @@ class Coordinator:
         if session.leases.get(attempt_id) != task_id:
             return None
         task = self.state.tasks.get(task_id)
-        if task is None or task.state != TaskState.STATE_RUNNING or task.attempt_id != attempt_id:
+        if task is None or task.state != Task.STATE_RUNNING or task.attempt_id != attempt_id:
             session.leases.pop(attempt_id, None)
             return None
         return task
@@ -587,11 +588,7 @@ class Coordinator:
         requeued: list[TaskRecord] = []
         for attempt_id, task_id in session.leases.items():
             task = self.state.tasks.get(task_id)
-            if (
-                task is None
-                or task.state != TaskState.STATE_RUNNING
-                or task.attempt_id != attempt_id
-            ):
+            if task is None or task.state != Task.STATE_RUNNING or task.attempt_id != attempt_id:
                 continue
             final = task.failures + 1 >= task.max_attempts
             if final:
@@ -615,7 +612,7 @@ class Coordinator:
         batch.append(events.agent_disconnected(session.agent_id, reason))
         self._record(batch)
         for task in requeued:
-            if task.state == TaskState.STATE_QUEUED:
+            if task.state == Task.STATE_QUEUED:
                 self._enqueue(task)
             self._notify(task)
         log.info(
@@ -670,7 +667,7 @@ class Coordinator:
             error = task_pb2.TaskError(
                 code="DEADLINE_EXCEEDED", message="the task's deadline passed before it finished"
             )
-            if task.state == TaskState.STATE_RUNNING:
+            if task.state == Task.STATE_RUNNING:
                 agent_id, attempt_id = task.agent_id, task.attempt_id
                 event = events.task_attempt_failed(task_id, attempt_id, agent_id, error, final=True)
                 self.state.apply(event)
@@ -687,7 +684,7 @@ class Coordinator:
             self.journal.record(batch)
 
 
-_TERMINAL = (TaskState.STATE_SUCCEEDED, TaskState.STATE_FAILED, TaskState.STATE_CANCELLED)
+_TERMINAL = (Task.STATE_SUCCEEDED, Task.STATE_FAILED, Task.STATE_CANCELLED)
 
 
 def _page_start(token: str, limit: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
 
@@ -18,14 +18,24 @@ SCHEMA_VERSION = 1
 
 
 def _event(stream: str, agent_id: str = "") -> event_pb2.Event:
-    event = event_pb2.Event(stream=stream, agent_id=agent_id, schema_version=SCHEMA_VERSION)
-    event.time.FromNanoseconds(time.time_ns())
-    return event
+    now = time.time_ns()
+    return event_pb2.Event(
+        stream=stream,
+        agent_id=agent_id,
+        schema_version=SCHEMA_VERSION,
+        time=timestamp_pb2.Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
+    )
+
+
+_TYPE_NAMES = {
+    field.name: field.name.replace("_", ".", 1)
+    for field in event_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields
+}
 
 
 def type_name(event: event_pb2.Event) -> str:
     """The event's type as the API names it: "task.submitted" for `task_submitted`."""
-    return (event.WhichOneof("payload") or "unknown").replace("_", ".", 1)
+    return _TYPE_NAMES.get(event.WhichOneof("payload") or "", "unknown")
 
 
 def task_stream(task_id: str) -> str:
@@ -48,6 +58,17 @@ def coordinator_started(epoch: int, version: str) -> event_pb2.Event:
 def task_submitted(task: task_pb2.Task) -> event_pb2.Event:
     event = _event(task_stream(task.id))
     event.task_submitted.task.CopyFrom(task)
+    return event
+
+
+def task_submitted_new(task_id: str) -> event_pb2.Event:
+    """A "task.submitted" event for a new task in state QUEUED, created at the event's
+    time; the caller fills in the task's request fields."""
+    event = _event(task_stream(task_id))
+    task = event.task_submitted.task
+    task.id = task_id
+    task.state = task_pb2.Task.STATE_QUEUED
+    task.create_time.CopyFrom(event.time)
     return event
 
 

@@ -10,6 +10,8 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from godel_grpc._proto.godel.v1 import agent_pb2, task_pb2
 
+Task = task_pb2.Task
+Agent = agent_pb2.Agent
 TaskState = task_pb2.Task.State
 AgentState = agent_pb2.Agent.State
 
@@ -17,16 +19,13 @@ PRIORITY_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
 """Lower rank is leased first."""
 
 DEFAULT_MAX_ATTEMPTS = 3
-TERMINAL_TASK_STATES = frozenset(
-    {TaskState.STATE_SUCCEEDED, TaskState.STATE_FAILED, TaskState.STATE_CANCELLED}
-)
+TERMINAL_TASK_STATES = frozenset({Task.STATE_SUCCEEDED, Task.STATE_FAILED, Task.STATE_CANCELLED})
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     """A protobuf Timestamp for a Unix time in seconds."""
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
+    nanos = int(seconds * 1e9)
+    return timestamp_pb2.Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
 class TaskRecord:
@@ -59,7 +58,7 @@ class TaskRecord:
     def __init__(self, spec: task_pb2.Task, create_time: float) -> None:
         self.id = spec.id
         self.spec = spec
-        self.state = TaskState.STATE_QUEUED
+        self.state = Task.STATE_QUEUED
         self.pool = pool_of(spec)
         self.priority_rank = PRIORITY_RANK.get(spec.priority or "normal", 2)
         self.max_attempts = spec.max_attempts or DEFAULT_MAX_ATTEMPTS
@@ -141,7 +140,7 @@ class AgentRecord:
         self.labels: dict[str, str] = {}
         self.resume_token_sha256 = ""
         self.version = ""
-        self.state = AgentState.STATE_DISCONNECTED
+        self.state = Agent.STATE_DISCONNECTED
         self.in_flight = 0
         self.tasks_completed = 0
         self.tasks_failed = 0

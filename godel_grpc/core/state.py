@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
-from godel_grpc.core.records import AgentRecord, AgentState, TaskRecord, TaskState
+from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord
 
 
 class CoordinatorState:
@@ -55,7 +55,7 @@ class CoordinatorState:
     def _on_task_leased(self, event: event_pb2.Event) -> None:
         leased = event.task_leased
         task = self.tasks[leased.task_id]
-        self._set_task_state(task, TaskState.STATE_RUNNING)
+        self._set_task_state(task, Task.STATE_RUNNING)
         task.attempts = leased.attempt
         task.attempt_id = leased.attempt_id
         task.agent_id = leased.agent_id
@@ -77,7 +77,7 @@ class CoordinatorState:
     def _on_task_succeeded(self, event: event_pb2.Event) -> None:
         succeeded = event.task_succeeded
         task = self.tasks[succeeded.task_id]
-        self._set_task_state(task, TaskState.STATE_SUCCEEDED)
+        self._set_task_state(task, Task.STATE_SUCCEEDED)
         task.output = succeeded.output
         task.end_time = event.time.ToNanoseconds() / 1e9
         self._release_agent_slot(task.agent_id, failed=False)
@@ -88,10 +88,10 @@ class CoordinatorState:
         task.failures += 1
         task.error = failed.error
         if failed.final:
-            self._set_task_state(task, TaskState.STATE_FAILED)
+            self._set_task_state(task, Task.STATE_FAILED)
             task.end_time = event.time.ToNanoseconds() / 1e9
         else:
-            self._set_task_state(task, TaskState.STATE_QUEUED)
+            self._set_task_state(task, Task.STATE_QUEUED)
         self._release_agent_slot(task.agent_id, failed=True)
 
     def _on_task_requeued(self, event: event_pb2.Event) -> None:
@@ -99,7 +99,7 @@ class CoordinatorState:
         task = self.tasks[requeued.task_id]
         if requeued.lost:
             task.failures += 1
-        self._set_task_state(task, TaskState.STATE_QUEUED)
+        self._set_task_state(task, Task.STATE_QUEUED)
         agent = self.agents.get(task.agent_id)
         if agent is not None:
             agent.in_flight = max(0, agent.in_flight - 1)
@@ -107,11 +107,11 @@ class CoordinatorState:
     def _on_task_cancelled(self, event: event_pb2.Event) -> None:
         cancelled = event.task_cancelled
         task = self.tasks[cancelled.task_id]
-        if task.state == TaskState.STATE_RUNNING:
+        if task.state == Task.STATE_RUNNING:
             agent = self.agents.get(task.agent_id)
             if agent is not None:
                 agent.in_flight = max(0, agent.in_flight - 1)
-        self._set_task_state(task, TaskState.STATE_CANCELLED)
+        self._set_task_state(task, Task.STATE_CANCELLED)
         task.error = task_pb2.TaskError(code="CANCELLED", message=cancelled.reason)
         task.end_time = event.time.ToNanoseconds() / 1e9
 
@@ -135,14 +135,14 @@ class CoordinatorState:
     def _on_agent_connected(self, event: event_pb2.Event) -> None:
         connected = event.agent_connected
         agent = self.agents[connected.agent_id]
-        agent.state = AgentState.STATE_READY
+        agent.state = Agent.STATE_READY
         agent.capacity = connected.capacity
         agent.connect_time = event.time.ToNanoseconds() / 1e9
         agent.last_seen = agent.connect_time
 
     def _on_agent_disconnected(self, event: event_pb2.Event) -> None:
         agent = self.agents[event.agent_disconnected.agent_id]
-        agent.state = AgentState.STATE_DISCONNECTED
+        agent.state = Agent.STATE_DISCONNECTED
 
     # -- snapshots -------------------------------------------------------------------
 
@@ -193,7 +193,7 @@ class CoordinatorState:
             if spec.idempotency_key:
                 state.idempotency[spec.idempotency_key] = task.id
             agent = state.agents.get(task.agent_id)
-            if agent is not None and task.state == TaskState.STATE_RUNNING:
+            if agent is not None and task.state == Task.STATE_RUNNING:
                 agent.in_flight += 1
         return state
 
