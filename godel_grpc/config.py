@@ -26,6 +26,7 @@ class ServeConfig:
     drain_grace: float = 10.0
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 10.0
+    task_retention: int = 100_000
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
@@ -40,6 +41,7 @@ class ServeConfig:
             drain_grace=args.drain_grace,
             heartbeat_interval=args.heartbeat_interval,
             heartbeat_timeout=args.heartbeat_timeout,
+            task_retention=args.task_retention,
         )
 
 
@@ -88,6 +90,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=float(env_default("HEARTBEAT_INTERVAL", str(d.heartbeat_interval))),
         help="seconds between agent heartbeats",
+    )
+    parser.add_argument(
+        "--task-retention",
+        type=int,
+        default=int(env_default("TASK_RETENTION", str(d.task_retention))),
+        help="ended tasks kept in memory for fast queries; older ones are read from the log",
     )
     parser.add_argument(
         "--heartbeat-timeout",

@@ -95,6 +95,7 @@ async def start_server(
         CoordinatorSettings(
             heartbeat_interval=config.heartbeat_interval,
             heartbeat_timeout=config.heartbeat_timeout,
+            retention=config.task_retention,
         ),
     )
     await coordinator.start()

@@ -36,7 +36,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         return pb.RunTaskResponse(task=await self._coordinator.run_task(request.task))
 
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
-        return pb.GetTaskResponse(task=self._coordinator.get_task(request.id))
+        return pb.GetTaskResponse(task=await self._coordinator.get_task(request.id))
 
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: Context

@@ -63,6 +63,8 @@ class CoordinatorSettings:
     """Write a snapshot once this many events were recorded since the last one."""
     sweep_interval: float = 0.5
     """How often heartbeats and task deadlines are checked."""
+    retention: int = 100_000
+    """Ended tasks kept in memory; older ones are read back from the event log."""
 
 
 class Coordinator:
@@ -77,11 +79,10 @@ class Coordinator:
         self.store = store
         self.metrics = metrics
         self.settings = settings or CoordinatorSettings()
-        self.state = CoordinatorState()
+        self.state = CoordinatorState(self.settings.retention)
         self.scheduler = Scheduler()
         self.journal = Journal(store, self._on_written, self._on_journal_failed)
         self.sessions: dict[str, AgentSession] = {}
-        self._task_order: list[str] = []
         self._queued_at: dict[str, float] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._watchers: dict[str, set[asyncio.Queue[task_pb2.Task | None]]] = {}
@@ -116,8 +117,7 @@ class Coordinator:
                 )
                 self.metrics.requeued.labels("restart").inc()
         self._apply_all(recovery)
-        for task_id in self._task_order:
-            task = self.state.tasks[task_id]
+        for task in self.state.tasks.values():
             if task.state == Task.STATE_QUEUED:
                 self._enqueue(task)
             if task.deadline is not None and not task.terminal:
@@ -135,8 +135,7 @@ class Coordinator:
         loaded = await self.store.load_snapshot(SNAPSHOT_NAME)
         if loaded is not None:
             snapshot = event_pb2.CoordinatorSnapshot.FromString(loaded[1])
-            self.state = CoordinatorState.from_snapshot(snapshot)
-            self._task_order = list(self.state.tasks)
+            self.state = CoordinatorState.from_snapshot(snapshot, self.settings.retention)
         replayed = 0
         position = self.state.position
         while True:
@@ -147,8 +146,6 @@ class Coordinator:
                 event = event_pb2.Event.FromString(stored.data)
                 event.id = stored.position
                 self.state.apply(event)
-                if event.WhichOneof("payload") == "task_submitted":
-                    self._task_order.append(event.task_submitted.task.id)
             position = batch[-1].position
             replayed += len(batch)
         return replayed
@@ -267,7 +264,7 @@ class Coordinator:
             key = request.idempotency_key
             existing = self.state.idempotency.get(key) if key else None
             if existing is not None:
-                result.append(self.state.tasks[existing].to_proto())
+                result.append(await self._existing_task(existing))
                 continue
             event = events.task_submitted_new(f"t-{epoch}-{next(self._task_ids)}")
             spec = event.task_submitted.task
@@ -275,7 +272,6 @@ class Coordinator:
             self.state.apply(event)
             created.append(event)
             task = self.state.tasks[spec.id]
-            self._task_order.append(task.id)
             # The accepted task as recorded (QUEUED): later changes show in GetTask.
             result.append(spec)
             self._enqueue(task)
@@ -288,7 +284,9 @@ class Coordinator:
     async def run_task(self, request: task_service_pb2.SubmitTaskRequest) -> task_pb2.Task:
         """Submits a task and returns it once it has ended and its ending is durable."""
         (submitted,) = await self.submit_tasks([request])
-        task = self.state.tasks[submitted.id]
+        task = self.state.tasks.get(submitted.id)
+        if task is None:  # ended long ago (an idempotent repeat)
+            return await self._existing_task(submitted.id)
         if not task.terminal:
             ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._end_waiters.setdefault(task.id, []).append(ended)
@@ -303,40 +301,63 @@ class Coordinator:
         await self.journal.flush()
         return task.to_proto()
 
-    def get_task(self, task_id: str) -> task_pb2.Task:
+    async def get_task(self, task_id: str) -> task_pb2.Task:
         """The task with this id, or NotFound."""
-        return self._task(task_id).to_proto()
-
-    def _task(self, task_id: str) -> TaskRecord:
         task = self.state.tasks.get(task_id)
+        if task is not None:
+            return task.to_proto()
+        return await self._existing_task(task_id)
+
+    async def _existing_task(self, task_id: str) -> task_pb2.Task:
+        """A task no longer in memory, rebuilt from its stream in the log."""
+        recorded = await self.store.read(0, 10_000, stream=events.task_stream(task_id))
+        if not recorded:
+            raise NotFound("task", task_id)
+        scratch = CoordinatorState(retention=1)
+        for stored in recorded:
+            scratch.apply(event_pb2.Event.FromString(stored.data))
+        task = scratch.tasks.get(task_id)
         if task is None:
             raise NotFound("task", task_id)
-        return task
+        return task.to_proto()
 
     def list_tasks(
         self, page_size: int, page_token: str, state: int
     ) -> tuple[list[task_pb2.Task], str]:
-        """A page of tasks, newest first; the token is the index to continue below."""
+        """A page of the tasks in memory (everything in progress and the most recently
+        ended), newest first; the token is the id of the last task of the previous page."""
         size = page_size or 100
-        end = (
-            _page_start(page_token, len(self._task_order)) if page_token else len(self._task_order)
-        )
+        ids = reversed(self.state.tasks)
+        if page_token:
+            if page_token not in self.state.tasks:
+                raise InvalidArgument(
+                    [FieldViolation("pageToken", "is not a token from a previous page")]
+                )
+            for task_id in ids:
+                if task_id == page_token:
+                    break
         page: list[task_pb2.Task] = []
-        index = end
-        while index > 0 and len(page) < size:
-            index -= 1
-            task = self.state.tasks[self._task_order[index]]
+        last = ""
+        for task_id in ids:
+            task = self.state.tasks[task_id]
             if not state or task.state == state:
                 page.append(task.to_proto())
-        return page, (str(index) if index > 0 else "")
+                last = task_id
+                if len(page) == size:
+                    break
+        more = len(page) == size and any(
+            not state or self.state.tasks[i].state == state for i in ids
+        )
+        return page, (last if more else "")
 
     async def cancel_task(self, task_id: str, reason: str) -> task_pb2.Task:
         """Cancels a queued or running task."""
         self._require_open()
-        task = self._task(task_id)
-        if task.terminal:
+        task = self.state.tasks.get(task_id)
+        if task is None or task.terminal:
+            ended = task.to_proto() if task is not None else await self._existing_task(task_id)
             raise FailedPrecondition(
-                f"task {task_id!r} has already ended ({TaskState.Name(task.state)})",
+                f"task {task_id!r} has already ended ({TaskState.Name(ended.state)})",
                 subject=f"tasks/{task_id}",
             )
         was_running = task.state == Task.STATE_RUNNING
@@ -359,7 +380,10 @@ class Coordinator:
 
     async def watch_task(self, task_id: str) -> AsyncIterator[task_pb2.Task]:
         """The task now, then after each change, until it ends."""
-        task = self._task(task_id)
+        task = self.state.tasks.get(task_id)
+        if task is None:
+            yield await self._existing_task(task_id)
+            return
         queue: asyncio.Queue[task_pb2.Task | None] = asyncio.Queue()
         watchers = self._watchers.setdefault(task_id, set())
         watchers.add(queue)

@@ -7,16 +7,26 @@ the same function, so recovered state is the live state by construction.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 
 from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
 from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord
 
+DEFAULT_RETENTION = 100_000
+"""Ended tasks kept in memory for fast queries; older ones are read back from the log."""
+
 
 class CoordinatorState:
-    """Tasks, agents and the indexes the API needs, folded from events."""
+    """Tasks, agents and the indexes the API needs, folded from events.
 
-    def __init__(self) -> None:
+    Every task that has not ended is in `tasks`. Ended tasks stay there only until
+    `retention` newer ones have ended: memory and snapshots stay bounded by the work in
+    progress, not by the service's age, and queries read older tasks from the log.
+    """
+
+    def __init__(self, retention: int = DEFAULT_RETENTION) -> None:
+        self.retention = retention
+        self._ended: deque[str] = deque()
         self.tasks: dict[str, TaskRecord] = {}
         self.agents: dict[str, AgentRecord] = {}
         self.idempotency: dict[str, str] = {}
@@ -40,6 +50,13 @@ class CoordinatorState:
         self.task_counts[task.state] -= 1
         self.task_counts[state] += 1
         task.state = state  # type: ignore[assignment]
+        if state in _ENDED:
+            self._ended.append(task.id)
+            while len(self._ended) > self.retention:
+                old = self._ended.popleft()
+                evicted = self.tasks.get(old)
+                if evicted is not None and evicted.state in _ENDED:
+                    del self.tasks[old]
 
     def _on_coordinator_started(self, event: event_pb2.Event) -> None:
         self.epoch = max(self.epoch, event.coordinator_started.epoch)
@@ -54,7 +71,9 @@ class CoordinatorState:
 
     def _on_task_leased(self, event: event_pb2.Event) -> None:
         leased = event.task_leased
-        task = self.tasks[leased.task_id]
+        task = self.tasks.get(leased.task_id)
+        if task is None:  # ended and evicted; nothing left to change
+            return
         self._set_task_state(task, Task.STATE_RUNNING)
         task.attempts = leased.attempt
         task.attempt_id = leased.attempt_id
@@ -76,7 +95,9 @@ class CoordinatorState:
 
     def _on_task_succeeded(self, event: event_pb2.Event) -> None:
         succeeded = event.task_succeeded
-        task = self.tasks[succeeded.task_id]
+        task = self.tasks.get(succeeded.task_id)
+        if task is None:  # ended and evicted; nothing left to change
+            return
         self._set_task_state(task, Task.STATE_SUCCEEDED)
         task.output = succeeded.output
         task.end_time = event.time.ToNanoseconds() / 1e9
@@ -84,7 +105,9 @@ class CoordinatorState:
 
     def _on_task_attempt_failed(self, event: event_pb2.Event) -> None:
         failed = event.task_attempt_failed
-        task = self.tasks[failed.task_id]
+        task = self.tasks.get(failed.task_id)
+        if task is None:  # ended and evicted; nothing left to change
+            return
         task.failures += 1
         task.error = failed.error
         if failed.final:
@@ -96,7 +119,9 @@ class CoordinatorState:
 
     def _on_task_requeued(self, event: event_pb2.Event) -> None:
         requeued = event.task_requeued
-        task = self.tasks[requeued.task_id]
+        task = self.tasks.get(requeued.task_id)
+        if task is None:  # ended and evicted; nothing left to change
+            return
         if requeued.lost:
             task.failures += 1
         self._set_task_state(task, Task.STATE_QUEUED)
@@ -106,7 +131,9 @@ class CoordinatorState:
 
     def _on_task_cancelled(self, event: event_pb2.Event) -> None:
         cancelled = event.task_cancelled
-        task = self.tasks[cancelled.task_id]
+        task = self.tasks.get(cancelled.task_id)
+        if task is None:  # ended and evicted; nothing left to change
+            return
         if task.state == Task.STATE_RUNNING:
             agent = self.agents.get(task.agent_id)
             if agent is not None:
@@ -147,9 +174,15 @@ class CoordinatorState:
     # -- snapshots -------------------------------------------------------------------
 
     def to_snapshot(self) -> event_pb2.CoordinatorSnapshot:
-        """Everything needed to rebuild this state without the events before `position`."""
-        snapshot = event_pb2.CoordinatorSnapshot(position=self.position, epoch=self.epoch)
-        snapshot.tasks.extend(task.to_proto() for task in self.tasks.values())
+        """Everything needed to rebuild this state without the events before `position`:
+        the tasks still in progress, agents, idempotency keys and counts."""
+        snapshot = event_pb2.CoordinatorSnapshot(
+            position=self.position,
+            epoch=self.epoch,
+            idempotency_keys=self.idempotency,
+            task_counts={Task.State.Name(s): n for s, n in self.task_counts.items() if n},  # type: ignore[arg-type]
+        )
+        snapshot.tasks.extend(task.to_proto() for task in self.tasks.values() if not task.terminal)
         for agent in self.agents.values():
             snapshot.agents.add(
                 agent_id=agent.id,
@@ -164,11 +197,16 @@ class CoordinatorState:
         return snapshot
 
     @classmethod
-    def from_snapshot(cls, snapshot: event_pb2.CoordinatorSnapshot) -> CoordinatorState:
+    def from_snapshot(
+        cls, snapshot: event_pb2.CoordinatorSnapshot, retention: int = DEFAULT_RETENTION
+    ) -> CoordinatorState:
         """Rebuilds the state a snapshot recorded."""
-        state = cls()
+        state = cls(retention)
         state.position = snapshot.position
         state.epoch = snapshot.epoch
+        state.idempotency.update(snapshot.idempotency_keys)
+        for name, count in snapshot.task_counts.items():
+            state.task_counts[Task.State.Value(name)] = count
         for registered in snapshot.agents:
             event = event_pb2.Event()
             event.agent_registered.CopyFrom(registered)
@@ -189,14 +227,13 @@ class CoordinatorState:
             task.end_time = proto.end_time.ToNanoseconds() / 1e9
             task.failures = proto.failed_attempts
             state.tasks[task.id] = task
-            state.task_counts[task.state] += 1
-            if spec.idempotency_key:
-                state.idempotency[spec.idempotency_key] = task.id
             agent = state.agents.get(task.agent_id)
             if agent is not None and task.state == Task.STATE_RUNNING:
                 agent.in_flight += 1
         return state
 
+
+_ENDED = frozenset({Task.STATE_SUCCEEDED, Task.STATE_FAILED, Task.STATE_CANCELLED})
 
 _TASK_STATE_FIELDS = (
     "state",

@@ -226,3 +226,40 @@ async def test_run_task_answers_with_the_ended_task(server: RunningServer, clien
     with pytest.raises(RPCError) as waited:
         await client.tasks.run(role="nobody-runs-this", wait_timeout=0.3)
     assert waited.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_ended_tasks_past_the_retention_are_read_from_the_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client import CollectorRegistry
+
+    from godel_grpc.config import ServeConfig
+    from godel_grpc.server import start_server
+
+    config = ServeConfig(
+        listen="127.0.0.1:0", metrics_listen="", data_dir=tmp_path, task_retention=2
+    )
+    running = await start_server(config, CollectorRegistry())
+    try:
+        async with Client(f"127.0.0.1:{running.port}") as client:
+            with agent_processes(address(running), "keeper", 1, "--handler", f"{HANDLERS}:echo"):
+                await wait_for_agents(client, 1)
+                first = await client.tasks.run(
+                    role="keeper", idempotency_key="first", wait_timeout=20
+                )
+                for _ in range(4):
+                    await client.tasks.run(role="keeper", wait_timeout=20)
+            # Given the first task left memory (only the 2 newest ended tasks stay)
+            assert first.id not in running.coordinator.state.tasks
+            listed, _ = await client.tasks.list()
+            assert first.id not in [t.id for t in listed]
+            # Then GetTask, WatchTask, a repeated idempotency key and CancelTask still know it
+            again = await client.tasks.get(first.id)
+            assert again.state == Task.STATE_SUCCEEDED and again.output == first.output
+            watched = [t async for t in client.tasks.watch(first.id, timeout=5)]
+            assert [t.state for t in watched] == [Task.STATE_SUCCEEDED]
+            repeat = await client.tasks.submit(role="keeper", idempotency_key="first")
+            assert repeat.id == first.id and repeat.state == Task.STATE_SUCCEEDED
+            with pytest.raises(RPCError) as ended:
+                await client.tasks.cancel(first.id)
+            assert ended.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        await running.stop(grace=1.0)

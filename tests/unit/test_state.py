@@ -51,10 +51,13 @@ def history(steps: list[int], tasks: int) -> list[event_pb2.Event]:
 
 
 def summary(state: CoordinatorState) -> object:
+    """What a snapshot must preserve: work in progress, agents, keys and counts (ended
+    tasks are a cache of the log and may differ)."""
     return (
         {
             t.id: (t.state, t.attempts, t.failures, t.attempt_id, t.agent_id)
             for t in state.tasks.values()
+            if not t.terminal
         },
         {a.id: (a.name, a.role, a.capacity, a.in_flight) for a in state.agents.values()},
         dict(state.idempotency),
@@ -81,6 +84,21 @@ def test_snapshot_plus_tail_equals_full_replay(steps: list[int], tasks: int, cut
     for event in log[cut:]:
         resumed.apply(event)
     assert summary(resumed) == summary(full)
+
+
+def test_ended_tasks_beyond_the_retention_leave_memory_but_not_the_counts() -> None:
+    state = CoordinatorState(retention=2)
+    for index in range(3):
+        task_id = f"t-{index}"
+        state.apply(
+            events.task_submitted(task_pb2.Task(id=task_id, role="w", idempotency_key=f"k{index}"))
+        )
+        state.apply(events.task_leased(task_id, f"a-{index}", 1, "ag-1"))
+        state.apply(events.task_succeeded(task_id, f"a-{index}", "ag-1", None))
+    # Given three tasks that all succeeded, only the two most recent stay in memory
+    assert sorted(state.tasks) == ["t-1", "t-2"]
+    assert state.task_counts[TaskState.Value("STATE_SUCCEEDED")] == 3
+    assert state.idempotency["k0"] == "t-0"
 
 
 def test_a_retryable_failure_requeues_and_the_last_one_fails() -> None:

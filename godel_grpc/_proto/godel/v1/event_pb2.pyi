@@ -509,18 +509,62 @@ class CoordinatorSnapshot(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class IdempotencyKeysEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TaskCountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     POSITION_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     AGENTS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     EXTENSIONS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEYS_FIELD_NUMBER: _builtins.int
+    TASK_COUNTS_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """The position of the last event folded into this snapshot."""
     epoch: _builtins.int
     """Highest epoch started so far."""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]:
-        """Every task the coordinator knows."""
+        """Every task that had not ended. Ended tasks live on in the log, where queries find
+        them.
+        """
 
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentRegistered]:
@@ -530,6 +574,14 @@ class CoordinatorSnapshot(_message.Message):
     def extensions(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Struct]:
         """Opaque extra state of pattern modules, keyed by module name."""
 
+    @_builtins.property
+    def idempotency_keys(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Idempotency key → id of the task it created, for every task with a key."""
+
+    @_builtins.property
+    def task_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Tasks ever accepted, by state name ("STATE_SUCCEEDED"), for the task metrics."""
+
     def __init__(
         self,
         *,
@@ -538,10 +590,12 @@ class CoordinatorSnapshot(_message.Message):
         agents: _abc.Iterable[Global___AgentRegistered] | None = ...,
         epoch: _builtins.int = ...,
         extensions: _abc.Mapping[_builtins.str, _struct_pb2.Struct] | None = ...,
+        idempotency_keys: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        task_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "epoch", b"epoch", "extensions", b"extensions", "position", b"position", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "epoch", b"epoch", "extensions", b"extensions", "idempotency_keys", b"idempotency_keys", "position", b"position", "task_counts", b"task_counts", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
