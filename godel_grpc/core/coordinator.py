@@ -432,7 +432,8 @@ class Coordinator:
             self._notify(task)
         for agent_id, assignments in per_agent.items():
             self.sessions[agent_id].send_assignments(assignments)
-        self.journal.record(batch)
+        # Nobody waits on a lease: losing one in a crash only re-runs the attempt.
+        self.journal.record(batch, urgent=False)
 
     def _end_lease(self, agent_id: str, attempt_id: str) -> None:
         session = self.sessions.get(agent_id)

@@ -19,6 +19,9 @@ from godel_grpc.store.base import EventStore, NewEvent
 
 log = logging.getLogger(__name__)
 
+LAZY_DELAY = 0.005
+"""Seconds a batch of lazy events waits for an urgent one to share its commit."""
+
 
 class Journal:
     """Ordered, batched appends of events to an event store."""
@@ -46,14 +49,25 @@ class Journal:
         self._writer: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
         self._wakeup = asyncio.Event()
+        self._lazy_timer: asyncio.TimerHandle | None = None
+        self._urgent_pending = False
         self._closed = False
 
     def start(self) -> None:
         """Starts the writer task."""
         self._writer = asyncio.get_running_loop().create_task(self._run(), name="journal")
 
-    def record(self, events: Sequence[event_pb2.Event]) -> asyncio.Future[None]:
-        """Queues events for the next append; the future resolves once they are durable."""
+    def record(
+        self, events: Sequence[event_pb2.Event], *, urgent: bool = True
+    ) -> asyncio.Future[None]:
+        """Queues events for the next append; the future resolves once they are durable.
+
+        Args:
+            events: the events, in order.
+            urgent: False for events nobody waits on (leases): they ride along with the
+                next urgent batch, or go out on their own after `LAZY_DELAY`, so they do
+                not cost a commit of their own in front of a result someone awaits.
+        """
         if self._failed is not None:
             raise RuntimeError("event journal failed") from self._failed
         pending = self._pending
@@ -61,10 +75,19 @@ class Journal:
             pending.append(
                 NewEvent(event.stream, type_name(event), event.SerializeToString(), event.agent_id)
             )
+        loop = asyncio.get_running_loop()
         if self._pending_future is None:
-            self._pending_future = asyncio.get_running_loop().create_future()
+            self._pending_future = loop.create_future()
+        if urgent:
+            self._urgent_pending = True
             self._wakeup.set()
+        elif self._lazy_timer is None and not self._wakeup.is_set():
+            self._lazy_timer = loop.call_later(LAZY_DELAY, self._wake_lazy)
         return self._pending_future
+
+    def _wake_lazy(self) -> None:
+        self._lazy_timer = None
+        self._wakeup.set()
 
     async def _run(self) -> None:
         while True:
@@ -74,8 +97,12 @@ class Journal:
                 if self._closed:
                     return
                 continue
+            if self._lazy_timer is not None:
+                self._lazy_timer.cancel()
+                self._lazy_timer = None
             batch, future = self._pending, self._pending_future
             self._pending, self._pending_future = [], None
+            self._urgent_pending = False
             self._writing_future = future
             started = time.perf_counter()
             try:
@@ -93,11 +120,18 @@ class Journal:
             if future is not None and not future.done():
                 future.set_result(None)
             self._writing_future = None
-            if self._pending:
+            if self._urgent_pending:
                 self._wakeup.set()
+            elif self._pending and self._lazy_timer is None:
+                self._lazy_timer = asyncio.get_running_loop().call_later(
+                    LAZY_DELAY, self._wake_lazy
+                )
 
     async def flush(self) -> None:
         """Waits until everything recorded so far is durable."""
+        if self._pending:
+            self._urgent_pending = True
+            self._wakeup.set()
         for future in (self._writing_future, self._pending_future):
             if future is not None:
                 await asyncio.shield(future)
