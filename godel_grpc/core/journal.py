@@ -19,6 +19,9 @@ from godel_grpc.store.base import EventStore, NewEvent
 
 log = logging.getLogger(__name__)
 
+_OPENS_STREAM = frozenset({"task.submitted", "agent.registered"})
+"""Event types that start a stream named after a freshly made id."""
+
 LAZY_DELAY = 0.005
 """Seconds a batch of lazy events waits for an urgent one to share its commit."""
 
@@ -72,8 +75,15 @@ class Journal:
             raise RuntimeError("event journal failed") from self._failed
         pending = self._pending
         for event in events:
+            kind = type_name(event)
             pending.append(
-                NewEvent(event.stream, type_name(event), event.SerializeToString(), event.agent_id)
+                NewEvent(
+                    event.stream,
+                    kind,
+                    event.SerializeToString(),
+                    event.agent_id,
+                    new_stream=kind in _OPENS_STREAM,
+                )
             )
         loop = asyncio.get_running_loop()
         if self._pending_future is None:
@@ -106,7 +116,7 @@ class Journal:
             self._writing_future = future
             started = time.perf_counter()
             try:
-                await self._store.append(batch)
+                await self._store.write(batch)
             except BaseException as exc:  # the log is now behind memory: stop everything
                 self._failed = exc
                 log.critical("event store append failed", exc_info=exc)

@@ -31,6 +31,9 @@ class NewEvent:
         expected_version: the stream version the writer believes is current
             (`ANY_VERSION` to skip the check, `NO_STREAM` for a new stream). A mismatch
             fails the append with `WrongExpectedVersion` and writes nothing of its batch.
+        new_stream: the writer knows the stream is new (its name holds a fresh id), so
+            the store may skip looking its version up. Were it wrong, the append fails
+            on the unique (stream, version) index instead of writing a duplicate.
     """
 
     stream: str
@@ -38,6 +41,7 @@ class NewEvent:
     data: bytes
     agent_id: str = ""
     expected_version: int = ANY_VERSION
+    new_stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,11 @@ class EventStore(abc.ABC):
         transaction by the backend; each call still succeeds or fails on its own (a
         version conflict in one call does not fail the others in the same transaction).
         """
+
+    async def write(self, events: Sequence[NewEvent]) -> None:
+        """Like `append`, for callers that need only durability, not the stored events:
+        backends may skip building them."""
+        await self.append(events)
 
     @abc.abstractmethod
     async def read(

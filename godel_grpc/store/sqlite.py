@@ -224,15 +224,25 @@ class SqliteEventStore(EventStore):
             return []
         assert self._loop is not None
         future: asyncio.Future[list[StoredEvent]] = self._loop.create_future()
-        self._queue.put((events, future))
+        self._queue.put((events, future, True))
         return await future
+
+    async def write(self, events: Sequence[NewEvent]) -> None:
+        """Appends like `append` but resolves without building `StoredEvent`s."""
+        self._check_open()
+        if not events:
+            return
+        assert self._loop is not None
+        future: asyncio.Future[list[StoredEvent]] = self._loop.create_future()
+        self._queue.put((events, future, False))
+        await future
 
     async def save_snapshot(self, name: str, position: int, data: bytes) -> None:
         """Upserts the snapshot through the writer, so it is committed like an append."""
         self._check_open()
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put((_SnapshotWrite(name, position, data), future))
+        self._queue.put((_SnapshotWrite(name, position, data), future, False))
         await future
 
     def _run(self) -> None:
@@ -264,7 +274,7 @@ class SqliteEventStore(EventStore):
         except Exception as error:
             assert self._wconn is not None
             self._recover(self._wconn)
-            self._report([(future, None, error) for _, future in batch])
+            self._report([(future, None, error) for _, future, _ in batch])
 
     def _commit(self, batch: list[Any]) -> None:
         """Writes every acceptable call of `batch` in one transaction and reports outcomes.
@@ -285,7 +295,8 @@ class SqliteEventStore(EventStore):
         add_row = rows.append
         snapshots: list[tuple[str, int, bytes]] = []
         outcomes: list[_Outcome] = []
-        for work, future in batch:
+        wanted = False
+        for work, future, want in batch:
             if type(work) is _SnapshotWrite:
                 snapshots.append((work.name, work.position, work.data))
                 outcomes.append((future, None, None))
@@ -299,7 +310,7 @@ class SqliteEventStore(EventStore):
                     if current is None:
                         current = pending.get(stream)
                         if current is None:
-                            current = cached(stream)
+                            current = 0 if event.new_stream else cached(stream)
                             if current is None:
                                 current = self._load_version(conn, stream)
                     expected = event.expected_version
@@ -316,14 +327,15 @@ class SqliteEventStore(EventStore):
                 outcomes.append((future, None, error))
                 continue
             pending.update(staged)
-            outcomes.append((future, (first, len(rows)), None))
+            outcomes.append((future, (first, len(rows)) if want else None, None))
+            wanted = wanted or want
         built = _Built(rows)
         if rows or snapshots:
             try:
                 conn.execute("BEGIN")
                 if rows:
                     conn.executemany(_INSERT_EVENT, rows)
-                    if len(rows) >= _PREBUILD_MIN_ROWS:
+                    if wanted and len(rows) >= _PREBUILD_MIN_ROWS:
                         # COMMIT waits on fsync without the GIL: the loop builds the results.
                         self._call_loop(built.build)
                 if snapshots:

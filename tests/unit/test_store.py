@@ -448,6 +448,27 @@ async def test_sqlite_version_cache_eviction_falls_back_to_disk(tmp_path: pathli
         await store.close()
 
 
+async def test_write_is_durable_without_returning_events(store: EventStore) -> None:
+    """Given events written with `write`, then they read back like appended ones."""
+    await store.write([ev("w"), ev("w")])
+    assert [(e.position, e.stream_version) for e in await read_all(store)] == [(1, 1), (2, 2)]
+
+
+async def test_sqlite_trusts_a_new_stream_hint_but_never_duplicates(tmp_path: pathlib.Path) -> None:
+    """Given a stream that exists, when an append wrongly claims it is new, then the
+    append fails instead of writing a second version 1, and the store keeps working."""
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    try:
+        await store.append([NewEvent("fresh", "t", b"1", new_stream=True)])
+        with pytest.raises(Exception, match="UNIQUE"):
+            await store.append([NewEvent("fresh", "t", b"2", new_stream=True)])
+        [after] = await store.append([NewEvent("fresh", "t", b"3")])
+        assert (after.position, after.stream_version) == (2, 2)
+    finally:
+        await store.close()
+
+
 # --- model-based ---------------------------------------------------------------------------
 
 EXACT = -100  # placeholder: "the version the model says is current"
