@@ -45,6 +45,9 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: CoordinatorMetrics) -> None:
         self._metrics = metrics
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        """Wrapped handler per method: services are fixed once the server starts, so each
+        method is looked up and wrapped once, not on every call."""
 
     async def intercept_service(
         self,
@@ -53,10 +56,20 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        wrapped = self._wrap(method, await continuation(handler_call_details))
+        if wrapped is not None:  # unknown names are not kept: callers choose them
+            self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any] | None
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if handler is None:
             return None
-        method = handler_call_details.method
         if method.startswith(("/grpc.health.", "/grpc.reflection.")):
             return handler
         if handler.unary_unary is not None:
