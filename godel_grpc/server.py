@@ -24,11 +24,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from godel_grpc._proto.godel import v1 as proto_package
 from godel_grpc.api.agent_link import AgentLinkServicer
 from godel_grpc.api.agents import AgentServicer
+from godel_grpc.api.convoys import ConvoyServicer
 from godel_grpc.api.events import EventServicer
 from godel_grpc.api.interceptor import BoundaryInterceptor
 from godel_grpc.api.reflection_pool import MethodAwarePool
 from godel_grpc.api.tasks import TaskServicer
 from godel_grpc.config import ServeConfig
+from godel_grpc.core.convoy_commands import ConvoyCommands
 from godel_grpc.core.coordinator import Coordinator, CoordinatorSettings
 from godel_grpc.metrics import CoordinatorMetrics
 from godel_grpc.store.factory import open_store
@@ -116,6 +118,7 @@ async def start_server(
         # answers UNIMPLEMENTED for the ones this coordinator does not serve yet.
         "AgentService": AgentServicer(coordinator),  # type: ignore[abstract]
         "EventService": EventServicer(coordinator),
+        "ConvoyService": ConvoyServicer(ConvoyCommands(coordinator)),
     }
     names = []
     for service, base, add in api_services():

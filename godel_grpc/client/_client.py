@@ -8,11 +8,13 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
-from godel_grpc._proto.godel.v1 import agent_pb2, event_pb2, task_pb2
+from godel_grpc._proto.godel.v1 import agent_pb2, convoy_pb2, event_pb2, task_pb2
 from godel_grpc._proto.godel.v1 import agent_service_pb2 as agent_pb
 from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as agent_grpc
+from godel_grpc._proto.godel.v1 import convoy_service_pb2 as convoy_pb
+from godel_grpc._proto.godel.v1 import convoy_service_pb2_grpc as convoy_grpc
 from godel_grpc._proto.godel.v1 import event_service_pb2 as event_pb
 from godel_grpc._proto.godel.v1 import event_service_pb2_grpc as event_grpc
 from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
@@ -229,6 +231,97 @@ class Events:
             raise RPCError.from_aio(error) from None
 
 
+class ConvoyHandle:
+    """A created convoy: its latest known state and the calls that act on it."""
+
+    def __init__(self, convoys: Convoys, convoy: convoy_pb2.Convoy) -> None:
+        self._convoys = convoys
+        self.convoy = convoy
+
+    @property
+    def id(self) -> str:
+        return self.convoy.id
+
+    @property
+    def agents(self) -> Sequence[convoy_pb2.ConvoyNode]:
+        """The nodes (the seed calls them agents)."""
+        return list(self.convoy.agents)
+
+    @property
+    def dependencies(self) -> Sequence[convoy_pb2.ConvoyDependency]:
+        """Every dependency edge (node, depends_on)."""
+        return list(self.convoy.dependencies)
+
+    async def start(self) -> convoy_pb2.Convoy:
+        """Starts the convoy: nodes without dependencies are dispatched at once."""
+        self.convoy = await self._convoys.start(self.id)
+        return self.convoy
+
+    async def get(self) -> convoy_pb2.Convoy:
+        """Refreshes and returns the convoy."""
+        self.convoy = await self._convoys.get(self.id)
+        return self.convoy
+
+    async def cancel(self, reason: str = "") -> convoy_pb2.Convoy:
+        """Cancels every node that has not ended."""
+        self.convoy = await self._convoys.cancel(self.id, reason)
+        return self.convoy
+
+    async def wait(self, timeout: float | None = None) -> convoy_pb2.Convoy:
+        """Waits until the convoy ends and returns it."""
+        async for convoy in self._convoys.watch(self.id, timeout=timeout):
+            self.convoy = convoy
+        return self.convoy
+
+
+class Convoys:
+    """`client.convoys`: dependency-ordered teams of agents."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = convoy_grpc.ConvoyServiceStub(channel)
+        self._timeout = timeout
+
+    @_translated
+    async def create(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> ConvoyHandle:
+        """Creates a convoy from the seed's object (`name`, `pattern`, `agents` with
+        `role`, `task`, `dependsOn`), given as a mapping or keyword arguments."""
+        request = json_format.ParseDict({**(spec or {}), **fields}, convoy_pb.CreateConvoyRequest())
+        response = await self._stub.CreateConvoy(request, timeout=self._timeout)
+        return ConvoyHandle(self, response.convoy)
+
+    @_translated
+    async def start(self, convoy_id: str) -> convoy_pb2.Convoy:
+        response = await self._stub.StartConvoy(
+            convoy_pb.StartConvoyRequest(id=convoy_id), timeout=self._timeout
+        )
+        return response.convoy
+
+    @_translated
+    async def get(self, convoy_id: str) -> convoy_pb2.Convoy:
+        response = await self._stub.GetConvoy(
+            convoy_pb.GetConvoyRequest(id=convoy_id), timeout=self._timeout
+        )
+        return response.convoy
+
+    @_translated
+    async def cancel(self, convoy_id: str, reason: str = "") -> convoy_pb2.Convoy:
+        response = await self._stub.CancelConvoy(
+            convoy_pb.CancelConvoyRequest(id=convoy_id, reason=reason), timeout=self._timeout
+        )
+        return response.convoy
+
+    async def watch(
+        self, convoy_id: str, timeout: float | None = None
+    ) -> AsyncIterator[convoy_pb2.Convoy]:
+        """The convoy now and after every change, until it ends."""
+        call = self._stub.WatchConvoy(convoy_pb.WatchConvoyRequest(id=convoy_id), timeout=timeout)
+        try:
+            async for response in call:
+                yield response.convoy
+        except grpc.aio.AioRpcError as error:
+            raise RPCError.from_aio(error) from None
+
+
 class Client:
     """Connects to a coordinator; use as `async with Client(address) as client`."""
 
@@ -242,6 +335,7 @@ class Client:
         self.tasks = Tasks(self._channel, timeout)
         self.agents = Agents(self._channel, timeout)
         self.events = Events(self._channel, timeout)
+        self.convoys = Convoys(self._channel, timeout)
 
     async def close(self) -> None:
         """Closes the channel. Idempotent."""

@@ -20,6 +20,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import Message
+
 from godel_grpc import __version__
 from godel_grpc._proto.godel.v1 import (
     agent_link_service_pb2 as link_pb2,
@@ -31,8 +33,10 @@ from godel_grpc._proto.godel.v1 import (
     task_service_pb2,
 )
 from godel_grpc.core import events
+from godel_grpc.core.convoys import ConvoyManager
 from godel_grpc.core.fields import copy_common_fields
 from godel_grpc.core.journal import Journal
+from godel_grpc.core.pattern_host import PatternManager, SubmitOwned
 from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord, TaskState
 from godel_grpc.core.scheduler import Scheduler
 from godel_grpc.core.session import AgentSession
@@ -80,6 +84,7 @@ class Coordinator:
         self.metrics = metrics
         self.settings = settings or CoordinatorSettings()
         self.state = CoordinatorState(self.settings.retention)
+        self._install_managers()
         self.scheduler = Scheduler()
         self.journal = Journal(store, self._on_written, self._on_journal_failed)
         self.sessions: dict[str, AgentSession] = {}
@@ -117,12 +122,17 @@ class Coordinator:
                 )
                 self.metrics.requeued.labels("restart").inc()
         self._apply_all(recovery)
+        for manager in self.managers:
+            manager.take_actions()  # decided during replay: the log shows what was done
+            manager.reconcile([t.id for t in self.state.tasks.values() if not t.terminal])
         for task in self.state.tasks.values():
             if task.state == Task.STATE_QUEUED:
                 self._enqueue(task)
             if task.deadline is not None and not task.terminal:
                 heapq.heappush(self._deadlines, (task.deadline, task.id))
-        await self.journal.record(recovery)
+        self.journal.record(recovery)
+        self.run_pattern_actions()
+        await self.journal.flush()
         if replayed >= self.settings.snapshot_every // 10:
             await self._snapshot()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="sweeper")
@@ -136,6 +146,10 @@ class Coordinator:
         if loaded is not None:
             snapshot = event_pb2.CoordinatorSnapshot.FromString(loaded[1])
             self.state = CoordinatorState.from_snapshot(snapshot, self.settings.retention)
+            self._install_managers()
+            for event in snapshot.pattern_events:
+                for manager in self.managers:
+                    manager.observe(event)
         replayed = 0
         position = self.state.position
         while True:
@@ -181,9 +195,10 @@ class Coordinator:
         await self.journal.flush()
         position = await self.store.last_position()
         self.state.position = position
-        await self.store.save_snapshot(
-            SNAPSHOT_NAME, position, self.state.to_snapshot().SerializeToString()
-        )
+        snapshot = self.state.to_snapshot()
+        for manager in self.managers:
+            snapshot.pattern_events.extend(manager.history())
+        await self.store.save_snapshot(SNAPSHOT_NAME, position, snapshot.SerializeToString())
         self._events_since_snapshot = 0
 
     def _on_written(self, count: int, seconds: float) -> None:
@@ -208,10 +223,6 @@ class Coordinator:
         for event in batch:
             self.state.apply(event)
 
-    def _record(self, batch: list[event_pb2.Event]) -> asyncio.Future[None]:
-        self._apply_all(batch)
-        return self.journal.record(batch)
-
     def _enqueue(self, task: TaskRecord) -> None:
         self._queued_at[task.id] = time.monotonic()
         self.scheduler.enqueue(task.id, task.pool, task.priority_rank)
@@ -235,6 +246,11 @@ class Coordinator:
 
     # -- tasks -------------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        """True once shutdown began: watchers end, commands are refused."""
+        return self._stopping
+
     def _require_open(self) -> None:
         if self._stopping:
             raise Unavailable("the coordinator is shutting down; retry against its successor")
@@ -257,29 +273,39 @@ class Coordinator:
         ]
         if violations:
             raise InvalidArgument(violations)
-        epoch = self.state.epoch
         created: list[event_pb2.Event] = []
         result: list[task_pb2.Task] = []
         for request in requests:
             key = request.idempotency_key
             existing = self.state.idempotency.get(key) if key else None
             if existing is not None:
-                result.append(await self._existing_task(existing))
+                known = self.state.tasks.get(existing)
+                result.append(known.to_proto() if known else await self._existing_task(existing))
                 continue
-            event = events.task_submitted_new(f"t-{epoch}-{next(self._task_ids)}")
-            spec = event.task_submitted.task
-            copy_common_fields(request, spec)
-            self.state.apply(event)
+            event = self._accept_task(request)
             created.append(event)
-            task = self.state.tasks[spec.id]
             # The accepted task as recorded (QUEUED): later changes show in GetTask.
-            result.append(spec)
-            self._enqueue(task)
-            if task.deadline is not None:
-                heapq.heappush(self._deadlines, (task.deadline, task.id))
+            result.append(event.task_submitted.task)
         if created:
             await self.journal.record(created)
         return result
+
+    def _accept_task(
+        self, request: Message, owner: task_pb2.TaskOwner | None = None
+    ) -> event_pb2.Event:
+        """Creates, applies and queues one task from a message carrying a task's fields;
+        the caller journals the returned event."""
+        event = events.task_submitted_new(f"t-{self.state.epoch}-{next(self._task_ids)}")
+        spec = event.task_submitted.task
+        copy_common_fields(request, spec)
+        if owner is not None:
+            spec.owner.CopyFrom(owner)
+        self.state.apply(event)
+        task = self.state.tasks[spec.id]
+        self._enqueue(task)
+        if task.deadline is not None:
+            heapq.heappush(self._deadlines, (task.deadline, task.id))
+        return event
 
     async def run_task(self, request: task_service_pb2.SubmitTaskRequest) -> task_pb2.Task:
         """Submits a task and returns it once it has ended and its ending is durable."""
@@ -360,23 +386,60 @@ class Coordinator:
                 f"task {task_id!r} has already ended ({TaskState.Name(ended.state)})",
                 subject=f"tasks/{task_id}",
             )
+        done = self.journal.record([self._cancel(task, reason or "cancelled by caller")])
+        self.run_pattern_actions()
+        await done
+        await self.journal.flush()
+        return task.to_proto()
+
+    def _cancel(self, task: TaskRecord, reason: str) -> event_pb2.Event:
+        """Applies the cancellation of a task that has not ended, telling its agent to
+        stop; returns the event for the caller to journal."""
         was_running = task.state == Task.STATE_RUNNING
         agent_id, attempt_id = task.agent_id, task.attempt_id
-        done = self._record(
-            [
-                events.task_cancelled(
-                    task_id, reason or "cancelled by caller", agent_id if was_running else ""
-                )
-            ]
-        )
+        event = events.task_cancelled(task.id, reason, agent_id if was_running else "")
+        self.state.apply(event)
         if was_running:
             self._end_lease(agent_id, attempt_id)
             session = self.sessions.get(agent_id)
             if session is not None:
-                session.send_cancellation(task_id, attempt_id, reason or "cancelled")
+                session.send_cancellation(task.id, attempt_id, reason)
         self._notify(task)
-        await done
-        return task.to_proto()
+        return event
+
+    # -- patterns ----------------------------------------------------------------------
+
+    def _install_managers(self) -> None:
+        """Binds fresh pattern managers to the current state."""
+        self.convoys = ConvoyManager(self.state.tasks)
+        self.managers: list[PatternManager] = [self.convoys]
+        self.state.observers[:] = self.managers
+
+    def run_pattern_actions(self) -> asyncio.Future[None] | None:
+        """Carries out what pattern managers decided, until they decide nothing more;
+        returns the future of the last journal write, if any."""
+        done: asyncio.Future[None] | None = None
+        while True:
+            actions = [action for manager in self.managers for action in manager.take_actions()]
+            if not actions:
+                return done
+            batch: list[event_pb2.Event] = []
+            for action in actions:
+                if isinstance(action, SubmitOwned):
+                    batch.append(self._accept_task(action.request, action.owner))
+                else:
+                    task = self.state.tasks.get(action.task_id)
+                    if task is not None and not task.terminal:
+                        batch.append(self._cancel(task, action.reason))
+            if batch:
+                done = self.journal.record(batch)
+
+    def record(self, batch: list[event_pb2.Event]) -> asyncio.Future[None]:
+        """Applies and journals events, then carries out the pattern actions they caused;
+        the future resolves once all of it is durable."""
+        self._apply_all(batch)
+        done = self.journal.record(batch)
+        return self.run_pattern_actions() or done
 
     async def watch_task(self, task_id: str) -> AsyncIterator[task_pb2.Task]:
         """The task now, then after each change, until it ends."""
@@ -477,7 +540,7 @@ class Coordinator:
             self.close_session(previous, "replaced by a new link of the same agent")
         capacity = hello.capacity or 1
         batch.append(events.agent_connected(agent_id, resumed, capacity))
-        done = self._record(batch)
+        done = self.record(batch)
         agent = self.state.agents[agent_id]
         if resumed:
             agent.actions = list(hello.actions)
@@ -581,6 +644,7 @@ class Coordinator:
             self.scheduler.remove_agent(session.agent_id)
         if batch:
             self.journal.record(batch)
+            self.run_pattern_actions()
             self._schedule_dispatch()
             self._lease_ended.set()
         for task in changed:
@@ -635,7 +699,7 @@ class Coordinator:
             requeued.append(task)
         session.leases.clear()
         batch.append(events.agent_disconnected(session.agent_id, reason))
-        self._record(batch)
+        self.record(batch)
         for task in requeued:
             if task.state == Task.STATE_QUEUED:
                 self._enqueue(task)
@@ -707,6 +771,7 @@ class Coordinator:
             self._notify(task)
         if batch:
             self.journal.record(batch)
+            self.run_pattern_actions()
 
 
 _TERMINAL = (Task.STATE_SUCCEEDED, Task.STATE_FAILED, Task.STATE_CANCELLED)

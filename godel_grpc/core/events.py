@@ -11,7 +11,7 @@ import time
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
+from godel_grpc._proto.godel.v1 import convoy_pb2, event_pb2, task_pb2
 
 Event = event_pb2.Event
 SCHEMA_VERSION = 1
@@ -143,4 +143,31 @@ def agent_disconnected(agent_id: str, reason: str) -> event_pb2.Event:
     event = _event(agent_stream(agent_id), agent_id)
     event.agent_disconnected.agent_id = agent_id
     event.agent_disconnected.reason = reason
+    return event
+
+
+def convoy_created(convoy: convoy_pb2.Convoy) -> event_pb2.Event:
+    event = _event(f"convoy/{convoy.id}")
+    created = event.convoy_created.convoy
+    created.CopyFrom(convoy)
+    created.create_time.CopyFrom(event.time)
+    return event
+
+
+def convoy_started(convoy_id: str) -> event_pb2.Event:
+    event = _event(f"convoy/{convoy_id}")
+    event.convoy_started.convoy_id = convoy_id
+    return event
+
+
+def convoy_cancelled(convoy_id: str, reason: str) -> event_pb2.Event:
+    event = _event(f"convoy/{convoy_id}")
+    event.convoy_cancelled.convoy_id = convoy_id
+    event.convoy_cancelled.reason = reason
+    return event
+
+
+def convoy_deleted(convoy_id: str) -> event_pb2.Event:
+    event = _event(f"convoy/{convoy_id}")
+    event.convoy_deleted.convoy_id = convoy_id
     return event

@@ -8,9 +8,18 @@ the same function, so recovered state is the live state by construction.
 from __future__ import annotations
 
 from collections import Counter, deque
+from typing import Protocol
 
 from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
 from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord
+
+
+class EventObserver(Protocol):
+    """Something that folds the coordinator's events after the core does."""
+
+    def observe(self, event: event_pb2.Event) -> None:
+        """Folds one event."""
+
 
 DEFAULT_RETENTION = 100_000
 """Ended tasks kept in memory for fast queries; older ones are read back from the log."""
@@ -26,6 +35,8 @@ class CoordinatorState:
 
     def __init__(self, retention: int = DEFAULT_RETENTION) -> None:
         self.retention = retention
+        self.observers: list[EventObserver] = []
+        """Pattern managers folding the same events after the core."""
         self._ended: deque[str] = deque()
         self.tasks: dict[str, TaskRecord] = {}
         self.agents: dict[str, AgentRecord] = {}
@@ -43,6 +54,8 @@ class CoordinatorState:
         handler = _HANDLERS.get(kind or "")
         if handler is not None:
             handler(self, event)
+        for observer in self.observers:
+            observer.observe(event)
         if event.id:
             self.position = event.id
 
@@ -66,7 +79,9 @@ class CoordinatorState:
         task = TaskRecord(spec, event.time.ToNanoseconds() / 1e9)
         self.tasks[task.id] = task
         self.task_counts[task.state] += 1
-        if spec.idempotency_key:
+        if spec.idempotency_key and not spec.HasField("owner"):
+            # Pattern-owned tasks carry their pattern's key for agents; the pattern,
+            # not this index, decides when to run one again.
             self.idempotency[spec.idempotency_key] = task.id
 
     def _on_task_leased(self, event: event_pb2.Event) -> None:

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from godel_grpc._proto.godel.v1 import convoy_pb2 as _convoy_pb2
 from godel_grpc._proto.godel.v1 import task_pb2 as _task_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -47,6 +48,10 @@ class Event(_message.Message):
     AGENT_REGISTERED_FIELD_NUMBER: _builtins.int
     AGENT_CONNECTED_FIELD_NUMBER: _builtins.int
     AGENT_DISCONNECTED_FIELD_NUMBER: _builtins.int
+    CONVOY_CREATED_FIELD_NUMBER: _builtins.int
+    CONVOY_STARTED_FIELD_NUMBER: _builtins.int
+    CONVOY_CANCELLED_FIELD_NUMBER: _builtins.int
+    CONVOY_DELETED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Global position in the event log, starting at 1 and increasing by one per event."""
     stream: _builtins.str
@@ -105,6 +110,22 @@ class Event(_message.Message):
     def agent_disconnected(self) -> Global___AgentDisconnected:
         """An agent's link closed."""
 
+    @_builtins.property
+    def convoy_created(self) -> Global___ConvoyCreated:
+        """A convoy was created."""
+
+    @_builtins.property
+    def convoy_started(self) -> Global___ConvoyStarted:
+        """A convoy was started."""
+
+    @_builtins.property
+    def convoy_cancelled(self) -> Global___ConvoyCancelled:
+        """A caller cancelled a convoy."""
+
+    @_builtins.property
+    def convoy_deleted(self) -> Global___ConvoyDeleted:
+        """A caller deleted an ended convoy."""
+
     def __init__(
         self,
         *,
@@ -125,12 +146,16 @@ class Event(_message.Message):
         agent_registered: Global___AgentRegistered | None = ...,
         agent_connected: Global___AgentConnected | None = ...,
         agent_disconnected: Global___AgentDisconnected | None = ...,
+        convoy_created: Global___ConvoyCreated | None = ...,
+        convoy_started: Global___ConvoyStarted | None = ...,
+        convoy_cancelled: Global___ConvoyCancelled | None = ...,
+        convoy_deleted: Global___ConvoyDeleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "coordinator_started", b"coordinator_started", "payload", b"payload", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -481,6 +506,100 @@ class AgentDisconnected(_message.Message):
 Global___AgentDisconnected: _TypeAlias = AgentDisconnected  # noqa: Y015
 
 @_typing.final
+class ConvoyCreated(_message.Message):
+    """Payload of "convoy.created"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVOY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def convoy(self) -> _convoy_pb2.Convoy:
+        """The convoy as created: id, name, nodes, options and creation time."""
+
+    def __init__(
+        self,
+        *,
+        convoy: _convoy_pb2.Convoy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["convoy", b"convoy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["convoy", b"convoy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvoyCreated: _TypeAlias = ConvoyCreated  # noqa: Y015
+
+@_typing.final
+class ConvoyStarted(_message.Message):
+    """Payload of "convoy.started"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVOY_ID_FIELD_NUMBER: _builtins.int
+    convoy_id: _builtins.str
+    """The convoy's id."""
+    def __init__(
+        self,
+        *,
+        convoy_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["convoy_id", b"convoy_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvoyStarted: _TypeAlias = ConvoyStarted  # noqa: Y015
+
+@_typing.final
+class ConvoyCancelled(_message.Message):
+    """Payload of "convoy.cancelled"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVOY_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    convoy_id: _builtins.str
+    """The convoy's id."""
+    reason: _builtins.str
+    """Why, as given by the caller."""
+    def __init__(
+        self,
+        *,
+        convoy_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["convoy_id", b"convoy_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvoyCancelled: _TypeAlias = ConvoyCancelled  # noqa: Y015
+
+@_typing.final
+class ConvoyDeleted(_message.Message):
+    """Payload of "convoy.deleted"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVOY_ID_FIELD_NUMBER: _builtins.int
+    convoy_id: _builtins.str
+    """The convoy's id."""
+    def __init__(
+        self,
+        *,
+        convoy_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["convoy_id", b"convoy_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvoyDeleted: _TypeAlias = ConvoyDeleted  # noqa: Y015
+
+@_typing.final
 class CoordinatorSnapshot(_message.Message):
     """The coordinator's state at one position of the log, written every so many events so
     that a restart need not replay the whole log. Storage format; not sent over the API.
@@ -556,6 +675,7 @@ class CoordinatorSnapshot(_message.Message):
     EXTENSIONS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEYS_FIELD_NUMBER: _builtins.int
     TASK_COUNTS_FIELD_NUMBER: _builtins.int
+    PATTERN_EVENTS_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """The position of the last event folded into this snapshot."""
     epoch: _builtins.int
@@ -582,6 +702,12 @@ class CoordinatorSnapshot(_message.Message):
     def task_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Tasks ever accepted, by state name ("STATE_SUCCEEDED"), for the task metrics."""
 
+    @_builtins.property
+    def pattern_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """The events that built each pattern resource (convoys, sagas) still kept in memory,
+        in log order; replaying them rebuilds those resources.
+        """
+
     def __init__(
         self,
         *,
@@ -592,10 +718,11 @@ class CoordinatorSnapshot(_message.Message):
         extensions: _abc.Mapping[_builtins.str, _struct_pb2.Struct] | None = ...,
         idempotency_keys: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         task_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        pattern_events: _abc.Iterable[Global___Event] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "epoch", b"epoch", "extensions", b"extensions", "idempotency_keys", b"idempotency_keys", "position", b"position", "task_counts", b"task_counts", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "epoch", b"epoch", "extensions", b"extensions", "idempotency_keys", b"idempotency_keys", "pattern_events", b"pattern_events", "position", b"position", "task_counts", b"task_counts", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

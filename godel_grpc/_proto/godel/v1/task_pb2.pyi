@@ -108,6 +108,7 @@ class Task(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     FAILED_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned identifier, unique for the coordinator's lifetime."""
     title: _builtins.str
@@ -185,6 +186,12 @@ class Task(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the task reached a terminal state."""
 
+    @_builtins.property
+    def owner(self) -> Global___TaskOwner:
+        """Output only. The pattern resource that created this task (a convoy node, a saga
+        step); unset for tasks submitted directly.
+        """
+
     def __init__(
         self,
         *,
@@ -210,16 +217,57 @@ class Task(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         failed_attempts: _builtins.int = ...,
+        owner: Global___TaskOwner | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "output", b"output", "payload", b"payload", "progress", b"progress", "role", b"role", "start_time", b"start_time", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "output", b"output", "owner", b"owner", "payload", b"payload", "progress", b"progress", "role", b"role", "start_time", b"start_time", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "attempt_id", b"attempt_id", "attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "failed_attempts", b"failed_attempts", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "output", b"output", "payload", b"payload", "priority", b"priority", "progress", b"progress", "role", b"role", "start_time", b"start_time", "state", b"state", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "attempt_id", b"attempt_id", "attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "failed_attempts", b"failed_attempts", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "output", b"output", "owner", b"owner", "payload", b"payload", "priority", b"priority", "progress", b"progress", "role", b"role", "start_time", b"start_time", "state", b"state", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["role", "action"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class TaskOwner(_message.Message):
+    """Which part of which pattern resource a task works for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATTERN_FIELD_NUMBER: _builtins.int
+    RESOURCE_ID_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    pattern: _builtins.str
+    """The pattern: "convoy" or "saga"."""
+    resource_id: _builtins.str
+    """The resource's id, for example "c-1-3"."""
+    part: _builtins.str
+    """The part of the resource: a convoy node's name or a saga step's name."""
+    phase: _builtins.str
+    """For sagas, "forward" or "compensate"; empty otherwise."""
+    round: _builtins.int
+    """Which try of this part and phase the task is, starting at 1 (a compensation retried
+    after COMPENSATION_FAILED gets a new round).
+    """
+    def __init__(
+        self,
+        *,
+        pattern: _builtins.str = ...,
+        resource_id: _builtins.str = ...,
+        part: _builtins.str = ...,
+        phase: _builtins.str = ...,
+        round: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["part", b"part", "pattern", b"pattern", "phase", b"phase", "resource_id", b"resource_id", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskOwner: _TypeAlias = TaskOwner  # noqa: Y015
 
 @_typing.final
 class TaskError(_message.Message):

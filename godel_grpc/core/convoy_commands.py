@@ -1,0 +1,151 @@
+"""Convoy commands and queries: validate, record the event, let the manager react.
+
+Commands answer only once their events, and the tasks they started, are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from godel_grpc._proto.godel.v1 import convoy_pb2, convoy_service_pb2, event_pb2
+from godel_grpc.core import events
+from godel_grpc.core.convoys import ConvoyManager, ConvoyRecord, policy_nodes
+from godel_grpc.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from godel_grpc.patterns import convoy as policy
+
+if TYPE_CHECKING:
+    from godel_grpc.core.coordinator import Coordinator
+
+
+class ConvoyCommands:
+    """The ConvoyService's behaviour, on top of the coordinator."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+        self._ids = itertools.count(1)
+
+    @property
+    def _manager(self) -> ConvoyManager:
+        return self._coordinator.convoys
+
+    def _get(self, convoy_id: str) -> ConvoyRecord:
+        record = self._coordinator.convoys.convoys.get(convoy_id)
+        if record is None:
+            raise NotFound("convoy", convoy_id)
+        return record
+
+    def _require_agents(self, nodes: list[convoy_pb2.ConvoyNode]) -> None:
+        """Fail fast: every role needs a connected agent now."""
+        coordinator = self._coordinator
+        roles = {
+            coordinator.state.agents[agent_id].role
+            for agent_id, session in coordinator.sessions.items()
+            if not session.draining
+        }
+        missing = sorted({node.role for node in nodes} - roles)
+        if missing:
+            raise FailedPrecondition(
+                f"no connected agent can run role(s) {', '.join(missing)}",
+                subject=f"roles/{missing[0]}",
+                violation_type="NO_AGENT",
+                reason="NO_AGENT_FOR_ROLE",
+            )
+
+    async def create(self, request: convoy_service_pb2.CreateConvoyRequest) -> convoy_pb2.Convoy:
+        """Validates the DAG and records the convoy, PENDING."""
+        found = policy.validate_convoy(policy_nodes(request.agents))
+        if found:
+            raise InvalidArgument([FieldViolation(v.path, v.description) for v in found])
+        if request.fail_fast:
+            self._require_agents(list(request.agents))
+        coordinator = self._coordinator
+        convoy = convoy_pb2.Convoy(
+            id=f"c-{coordinator.state.epoch}-{next(self._ids)}",
+            name=request.name,
+            agents=request.agents,
+            fail_fast=request.fail_fast,
+            labels=request.labels,
+        )
+        event = events.convoy_created(convoy)
+        await coordinator.record([event])
+        return self._manager.to_proto(self._get(convoy.id))
+
+    async def start(self, convoy_id: str) -> convoy_pb2.Convoy:
+        """Dispatches every node without dependencies."""
+        record = self._get(convoy_id)
+        if record.run.state is not policy.ConvoyState.PENDING:
+            raise FailedPrecondition(
+                f"convoy {convoy_id!r} was already started ({record.run.state.name})",
+                subject=f"convoys/{convoy_id}",
+            )
+        if record.convoy.fail_fast:
+            self._require_agents(list(record.convoy.agents))
+        await self._coordinator.record([events.convoy_started(convoy_id)])
+        return self._manager.to_proto(record)
+
+    def get(self, convoy_id: str) -> convoy_pb2.Convoy:
+        return self._manager.to_proto(self._get(convoy_id))
+
+    def list(
+        self, page_size: int, page_token: str, state: int
+    ) -> tuple[list[convoy_pb2.Convoy], str]:
+        """Convoys, oldest first; the token is the id of the last convoy of the previous page."""
+        records = list(self._coordinator.convoys.convoys.values())
+        start = 0
+        if page_token:
+            ids = [r.convoy.id for r in records]
+            if page_token not in ids:
+                raise InvalidArgument(
+                    [FieldViolation("pageToken", "is not a token from a previous page")]
+                )
+            start = ids.index(page_token) + 1
+        size = page_size or 100
+        page: list[convoy_pb2.Convoy] = []
+        for record in records[start:]:
+            proto = self._manager.to_proto(record)
+            if not state or proto.state == state:
+                page.append(proto)
+                if len(page) == size:
+                    break
+        last = page[-1].id if page else ""
+        more = bool(page) and len(page) == size and last != records[-1].convoy.id
+        return page, (last if more else "")
+
+    async def cancel(self, convoy_id: str, reason: str) -> convoy_pb2.Convoy:
+        """Cancels every node that has not ended, and their tasks."""
+        record = self._get(convoy_id)
+        if record.ended:
+            raise FailedPrecondition(
+                f"convoy {convoy_id!r} has already ended ({record.run.state.name})",
+                subject=f"convoys/{convoy_id}",
+            )
+        await self._coordinator.record(
+            [events.convoy_cancelled(convoy_id, reason or "cancelled by caller")]
+        )
+        return self._manager.to_proto(record)
+
+    async def delete(self, convoy_id: str) -> None:
+        """Cancels the convoy if it still runs, then forgets it."""
+        record = self._get(convoy_id)
+        batch: list[event_pb2.Event] = []
+        if not record.ended:
+            batch.append(events.convoy_cancelled(convoy_id, "deleted"))
+        batch.append(events.convoy_deleted(convoy_id))
+        await self._coordinator.record(batch)
+
+    async def watch(self, convoy_id: str) -> AsyncIterator[convoy_pb2.Convoy]:
+        """The convoy now, then after each change, until it ends."""
+        record = self._get(convoy_id)
+        if record.changed is None:
+            record.changed = asyncio.Event()
+        changed = record.changed
+        while True:
+            changed.clear()
+            current = self._manager.to_proto(record)
+            yield current
+            if record.ended or self._coordinator.stopping:
+                return
+            await changed.wait()

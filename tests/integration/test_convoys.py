@@ -1,0 +1,162 @@
+"""Convoys end to end: the seed's convoy sent verbatim with grpcurl, run by real agents."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from contextlib import ExitStack
+
+import grpc
+import pytest
+
+from godel_grpc._proto.godel.v1 import convoy_pb2
+from godel_grpc.client import Client, RPCError
+from godel_grpc.server import RunningServer
+from tests.support import agent_processes, require_tool
+
+pytestmark = pytest.mark.integration
+
+Convoy = convoy_pb2.Convoy
+Node = convoy_pb2.ConvoyNode
+HANDLERS = "tests.agents.handlers"
+
+SEED_CONVOY = """{
+  "name": "feature-implementation",
+  "pattern": "convoy",
+  "agents": [
+    { "role": "architect", "task": "Design system architecture" },
+    { "role": "backend", "task": "Implement API endpoints", "dependsOn": ["architect"] },
+    { "role": "frontend", "task": "Build UI components", "dependsOn": ["architect"] },
+    { "role": "tester", "task": "Write tests", "dependsOn": ["backend", "frontend"] },
+    { "role": "reviewer", "task": "Final review", "dependsOn": ["tester"] }
+  ]
+}"""
+ROLES = ["architect", "backend", "frontend", "tester", "reviewer"]
+
+
+async def grpcurl(address: str, method: str, data: str) -> dict:  # type: ignore[type-arg]
+    """Runs the real grpcurl in a thread: the server under test shares this event loop."""
+    binary = require_tool("grpcurl")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [binary, "-plaintext", "-d", data, address, method],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+async def ready(client: Client, count: int) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while sum(a.state == a.STATE_READY for a in await client.agents.list()) < count:
+        assert asyncio.get_running_loop().time() < deadline, "agents did not connect"
+        await asyncio.sleep(0.05)
+
+
+def span(node: convoy_pb2.ConvoyNode) -> tuple[float, float]:
+    return node.start_time.ToNanoseconds() / 1e9, node.end_time.ToNanoseconds() / 1e9
+
+
+def agents_for(stack: ExitStack, address: str, handlers: dict[str, str]) -> None:
+    for role in ROLES:
+        stack.enter_context(
+            agent_processes(
+                address, role, 1, "--handler", f"{HANDLERS}:{handlers.get(role, 'sleep')}"
+            )
+        )
+
+
+async def test_the_seed_convoy_runs_in_dependency_order(
+    server: RunningServer, client: Client
+) -> None:
+    address = f"127.0.0.1:{server.port}"
+    with ExitStack() as stack:
+        agents_for(stack, address, {})
+        await ready(client, len(ROLES))
+        # Given the seed's convoy, sent verbatim
+        created = (await grpcurl(address, "godel.v1.ConvoyService/CreateConvoy", SEED_CONVOY))[
+            "convoy"
+        ]
+        assert len(created["agents"]) == 5 and len(created["dependencies"]) == 5
+        assert created["state"] == "STATE_PENDING"
+        # When it is started
+        await grpcurl(
+            address, "godel.v1.ConvoyService/StartConvoy", json.dumps({"id": created["id"]})
+        )
+        done = None
+        async for convoy in client.convoys.watch(created["id"], timeout=60):
+            done = convoy
+    # Then it succeeded, backend and frontend overlapped, tester waited for both
+    assert done is not None and done.state == Convoy.STATE_SUCCEEDED
+    nodes = {node.role: node for node in done.agents}
+    assert all(node.state == Node.STATE_SUCCEEDED for node in nodes.values())
+    backend, frontend = span(nodes["backend"]), span(nodes["frontend"])
+    assert backend[0] < frontend[1] and frontend[0] < backend[1]
+    assert span(nodes["tester"])[0] >= max(backend[1], frontend[1])
+    assert span(nodes["reviewer"])[0] >= span(nodes["tester"])[1]
+    assert span(nodes["backend"])[0] >= span(nodes["architect"])[1]
+    # And each node's task carried its dependencies' outputs
+    tester_task = await client.tasks.get(nodes["tester"].task_id)
+    assert set(tester_task.payload["dependencies"].keys()) == {"backend", "frontend"}
+
+
+async def test_a_failed_node_cancels_its_dependents_only(
+    server: RunningServer, client: Client
+) -> None:
+    address = f"127.0.0.1:{server.port}"
+    with ExitStack() as stack:
+        agents_for(stack, address, {"backend": "fail"})
+        await ready(client, len(ROLES))
+        convoy = await client.convoys.create(json.loads(SEED_CONVOY))
+        await convoy.start()
+        done = await convoy.wait(timeout=60)
+    nodes = {node.role: node for node in done.agents}
+    assert done.state == Convoy.STATE_FAILED
+    assert "backend" in done.error.message
+    assert nodes["backend"].state == Node.STATE_FAILED
+    assert nodes["frontend"].state == Node.STATE_SUCCEEDED
+    assert nodes["tester"].state == Node.STATE_CANCELLED
+    assert nodes["reviewer"].state == Node.STATE_CANCELLED
+
+
+async def test_invalid_convoys_are_refused_with_the_node_named(client: Client) -> None:
+    cycle = {
+        "name": "loop",
+        "agents": [
+            {"role": "a", "task": "x", "dependsOn": ["b"]},
+            {"role": "b", "task": "y", "dependsOn": ["a"]},
+        ],
+    }
+    with pytest.raises(RPCError) as raised:
+        await client.convoys.create(cycle)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert any("dependsOn" in field for field, _ in raised.value.field_violations)
+    unknown = {"name": "u", "agents": [{"role": "a", "task": "x", "dependsOn": ["ghost"]}]}
+    with pytest.raises(RPCError) as missing:
+        await client.convoys.create(unknown)
+    assert missing.value.field_violations[0][0] == "agents[0].dependsOn[0]"
+    empty_task = {"name": "e", "agents": [{"role": "a", "task": ""}]}
+    with pytest.raises(RPCError) as empty:
+        await client.convoys.create(empty_task)
+    assert empty.value.field_violations[0][0] == "agents[0].task"
+    nobody = {"name": "f", "failFast": True, "agents": [{"role": "nobody-has-this", "task": "x"}]}
+    with pytest.raises(RPCError) as fail_fast:
+        await client.convoys.create(nobody)
+    assert fail_fast.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "nobody-has-this" in fail_fast.value.message
+
+
+async def test_cancel_and_restart_rules(client: Client) -> None:
+    convoy = await client.convoys.create({"name": "c", "agents": [{"role": "idle", "task": "t"}]})
+    await convoy.start()
+    with pytest.raises(RPCError) as twice:
+        await convoy.start()
+    assert twice.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    cancelled = await convoy.cancel("stop")
+    assert cancelled.state == Convoy.STATE_CANCELLED
+    assert cancelled.agents[0].state == Node.STATE_CANCELLED
+    task = await client.tasks.get(cancelled.agents[0].task_id)
+    assert task.state == task.STATE_CANCELLED
