@@ -94,6 +94,73 @@ async def _wait_ready(client: Client, agents: int, timeout: float = 30.0) -> Non
     raise TimeoutError(f"{agents} agents did not connect within {timeout} s")
 
 
+HANDLERS = "godel_grpc.demo.handlers"
+_FLEET = [
+    ("architect-1", "architect", ("--handler", f"{HANDLERS}:work")),
+    ("backend-1", "backend", ("--handler", f"{HANDLERS}:work")),
+    ("frontend-1", "frontend", ("--handler", f"{HANDLERS}:work")),
+    ("tester-1", "tester", ("--handler", f"{HANDLERS}:work")),
+    ("reviewer-1", "reviewer", ("--handler", f"{HANDLERS}:review")),
+    ("designer-1", "designer", ("--handler", f"{HANDLERS}:design")),
+    ("counter-exec", "counter", ("--exec", EXEC_COMMAND)),
+]
+"""(name, role, how it runs tasks) of every agent the demo starts."""
+
+
+def _state_name(task: task_pb2.Task) -> str:
+    return task_pb2.Task.State.Name(task.state).removeprefix("STATE_")
+
+
+async def _tasks_chapter(client: Client) -> int:
+    """Single tasks with progress, then a batch across a Python and an --exec agent."""
+    _say("\n── tasks ──")
+    design = await client.tasks.submit(role="designer", title="Design system architecture")
+    _say(f"▶ submitted {design.id}: {design.title}")
+    async for update in client.tasks.watch(design.id, timeout=30):
+        note = ""
+        if update.HasField("progress"):
+            note = f" {update.progress.fraction:.0%} {update.progress.message}"
+        _say(f"    {update.id} {_state_name(update)}{note}")
+    batch = await client.tasks.submit_many(
+        [
+            task_request(
+                role="counter",
+                title=f"count words #{i}",
+                payload={"text": "the quick brown fox " * (i + 1)},
+            )
+            for i in range(4)
+        ]
+        + [
+            task_request(role="reviewer", title=f"review change #{i}", payload={"change": i})
+            for i in range(4)
+        ]
+    )
+    _say(f"▶ submitted a batch of {len(batch)} tasks in one call")
+    results = await asyncio.gather(*(client.tasks.wait(t.id, timeout=30) for t in batch))
+    failed = 0
+    for task in [await client.tasks.get(design.id), *results]:
+        output = (
+            json.dumps(_plain(json_format.MessageToDict(task.output)))
+            if task.HasField("output")
+            else task.error.message
+        )
+        failed += task.state != task_pb2.Task.STATE_SUCCEEDED
+        _say(f"    {task.id:<10} {task.title:<28} {_state_name(task):<10} {output}")
+    return failed
+
+
+async def _convoy_chapter(client: Client) -> int:
+    """The seed's convoy (section 1), from examples/convoy.py."""
+    _say("\n── convoy (seed section 1) ──")
+    try:
+        from examples import convoy as example
+    except ImportError:
+        _say("  examples/ is not importable here; run the demo from the repository")
+        return 1
+    done = await example.run(client, lambda line: _say("  " + line))
+    return 0 if done.state == done.STATE_SUCCEEDED else 1
+
+
 async def run_demo(keep: bool = False) -> int:
     """Runs the demo; returns the exit code."""
     work = Path(tempfile.mkdtemp(prefix="godel-demo-"))
@@ -114,93 +181,23 @@ async def run_demo(keep: bool = False) -> int:
             str(work / "data"),
             log=log,
         )
-        handlers = "godel_grpc.demo.handlers"
-        processes.start(
-            "agent",
-            "--coordinator",
-            address,
-            "--role",
-            "architect",
-            "--name",
-            "architect-1",
-            "--handler",
-            f"{handlers}:design",
-            log=log,
-        )
-        processes.start(
-            "agent",
-            "--coordinator",
-            address,
-            "--role",
-            "reviewer",
-            "--name",
-            "reviewer-1",
-            "--capacity",
-            "4",
-            "--handler",
-            f"{handlers}:review",
-            log=log,
-        )
-        processes.start(
-            "agent",
-            "--coordinator",
-            address,
-            "--role",
-            "counter",
-            "--name",
-            "counter-exec",
-            "--capacity",
-            "2",
-            "--exec",
-            EXEC_COMMAND,
-            log=log,
-        )
+        for name, role, how in _FLEET:
+            processes.start(
+                "agent", "--coordinator", address, "--role", role, "--name", name,
+                "--capacity", "4", *how, log=log,
+            )  # fmt: skip
         async with Client(address) as client:
-            await _wait_ready(client, 3)
-            _say(
-                "▶ 3 agents connected: architect-1 (Python), reviewer-1 (Python), "
-                "counter-exec (--exec)"
-            )
-            design = await client.tasks.submit(role="architect", title="Design system architecture")
-            _say(f"▶ submitted {design.id}: {design.title}")
-            async for update in client.tasks.watch(design.id, timeout=30):
-                state = task_pb2.Task.State.Name(update.state).removeprefix("STATE_")
-                note = ""
-                if update.HasField("progress"):
-                    note = f" {update.progress.fraction:.0%} {update.progress.message}"
-                _say(f"    {update.id} {state}{note}")
-            batch = await client.tasks.submit_many(
-                [
-                    task_request(
-                        role="counter",
-                        title=f"count words #{i}",
-                        payload={"text": "the quick brown fox " * (i + 1)},
-                    )
-                    for i in range(4)
-                ]
-                + [
-                    task_request(
-                        role="reviewer", title=f"review change #{i}", payload={"change": i}
-                    )
-                    for i in range(4)
-                ]
-            )
-            _say(f"▶ submitted a batch of {len(batch)} tasks in one call")
-            results = await asyncio.gather(*(client.tasks.wait(t.id, timeout=30) for t in batch))
-            failed = 0
-            for task in [await client.tasks.get(design.id), *results]:
-                state = task_pb2.Task.State.Name(task.state).removeprefix("STATE_")
-                output = (
-                    json.dumps(_plain(json_format.MessageToDict(task.output)))
-                    if task.HasField("output")
-                    else task.error.message
-                )
-                failed += task.state != task_pb2.Task.STATE_SUCCEEDED
-                _say(f"    {task.id:<10} {task.title:<28} {state:<10} {output}")
+            await _wait_ready(client, len(_FLEET))
+            _say(f"▶ {len(_FLEET)} agents connected: " + ", ".join(n for n, _, _ in _FLEET))
+            failed = await _tasks_chapter(client)
+            failed += await _convoy_chapter(client)
             agents = await client.agents.list()
             _say("▶ agents: " + ", ".join(f"{a.name} ran {a.tasks_completed}" for a in agents))
         elapsed = time.monotonic() - started
-        _say(f"▶ done in {elapsed:.1f} s: {len(batch) + 1 - failed} succeeded, {failed} failed")
+        _say(
+            f"▶ done in {elapsed:.1f} s: "
+            + ("everything succeeded" if not failed else f"{failed} failures")
+        )
         return 0 if failed == 0 else 1
     except Exception as exc:
         _say(f"✗ demo failed: {exc}")

@@ -24,3 +24,12 @@ async def review(task: TaskContext) -> dict[str, Any]:
     """Pretends to review a change: approves anything with a non-empty payload."""
     await asyncio.sleep(0.02)
     return {"approved": bool(task.payload), "notes": "looks fine"}
+
+
+async def work(task: TaskContext) -> dict[str, Any]:
+    """Does a role's part of a convoy: reads what its dependencies produced, takes a
+    moment, and reports what it built on."""
+    await task.progress(0.5, f"working on {task.title!r}")
+    await asyncio.sleep(0.2)
+    built_on = sorted(task.payload.get("dependencies", {}))
+    return {"role": task.role, "did": task.title, "builtOn": built_on}

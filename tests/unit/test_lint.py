@@ -30,7 +30,16 @@ def test_buf_lint_is_clean() -> None:
 
 
 def test_ruff_is_clean() -> None:
-    checked = run(str(BIN / "ruff"), "check", "godel_grpc", "sidecars", "tests", "bench", "scripts")
+    checked = run(
+        str(BIN / "ruff"),
+        "check",
+        "godel_grpc",
+        "sidecars",
+        "tests",
+        "bench",
+        "scripts",
+        "examples",
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
