@@ -33,16 +33,16 @@ _FAST_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
-class _TaskStateCollector(Collector):
-    """Reads task counts by state at scrape time, so the hot path only bumps a Counter."""
+class _StateCollector(Collector):
+    """Reads counts by state at scrape time, so no hot path keeps a gauge up to date."""
 
-    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, name: str, help_text: str, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._name = name
+        self._help = help_text
         self._counts = counts
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "godel_tasks", "Tasks the coordinator knows, by lifecycle state.", labels=["state"]
-        )
+        family = GaugeMetricFamily(self._name, self._help, labels=["state"])
         for state, count in sorted(self._counts().items()):
             family.add_metric([state], count)
         yield family
@@ -104,6 +104,14 @@ class CoordinatorMetrics:
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
+        self.part_seconds = Histogram(
+            "godel_pattern_part_duration_seconds",
+            "Time from lease to end of a pattern's part (convoy node, saga step), by pattern "
+            "and outcome.",
+            ["pattern", "outcome"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+            registry=registry,
+        )
         self.requeued = Counter(
             "godel_tasks_requeued",
             "Attempts given back to the queue, by reason (agent_lost, released, restart).",
@@ -113,4 +121,18 @@ class CoordinatorMetrics:
 
     def watch_task_states(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Exports task counts by state, read from `counts` at scrape time."""
-        self.registry.register(_TaskStateCollector(counts))
+        self.registry.register(
+            _StateCollector(
+                "godel_tasks", "Tasks the coordinator knows, by lifecycle state.", counts
+            )
+        )
+
+    def watch_pattern_states(self, pattern: str, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Exports a pattern's resources by state (`godel_convoys`, `godel_sagas`)."""
+        self.registry.register(
+            _StateCollector(
+                f"godel_{pattern}s",
+                f"{pattern.capitalize()}s the coordinator keeps in memory, by lifecycle state.",
+                counts,
+            )
+        )

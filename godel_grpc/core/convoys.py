@@ -215,6 +215,14 @@ class ConvoyManager:
 
     # -- queries -----------------------------------------------------------------------
 
+    def counts_by_state(self) -> dict[str, int]:
+        """Convoys by state name, for the `godel_convoys` gauge."""
+        counts: dict[str, int] = {}
+        for record in self.convoys.values():
+            name = record.run.state.name.lower()
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def to_proto(self, record: ConvoyRecord) -> convoy_pb2.Convoy:
         """The convoy as the API shows it, nodes filled in from their tasks."""
         convoy = convoy_pb2.Convoy()

@@ -102,6 +102,8 @@ class Coordinator:
         self._lease_ended = asyncio.Event()
         self.fatal: asyncio.Future[BaseException] | None = None
         metrics.watch_task_states(self._task_counts_by_name)
+        # Read through `self` at scrape time: recovery may replace the managers.
+        metrics.watch_pattern_states("convoy", lambda: self.convoys.counts_by_state())
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -234,6 +236,11 @@ class Coordinator:
             asyncio.get_running_loop().call_soon(self._dispatch)
 
     def _notify(self, task: TaskRecord) -> None:
+        if task.terminal and task.spec.HasField("owner") and task.start_time:
+            outcome = Task.State.Name(task.state).removeprefix("STATE_").lower()
+            self.metrics.part_seconds.labels(task.spec.owner.pattern, outcome).observe(
+                max(0.0, task.end_time - task.start_time)
+            )
         if task.terminal and task.id in self._end_waiters:
             for ended in self._end_waiters.pop(task.id):
                 if not ended.done():

@@ -101,6 +101,13 @@ async def test_the_seed_convoy_runs_in_dependency_order(
     # And each node's task carried its dependencies' outputs
     tester_task = await client.tasks.get(nodes["tester"].task_id)
     assert set(tester_task.payload["dependencies"].keys()) == {"backend", "frontend"}
+    # And the metrics count the convoy and time its nodes
+    registry = server.registry
+    assert registry.get_sample_value("godel_convoys", {"state": "succeeded"}) == 1.0
+    count = registry.get_sample_value(
+        "godel_pattern_part_duration_seconds_count", {"pattern": "convoy", "outcome": "succeeded"}
+    )
+    assert count == 5.0
 
 
 async def test_a_failed_node_cancels_its_dependents_only(
