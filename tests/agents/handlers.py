@@ -8,6 +8,7 @@ task's output or side effect that the task really ran, and where.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 from typing import Any
@@ -98,3 +99,28 @@ async def allocate(ctx: TaskContext) -> dict[str, Any]:
         block[offset] = 1
     await asyncio.sleep(seconds)
     return {"allocated_mb": size // (1024 * 1024), "agent": _agent(ctx)}
+
+
+async def apply_once(ctx: TaskContext) -> dict[str, Any]:
+    """Works for ``payload["seconds"]`` (default 0.5), then applies its effect once per
+    idempotency key: the effect is a line in the file named by ``GODEL_TEST_RECORD``.
+
+    A repeated key (an attempt run again after a crash) is recorded as a duplicate and
+    not applied, the way a real agent would make its side effects idempotent.
+    """
+    await asyncio.sleep(float(ctx.payload.get("seconds", 0.5)))
+    applied = await asyncio.to_thread(_apply_effect, ctx.idempotency_key, ctx.task_id)
+    return {"applied": applied, "agent": _agent(ctx)}
+
+
+def _apply_effect(key: str, task_id: str) -> bool:
+    """Appends the effect for `key` unless it was applied before; True if applied now."""
+    with open(os.environ["GODEL_TEST_RECORD"], "a+", encoding="utf-8") as sink:
+        fcntl.flock(sink, fcntl.LOCK_EX)
+        sink.seek(0)
+        done = {
+            json.loads(line)["key"] for line in sink if line.strip() and '"applied": true' in line
+        }
+        apply = key not in done
+        sink.write(json.dumps({"key": key, "taskId": task_id, "applied": apply}) + "\n")
+    return apply

@@ -167,3 +167,47 @@ async def test_cancel_and_restart_rules(client: Client) -> None:
     assert cancelled.agents[0].state == Node.STATE_CANCELLED
     task = await client.tasks.get(cancelled.agents[0].task_id)
     assert task.state == task.STATE_CANCELLED
+
+
+async def test_a_convoy_survives_a_coordinator_crash(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL the coordinator while backend and frontend run; after a restart on the same
+    data directory the convoy succeeds and every node's effect was applied exactly once."""
+    from tests.support import CoordinatorProcess
+
+    record = tmp_path / "effects.jsonl"
+    coordinator = CoordinatorProcess(tmp_path / "data").start()
+    port = coordinator.port
+    try:
+        with ExitStack() as stack:
+            for role in ROLES:
+                stack.enter_context(
+                    agent_processes(
+                        coordinator.address, role, 1, "--handler", f"{HANDLERS}:apply_once",
+                        env={"GODEL_TEST_RECORD": str(record)},
+                    )
+                )  # fmt: skip
+            async with Client(coordinator.address) as client:
+                await ready(client, len(ROLES))
+                convoy = await client.convoys.create(json.loads(SEED_CONVOY))
+                await convoy.start()
+                async for update in client.convoys.watch(convoy.id, timeout=30):
+                    states = {node.role: node.state for node in update.agents}
+                    if (
+                        states["backend"] == Node.STATE_RUNNING
+                        or states["frontend"] == Node.STATE_RUNNING
+                    ):
+                        break
+            coordinator.kill()
+            coordinator.start(port=port)
+            async with Client(coordinator.address) as client:
+                final = None
+                async for update in client.convoys.watch(convoy.id, timeout=60):
+                    final = update
+        assert final is not None and final.state == Convoy.STATE_SUCCEEDED
+        lines = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+        applied = [line["key"] for line in lines if line["applied"]]
+        assert sorted(applied) == sorted({f"{convoy.id}:{role}" for role in ROLES})
+        # The crash hit running nodes: their attempts ran again and were deduplicated
+        assert any(not line["applied"] for line in lines)
+    finally:
+        coordinator.stop()
