@@ -11,6 +11,7 @@ import asyncio
 import fcntl
 import json
 import os
+import time
 from typing import Any
 
 from godel_grpc.agent import TaskContext, TaskFailed
@@ -108,6 +109,7 @@ async def apply_once(ctx: TaskContext) -> dict[str, Any]:
     A repeated key (an attempt run again after a crash) is recorded as a duplicate and
     not applied, the way a real agent would make its side effects idempotent.
     """
+    await ctx.progress(0.0, "started")
     await asyncio.sleep(float(ctx.payload.get("seconds", 0.5)))
     applied = await asyncio.to_thread(_apply_effect, ctx.idempotency_key, ctx.task_id)
     return {"applied": applied, "agent": _agent(ctx)}
@@ -124,3 +126,67 @@ def _apply_effect(key: str, task_id: str) -> bool:
         apply = key not in done
         sink.write(json.dumps({"key": key, "taskId": task_id, "applied": apply}) + "\n")
     return apply
+
+
+def _saga_input(ctx: TaskContext) -> dict[str, Any]:
+    """The saga's input, as a saga step's payload carries it."""
+    value = ctx.payload.get("input")
+    return value if isinstance(value, dict) else {}
+
+
+def record_or_fail(ctx: TaskContext) -> dict[str, Any]:
+    """A saga step that records every attempt, then fails when told to by the saga input.
+
+    Appends one JSON line per attempt (``taskId``, ``attemptId``, ``idempotencyKey``,
+    ``action``, ``agent``) to the file named by ``GODEL_TEST_RECORD``, if set. Fails
+    (retryably) when ``ctx.action`` is named by the saga input's ``failAt`` (a name or a
+    list of names); when ``failTimes[action]`` is given, only that many attempts of the
+    same idempotency key fail, counted from the file, so a compensation can be made to
+    fail once and succeed when retried.
+    """
+    saga_input = _saga_input(ctx)
+    earlier = 0
+    path = os.environ.get("GODEL_TEST_RECORD")
+    if path:
+        with open(path, "a+", encoding="utf-8") as sink:
+            fcntl.flock(sink, fcntl.LOCK_EX)
+            sink.seek(0)
+            earlier = sum(
+                1
+                for line in sink
+                if line.strip() and json.loads(line).get("idempotencyKey") == ctx.idempotency_key
+            )
+            entry = {
+                "taskId": ctx.task_id,
+                "attemptId": ctx.attempt_id,
+                "idempotencyKey": ctx.idempotency_key,
+                "action": ctx.action,
+                "agent": _agent(ctx),
+            }
+            sink.write(json.dumps(entry) + "\n")
+    fail_at = saga_input.get("failAt") or []
+    names = [fail_at] if isinstance(fail_at, str) else list(fail_at)
+    limit = (saga_input.get("failTimes") or {}).get(ctx.action)
+    if ctx.action in names and (limit is None or earlier < limit):
+        raise TaskFailed(
+            "STEP_FAILED", f"{ctx.action} failed on purpose (try {earlier + 1})", retryable=True
+        )
+    return {"action": ctx.action, "agent": _agent(ctx)}
+
+
+def record_once(ctx: TaskContext) -> dict[str, Any]:
+    """A saga step whose effect is applied once per idempotency key (see `apply_once`).
+
+    Reads the saga input: when ``ctx.action`` is its ``failAt``, fails for good without
+    applying anything; when it is its ``holdAt``, applies the effect and then waits until
+    the file named by ``gate`` exists, so that a test can kill the coordinator while the
+    step runs and its effect is already applied.
+    """
+    saga_input = _saga_input(ctx)
+    if ctx.action == saga_input.get("failAt"):
+        raise TaskFailed("STEP_FAILED", f"{ctx.action} failed on purpose", retryable=False)
+    applied = _apply_effect(ctx.idempotency_key, ctx.task_id)
+    if ctx.action == saga_input.get("holdAt"):
+        while not os.path.exists(str(saga_input["gate"])):
+            time.sleep(0.02)
+    return {"applied": applied, "action": ctx.action, "agent": _agent(ctx)}

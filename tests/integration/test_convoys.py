@@ -190,12 +190,13 @@ async def test_a_convoy_survives_a_coordinator_crash(tmp_path) -> None:  # type:
                 await ready(client, len(ROLES))
                 convoy = await client.convoys.create(json.loads(SEED_CONVOY))
                 await convoy.start()
+                # Wait until an agent is really working on backend (it reported progress)
                 async for update in client.convoys.watch(convoy.id, timeout=30):
-                    states = {node.role: node.state for node in update.agents}
-                    if (
-                        states["backend"] == Node.STATE_RUNNING
-                        or states["frontend"] == Node.STATE_RUNNING
-                    ):
+                    backend = next(n for n in update.agents if n.role == "backend")
+                    if backend.task_id:
+                        break
+                async for task in client.tasks.watch(backend.task_id, timeout=30):
+                    if task.HasField("progress"):
                         break
             coordinator.kill()
             coordinator.start(port=port)
