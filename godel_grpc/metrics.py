@@ -112,6 +112,19 @@ class CoordinatorMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
             registry=registry,
         )
+        self.circuit_state = Gauge(
+            "godel_circuit_state",
+            "Circuit breaker of each connected agent: 0 closed, 1 open, 2 half-open. "
+            "A series goes when its agent disconnects.",
+            ["agent"],
+            registry=registry,
+        )
+        self.circuit_transitions = Counter(
+            "godel_circuit_transitions",
+            "Circuit breaker state changes, by the state entered.",
+            ["to"],
+            registry=registry,
+        )
         self.requeued = Counter(
             "godel_tasks_requeued",
             "Attempts given back to the queue, by reason (agent_lost, released, restart).",

@@ -28,10 +28,12 @@ from godel_grpc.api.convoys import ConvoyServicer
 from godel_grpc.api.events import EventServicer
 from godel_grpc.api.interceptor import BoundaryInterceptor
 from godel_grpc.api.reflection_pool import MethodAwarePool
+from godel_grpc.api.sagas import SagaServicer
 from godel_grpc.api.tasks import TaskServicer
 from godel_grpc.config import ServeConfig
 from godel_grpc.core.convoy_commands import ConvoyCommands
 from godel_grpc.core.coordinator import Coordinator, CoordinatorSettings
+from godel_grpc.core.saga_commands import SagaCommands
 from godel_grpc.metrics import CoordinatorMetrics
 from godel_grpc.store.factory import open_store
 
@@ -119,6 +121,7 @@ async def start_server(
         "AgentService": AgentServicer(coordinator),  # type: ignore[abstract]
         "EventService": EventServicer(coordinator),
         "ConvoyService": ConvoyServicer(ConvoyCommands(coordinator)),
+        "SagaService": SagaServicer(SagaCommands(coordinator)),
     }
     names = []
     for service, base, add in api_services():

@@ -22,6 +22,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     async def GetAgent(self, request: pb.GetAgentRequest, context: Context) -> pb.GetAgentResponse:
         return pb.GetAgentResponse(agent=self._coordinator.get_agent(request.id))
 
+    async def GetCircuitState(
+        self, request: pb.GetCircuitStateRequest, context: Context
+    ) -> pb.GetCircuitStateResponse:
+        return self._coordinator.circuit_state(request.agent_id)
+
     async def ListAgents(
         self, request: pb.ListAgentsRequest, context: Context
     ) -> pb.ListAgentsResponse:

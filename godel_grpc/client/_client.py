@@ -10,13 +10,15 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from godel_grpc._proto.godel.v1 import agent_pb2, convoy_pb2, event_pb2, task_pb2
+from godel_grpc._proto.godel.v1 import agent_pb2, convoy_pb2, event_pb2, saga_pb2, task_pb2
 from godel_grpc._proto.godel.v1 import agent_service_pb2 as agent_pb
 from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as agent_grpc
 from godel_grpc._proto.godel.v1 import convoy_service_pb2 as convoy_pb
 from godel_grpc._proto.godel.v1 import convoy_service_pb2_grpc as convoy_grpc
 from godel_grpc._proto.godel.v1 import event_service_pb2 as event_pb
 from godel_grpc._proto.godel.v1 import event_service_pb2_grpc as event_grpc
+from godel_grpc._proto.godel.v1 import saga_service_pb2 as saga_pb
+from godel_grpc._proto.godel.v1 import saga_service_pb2_grpc as saga_grpc
 from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as task_grpc
 from godel_grpc.client._errors import RPCError
@@ -322,6 +324,127 @@ class Convoys:
             raise RPCError.from_aio(error) from None
 
 
+class SagaHandle:
+    """A created saga: its latest known state and the calls that act on it."""
+
+    def __init__(self, sagas: Sagas, saga: saga_pb2.Saga) -> None:
+        self._sagas = sagas
+        self.saga = saga
+
+    @property
+    def id(self) -> str:
+        return self.saga.id
+
+    @property
+    def steps(self) -> Sequence[saga_pb2.SagaStep]:
+        """The steps, in execution order, as last seen."""
+        return list(self.saga.steps)
+
+    async def execute(
+        self, input: Mapping[str, Any] | None = None, *, manual_compensation: bool = False
+    ) -> saga_pb2.Saga:
+        """Starts the saga and returns it RUNNING; `wait()` follows it to its end. With
+        `manual_compensation`, a failed step waits (FAILED) for `compensate()`."""
+        self.saga = await self._sagas.execute(
+            self.id, input, manual_compensation=manual_compensation
+        )
+        return self.saga
+
+    async def compensate(self, reason: str = "") -> saga_pb2.Saga:
+        """Rolls the saga back: undoes its completed steps, last first."""
+        self.saga = await self._sagas.compensate(self.id, reason)
+        return self.saga
+
+    async def get(self) -> saga_pb2.Saga:
+        """Refreshes and returns the saga."""
+        self.saga = await self._sagas.get(self.id)
+        return self.saga
+
+    async def wait(self, timeout: float | None = None) -> saga_pb2.Saga:
+        """Waits until the saga comes to rest (nothing left running) and returns it."""
+        async for saga in self._sagas.watch(self.id, timeout=timeout):
+            self.saga = saga
+        return self.saga
+
+    async def delete(self) -> None:
+        """Deletes the saga, stopping it without further compensation."""
+        await self._sagas.delete(self.id)
+
+
+class Sagas:
+    """`client.sagas`: ordered steps over agents, undone in reverse when one fails."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = saga_grpc.SagaServiceStub(channel)
+        self._timeout = timeout
+
+    @_translated
+    async def create(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> SagaHandle:
+        """Creates a saga from the seed's object (`name`, `steps` with `name`, `action`,
+        `compensate`, the actions given by name), as a mapping or keyword arguments."""
+        request = json_format.ParseDict({**(spec or {}), **fields}, saga_pb.CreateSagaRequest())
+        response = await self._stub.CreateSaga(request, timeout=self._timeout)
+        return SagaHandle(self, response.saga)
+
+    def handle(self, saga: saga_pb2.Saga) -> SagaHandle:
+        """A handle on a saga found with `get` or `list`."""
+        return SagaHandle(self, saga)
+
+    @_translated
+    async def execute(
+        self,
+        saga_id: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        manual_compensation: bool = False,
+    ) -> saga_pb2.Saga:
+        request = saga_pb.ExecuteSagaRequest(id=saga_id, manual_compensation=manual_compensation)
+        if input is not None:
+            request.input.update(dict(input))
+        response = await self._stub.ExecuteSaga(request, timeout=self._timeout)
+        return response.saga
+
+    @_translated
+    async def compensate(self, saga_id: str, reason: str = "") -> saga_pb2.Saga:
+        response = await self._stub.CompensateSaga(
+            saga_pb.CompensateSagaRequest(id=saga_id, reason=reason), timeout=self._timeout
+        )
+        return response.saga
+
+    @_translated
+    async def get(self, saga_id: str) -> saga_pb2.Saga:
+        response = await self._stub.GetSaga(
+            saga_pb.GetSagaRequest(id=saga_id), timeout=self._timeout
+        )
+        return response.saga
+
+    @_translated
+    async def list(
+        self, page_size: int = 100, page_token: str = "", state: int = 0
+    ) -> tuple[list[saga_pb2.Saga], str]:
+        """A page of sagas, newest first, and the next page's token."""
+        response = await self._stub.ListSagas(
+            saga_pb.ListSagasRequest(page_size=page_size, page_token=page_token, state=state),  # type: ignore[arg-type]
+            timeout=self._timeout,
+        )
+        return list(response.sagas), response.next_page_token
+
+    @_translated
+    async def delete(self, saga_id: str) -> None:
+        await self._stub.DeleteSaga(saga_pb.DeleteSagaRequest(id=saga_id), timeout=self._timeout)
+
+    async def watch(
+        self, saga_id: str, timeout: float | None = None
+    ) -> AsyncIterator[saga_pb2.Saga]:
+        """The saga now and after every change, until it comes to rest."""
+        call = self._stub.WatchSaga(saga_pb.WatchSagaRequest(id=saga_id), timeout=timeout)
+        try:
+            async for response in call:
+                yield response.saga
+        except grpc.aio.AioRpcError as error:
+            raise RPCError.from_aio(error) from None
+
+
 class Client:
     """Connects to a coordinator; use as `async with Client(address) as client`."""
 
@@ -336,6 +459,7 @@ class Client:
         self.agents = Agents(self._channel, timeout)
         self.events = Events(self._channel, timeout)
         self.convoys = Convoys(self._channel, timeout)
+        self.sagas = Sagas(self._channel, timeout)
 
     async def close(self) -> None:
         """Closes the channel. Idempotent."""

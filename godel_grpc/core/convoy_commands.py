@@ -139,13 +139,15 @@ class ConvoyCommands:
     async def watch(self, convoy_id: str) -> AsyncIterator[convoy_pb2.Convoy]:
         """The convoy now, then after each change, until it ends."""
         record = self._get(convoy_id)
-        if record.changed is None:
-            record.changed = asyncio.Event()
-        changed = record.changed
-        while True:
-            changed.clear()
-            current = self._manager.to_proto(record)
-            yield current
-            if record.ended or self._coordinator.stopping:
-                return
-            await changed.wait()
+        changed = asyncio.Event()
+        record.watchers.add(changed)
+        try:
+            while True:
+                changed.clear()
+                ended = record.ended  # decided before yielding: the end may come meanwhile
+                yield self._manager.to_proto(record)
+                if ended or self._coordinator.stopping:
+                    return
+                await changed.wait()
+        finally:
+            record.watchers.discard(changed)

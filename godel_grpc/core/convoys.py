@@ -54,11 +54,13 @@ class ConvoyRecord:
     convoy: convoy_pb2.Convoy
     run: policy.ConvoyRun
     node_tasks: dict[str, str] = field(default_factory=dict)
-    history: list[event_pb2.Event] = field(default_factory=list)
+    history: list[tuple[int, event_pb2.Event]] = field(default_factory=list)
+    """(order seen, event): live events have no log position yet, so the manager numbers
+    what it observes to keep snapshots in log order."""
     start_time: float = 0.0
     end_time: float = 0.0
-    changed: asyncio.Event | None = None
-    """Set whenever the convoy or one of its nodes changes, for watchers."""
+    watchers: set[asyncio.Event] = field(default_factory=set)
+    """One event per watcher, set whenever the convoy or one of its nodes changes."""
 
     @property
     def ended(self) -> bool:
@@ -73,10 +75,12 @@ class ConvoyManager:
         self.convoys: dict[str, ConvoyRecord] = {}
         self._owner_of: dict[str, tuple[str, str]] = {}
         self._actions: list[PatternAction] = []
+        self._seen = 0
 
     # -- folding ---------------------------------------------------------------------
 
     def observe(self, event: event_pb2.Event) -> None:
+        self._seen += 1
         kind = event.WhichOneof("payload")
         if kind == "convoy_created":
             self._on_created(event)
@@ -105,15 +109,15 @@ class ConvoyManager:
     def _record(self, convoy_id: str, event: event_pb2.Event) -> ConvoyRecord | None:
         record = self.convoys.get(convoy_id)
         if record is not None:
-            record.history.append(event)
-            if record.changed is not None:
-                record.changed.set()
+            record.history.append((self._seen, event))
+            for changed in record.watchers:
+                changed.set()
         return record
 
     def _on_created(self, event: event_pb2.Event) -> None:
         convoy = event.convoy_created.convoy
         record = ConvoyRecord(convoy, policy.ConvoyRun(policy_nodes(convoy.agents)))
-        record.history.append(event)
+        record.history.append((self._seen, event))
         self.convoys[convoy.id] = record
 
     def _on_started(self, event: event_pb2.Event) -> None:
@@ -210,8 +214,8 @@ class ConvoyManager:
                     self._actions.append(CancelOwned(task_id, "its convoy no longer needs it"))
 
     def history(self) -> list[event_pb2.Event]:
-        merged = [event for record in self.convoys.values() for event in record.history]
-        return sorted(merged, key=lambda event: event.id)
+        merged = [entry for record in self.convoys.values() for entry in record.history]
+        return [event for _, event in sorted(merged, key=lambda entry: entry[0])]
 
     # -- queries -----------------------------------------------------------------------
 

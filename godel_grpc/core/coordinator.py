@@ -28,16 +28,19 @@ from godel_grpc._proto.godel.v1 import (
 )
 from godel_grpc._proto.godel.v1 import (
     agent_pb2,
+    agent_service_pb2,
     event_pb2,
     task_pb2,
     task_service_pb2,
 )
 from godel_grpc.core import events
+from godel_grpc.core.breakers import BreakerBook
 from godel_grpc.core.convoys import ConvoyManager
 from godel_grpc.core.fields import copy_common_fields
 from godel_grpc.core.journal import Journal
 from godel_grpc.core.pattern_host import PatternManager, SubmitOwned
 from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord, TaskState
+from godel_grpc.core.sagas import SagaManager
 from godel_grpc.core.scheduler import Scheduler
 from godel_grpc.core.session import AgentSession
 from godel_grpc.core.state import CoordinatorState
@@ -50,6 +53,7 @@ from godel_grpc.errors import (
     Unavailable,
 )
 from godel_grpc.metrics import CoordinatorMetrics
+from godel_grpc.patterns.breaker import BreakerConfig, CircuitState
 from godel_grpc.store.base import EventStore
 
 log = logging.getLogger(__name__)
@@ -86,6 +90,9 @@ class Coordinator:
         self.state = CoordinatorState(self.settings.retention)
         self._install_managers()
         self.scheduler = Scheduler()
+        self.breakers = BreakerBook(
+            metrics.circuit_state, metrics.circuit_transitions, self._probe_due
+        )
         self.journal = Journal(store, self._on_written, self._on_journal_failed)
         self.sessions: dict[str, AgentSession] = {}
         self._queued_at: dict[str, float] = {}
@@ -104,6 +111,7 @@ class Coordinator:
         metrics.watch_task_states(self._task_counts_by_name)
         # Read through `self` at scrape time: recovery may replace the managers.
         metrics.watch_pattern_states("convoy", lambda: self.convoys.counts_by_state())
+        metrics.watch_pattern_states("saga", lambda: self.sagas.counts_by_state())
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -419,7 +427,8 @@ class Coordinator:
     def _install_managers(self) -> None:
         """Binds fresh pattern managers to the current state."""
         self.convoys = ConvoyManager(self.state.tasks)
-        self.managers: list[PatternManager] = [self.convoys]
+        self.sagas = SagaManager(self.state.tasks)
+        self.managers: list[PatternManager] = [self.convoys, self.sagas]
         self.state.observers[:] = self.managers
 
     def run_pattern_actions(self) -> asyncio.Future[None] | None:
@@ -481,7 +490,7 @@ class Coordinator:
         self._dispatch_scheduled = False
         if self._stopping:
             return
-        leases = self.scheduler.assign(self._is_ready)
+        leases = self.scheduler.assign(self._is_ready, self.breakers.allow)
         if not leases:
             return
         epoch = self.state.epoch
@@ -562,6 +571,7 @@ class Coordinator:
         session.send_welcome(welcome)
         await done
         if not session.closed:
+            self.breakers.attach(agent_id, name, breaker_config(hello))
             self.scheduler.add_agent(agent_id, agent.pools(), capacity)
             self.metrics.agents_connected.set(len(self.sessions))
             self._schedule_dispatch()
@@ -591,6 +601,11 @@ class Coordinator:
                 continue
             del session.leases[result.attempt_id]
             self.scheduler.release(session.agent_id)
+            self._feed_breaker(
+                session,
+                result.WhichOneof("outcome") != "error",
+                result.duration.ToNanoseconds() / 1e9,
+            )
             if result.WhichOneof("outcome") == "error":
                 error = result.error
                 final = not error.retryable or task.failures + 1 >= task.max_attempts
@@ -657,6 +672,24 @@ class Coordinator:
         for task in changed:
             self._notify(task)
 
+    def _feed_breaker(self, session: AgentSession, success: bool, seconds: float) -> None:
+        for change in self.breakers.record(session.agent_id, success, seconds):
+            log.warning(
+                "circuit breaker changed",
+                extra={
+                    "agent_id": session.agent_id,
+                    "agent": session.name,
+                    "from": change.from_state.value,
+                    "to": change.to_state.value,
+                    "reason": change.reason.value,
+                },
+            )
+
+    def _probe_due(self, agent_id: str) -> None:
+        """An open breaker's timeout ran out: its agent may take trial tasks."""
+        self.scheduler.wake(agent_id)
+        self._schedule_dispatch()
+
     def _current_task(
         self, session: AgentSession, task_id: str, attempt_id: str
     ) -> TaskRecord | None:
@@ -677,6 +710,7 @@ class Coordinator:
         session.close(reason)
         del self.sessions[session.agent_id]
         self.scheduler.remove_agent(session.agent_id)
+        self.breakers.detach(session.agent_id)
         self.metrics.agents_connected.set(len(self.sessions))
         if self._stopping:
             return
@@ -715,6 +749,41 @@ class Coordinator:
             "agent disconnected",
             extra={"agent_id": session.agent_id, "agent": session.name, "reason": reason},
         )
+
+    def circuit_state(self, agent_id: str) -> agent_service_pb2.GetCircuitStateResponse:
+        """The agent's circuit breaker as of now. NotFound for an unknown agent;
+        FailedPrecondition when it has not connected since the coordinator started."""
+        if agent_id not in self.state.agents:
+            raise NotFound("agent", agent_id)
+        found = self.breakers.view(agent_id)
+        if found is None:
+            raise FailedPrecondition(
+                f"agent {agent_id!r} has no circuit breaker: it is not connected",
+                subject=f"agents/{agent_id}",
+            )
+        view, config = found
+        response = agent_service_pb2.GetCircuitStateResponse(
+            agent_id=agent_id,
+            state=_CIRCUIT_STATES[view.state],
+            consecutive_failures=view.consecutive_failures,
+            failure_count=view.failure_count,
+            success_count=view.success_count,
+            open_count=view.open_count,
+            half_open_remaining=view.half_open_remaining,
+        )
+        response.config.enabled = config.enabled
+        response.config.failure_threshold = config.failure_threshold
+        response.config.timeout = config.timeout
+        response.config.half_open_requests = config.half_open_requests
+        if view.opened_at is not None:
+            response.opened_time.FromNanoseconds(
+                int(self.breakers.to_wall_time(view.opened_at) * 1e9)
+            )
+        if view.next_probe_at is not None:
+            response.next_probe_time.FromNanoseconds(
+                int(self.breakers.to_wall_time(view.next_probe_at) * 1e9)
+            )
+        return response
 
     def get_agent(self, agent_id: str) -> agent_pb2.Agent:
         """The agent with this id, or NotFound."""
@@ -782,6 +851,27 @@ class Coordinator:
 
 
 _TERMINAL = (Task.STATE_SUCCEEDED, Task.STATE_FAILED, Task.STATE_CANCELLED)
+
+
+_CIRCUIT_STATES = {
+    CircuitState.CLOSED: agent_service_pb2.GetCircuitStateResponse.STATE_CLOSED,
+    CircuitState.OPEN: agent_service_pb2.GetCircuitStateResponse.STATE_OPEN,
+    CircuitState.HALF_OPEN: agent_service_pb2.GetCircuitStateResponse.STATE_HALF_OPEN,
+}
+
+
+def breaker_config(hello: link_pb2.AgentHello) -> BreakerConfig:
+    """The agent's circuit breaker settings: the seed's defaults unless its hello says
+    otherwise (an unset `circuit_breaker` means on, with defaults)."""
+    if not hello.HasField("circuit_breaker"):
+        return BreakerConfig()
+    given = hello.circuit_breaker
+    return BreakerConfig.from_request(
+        enabled=given.enabled,
+        failure_threshold=given.failure_threshold,
+        timeout=given.timeout,
+        half_open_requests=given.half_open_requests,
+    )
 
 
 def _page_start(token: str, limit: int) -> int:

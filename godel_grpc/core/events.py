@@ -11,7 +11,7 @@ import time
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from godel_grpc._proto.godel.v1 import convoy_pb2, event_pb2, task_pb2
+from godel_grpc._proto.godel.v1 import convoy_pb2, event_pb2, saga_pb2, task_pb2
 
 Event = event_pb2.Event
 SCHEMA_VERSION = 1
@@ -170,4 +170,42 @@ def convoy_cancelled(convoy_id: str, reason: str) -> event_pb2.Event:
 def convoy_deleted(convoy_id: str) -> event_pb2.Event:
     event = _event(f"convoy/{convoy_id}")
     event.convoy_deleted.convoy_id = convoy_id
+    return event
+
+
+def saga_stream(saga_id: str) -> str:
+    """Name of a saga's stream."""
+    return f"saga/{saga_id}"
+
+
+def saga_created(saga: saga_pb2.Saga) -> event_pb2.Event:
+    event = _event(saga_stream(saga.id))
+    created = event.saga_created.saga
+    created.CopyFrom(saga)
+    created.create_time.CopyFrom(event.time)
+    return event
+
+
+def saga_executed(
+    saga_id: str, input: struct_pb2.Struct | None, manual_compensation: bool
+) -> event_pb2.Event:
+    event = _event(saga_stream(saga_id))
+    executed = event.saga_executed
+    executed.saga_id = saga_id
+    if input is not None:
+        executed.input.CopyFrom(input)
+    executed.manual_compensation = manual_compensation
+    return event
+
+
+def saga_compensation_requested(saga_id: str, reason: str) -> event_pb2.Event:
+    event = _event(saga_stream(saga_id))
+    event.saga_compensation_requested.saga_id = saga_id
+    event.saga_compensation_requested.reason = reason
+    return event
+
+
+def saga_deleted(saga_id: str) -> event_pb2.Event:
+    event = _event(saga_stream(saga_id))
+    event.saga_deleted.saga_id = saga_id
     return event

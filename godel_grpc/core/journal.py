@@ -19,7 +19,7 @@ from godel_grpc.store.base import EventStore, NewEvent
 
 log = logging.getLogger(__name__)
 
-_OPENS_STREAM = frozenset({"task.submitted", "agent.registered", "convoy.created"})
+_OPENS_STREAM = frozenset({"task.submitted", "agent.registered", "convoy.created", "saga.created"})
 """Event types that start a stream named after a freshly made id."""
 
 LAZY_DELAY = 0.005

@@ -83,12 +83,19 @@ class Scheduler:
             self._free[agent_id] += slots
             self._dirty.update(self._agent_pools[agent_id])
 
-    def assign(self, is_ready: Callable[[str], bool]) -> list[tuple[str, str]]:
+    def assign(
+        self,
+        is_ready: Callable[[str], bool],
+        may_take: Callable[[str], bool] | None = None,
+    ) -> list[tuple[str, str]]:
         """Leases ready tasks to agents with free slots.
 
         Args:
             is_ready: whether a queued task id may still be leased (a cancelled task
                 stays in its heap until it surfaces here and is dropped).
+            may_take: asked last, just before an agent would get a task: whether it may
+                take one now (its circuit breaker). It may have side effects (a trial
+                slot), so it is asked only when the lease will happen if it says yes.
 
         Returns:
             (task id, agent id) pairs, in lease order.
@@ -105,7 +112,7 @@ class Scheduler:
                 if not is_ready(task_id):
                     heapq.heappop(queue)
                     continue
-                agent_id = self._next_free_agent(pool)
+                agent_id = self._next_free_agent(pool, may_take)
                 if agent_id is None:
                     break
                 heapq.heappop(queue)
@@ -113,13 +120,17 @@ class Scheduler:
                 leases.append((task_id, agent_id))
         return leases
 
-    def _next_free_agent(self, pool: _Pool) -> str | None:
+    def _next_free_agent(self, pool: _Pool, may_take: Callable[[str], bool] | None) -> str | None:
         agents = pool.agents
         count = len(agents)
         for step in range(count):
             index = (pool.cursor + step) % count
             agent_id = agents[index]
-            if self._free[agent_id] > 0:
+            if self._free[agent_id] > 0 and (may_take is None or may_take(agent_id)):
                 pool.cursor = (index + 1) % count
                 return agent_id
         return None
+
+    def wake(self, agent_id: str) -> None:
+        """Marks an agent's pools for the next round (its breaker lets trials through)."""
+        self._dirty.update(self._agent_pools.get(agent_id, ()))

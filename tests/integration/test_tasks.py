@@ -204,13 +204,13 @@ async def test_bad_input_gets_a_clear_status_and_changes_nothing(
 
 
 async def test_unimplemented_services_say_so(server: RunningServer) -> None:
-    from godel_grpc._proto.godel.v1 import saga_service_pb2 as saga_pb
-    from godel_grpc._proto.godel.v1 import saga_service_pb2_grpc as saga_grpc
+    from godel_grpc._proto.godel.v1 import workflow_service_pb2 as workflow_pb
+    from godel_grpc._proto.godel.v1 import workflow_service_pb2_grpc as workflow_grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = saga_grpc.SagaServiceStub(channel)
+        stub = workflow_grpc.WorkflowServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.GetSaga(saga_pb.GetSagaRequest(id="s-1"), timeout=5)
+            await stub.GetWorkflow(workflow_pb.GetWorkflowRequest(id="w-1"), timeout=5)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

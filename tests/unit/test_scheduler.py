@@ -112,3 +112,22 @@ def test_model_capacity_and_order(
         assert held[f"a{index}"] <= capacity
     order = sorted(range(len(priorities)), key=lambda i: (priorities[i], i))
     assert leased == [f"t{i}" for i in order[: len(leased)]]
+
+
+def test_an_agent_that_may_not_take_work_is_skipped() -> None:
+    # Given two agents, one whose breaker refuses work
+    scheduler = Scheduler()
+    scheduler.add_agent("open", ["role:w"], free=5)
+    scheduler.add_agent("closed", ["role:w"], free=5)
+    for index in range(3):
+        scheduler.enqueue(f"t{index}", "role:w", 2)
+    asked: list[str] = []
+
+    def may_take(agent: str) -> bool:
+        asked.append(agent)
+        return agent == "closed"
+
+    # Then every task goes to the other agent, and nothing waits for the refusing one
+    assert [a for _, a in scheduler.assign(always_ready, may_take)] == ["closed"] * 3
+    # And the question is asked only of agents with a free slot, once per lease tried
+    assert set(asked) == {"open", "closed"}

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from godel_grpc._proto.godel.v1 import agent_pb2 as _agent_pb2
 from godel_grpc._proto.godel.v1 import task_pb2 as _task_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
@@ -113,6 +114,7 @@ class AgentHello(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    CIRCUIT_BREAKER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Human-readable name, unique among connected agents; empty lets the coordinator pick.
     At most 128 characters.
@@ -135,6 +137,12 @@ class AgentHello(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels, at most 64 entries."""
 
+    @_builtins.property
+    def circuit_breaker(self) -> _agent_pb2.CircuitBreakerConfig:
+        """Circuit breaker guarding dispatch to this agent. Unset means on, with the defaults
+        (5 consecutive failures open it for 30 seconds, then 3 trial tasks).
+        """
+
     def __init__(
         self,
         *,
@@ -145,10 +153,11 @@ class AgentHello(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         resume_token: _builtins.str = ...,
         version: _builtins.str = ...,
+        circuit_breaker: _agent_pb2.CircuitBreakerConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breaker", b"circuit_breaker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "labels", b"labels", "name", b"name", "resume_token", b"resume_token", "role", b"role", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "circuit_breaker", b"circuit_breaker", "labels", b"labels", "name", b"name", "resume_token", b"resume_token", "role", b"role", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from godel_grpc._proto.godel.v1 import convoy_pb2 as _convoy_pb2
+from godel_grpc._proto.godel.v1 import saga_pb2 as _saga_pb2
 from godel_grpc._proto.godel.v1 import task_pb2 as _task_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -52,6 +53,10 @@ class Event(_message.Message):
     CONVOY_STARTED_FIELD_NUMBER: _builtins.int
     CONVOY_CANCELLED_FIELD_NUMBER: _builtins.int
     CONVOY_DELETED_FIELD_NUMBER: _builtins.int
+    SAGA_CREATED_FIELD_NUMBER: _builtins.int
+    SAGA_EXECUTED_FIELD_NUMBER: _builtins.int
+    SAGA_COMPENSATION_REQUESTED_FIELD_NUMBER: _builtins.int
+    SAGA_DELETED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Global position in the event log, starting at 1 and increasing by one per event."""
     stream: _builtins.str
@@ -126,6 +131,22 @@ class Event(_message.Message):
     def convoy_deleted(self) -> Global___ConvoyDeleted:
         """A caller deleted an ended convoy."""
 
+    @_builtins.property
+    def saga_created(self) -> Global___SagaCreated:
+        """A saga was created."""
+
+    @_builtins.property
+    def saga_executed(self) -> Global___SagaExecuted:
+        """A caller executed a saga: its first step runs."""
+
+    @_builtins.property
+    def saga_compensation_requested(self) -> Global___SagaCompensationRequested:
+        """A caller asked for a saga to be rolled back (or cancelled, if never executed)."""
+
+    @_builtins.property
+    def saga_deleted(self) -> Global___SagaDeleted:
+        """A caller deleted a saga; its task in flight, if any, is cancelled."""
+
     def __init__(
         self,
         *,
@@ -150,12 +171,16 @@ class Event(_message.Message):
         convoy_started: Global___ConvoyStarted | None = ...,
         convoy_cancelled: Global___ConvoyCancelled | None = ...,
         convoy_deleted: Global___ConvoyDeleted | None = ...,
+        saga_created: Global___SagaCreated | None = ...,
+        saga_executed: Global___SagaExecuted | None = ...,
+        saga_compensation_requested: Global___SagaCompensationRequested | None = ...,
+        saga_deleted: Global___SagaDeleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -598,6 +623,110 @@ class ConvoyDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConvoyDeleted: _TypeAlias = ConvoyDeleted  # noqa: Y015
+
+@_typing.final
+class SagaCreated(_message.Message):
+    """Payload of "saga.created"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAGA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def saga(self) -> _saga_pb2.Saga:
+        """The saga as created: id, name, steps, labels and creation time."""
+
+    def __init__(
+        self,
+        *,
+        saga: _saga_pb2.Saga | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["saga", b"saga"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["saga", b"saga"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SagaCreated: _TypeAlias = SagaCreated  # noqa: Y015
+
+@_typing.final
+class SagaExecuted(_message.Message):
+    """Payload of "saga.executed"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAGA_ID_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    MANUAL_COMPENSATION_FIELD_NUMBER: _builtins.int
+    saga_id: _builtins.str
+    """The saga's id."""
+    manual_compensation: _builtins.bool
+    """True when a failed step waits for CompensateSaga instead of rolling back at once."""
+    @_builtins.property
+    def input(self) -> _struct_pb2.Struct:
+        """The input handed to every step."""
+
+    def __init__(
+        self,
+        *,
+        saga_id: _builtins.str = ...,
+        input: _struct_pb2.Struct | None = ...,
+        manual_compensation: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "manual_compensation", b"manual_compensation", "saga_id", b"saga_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SagaExecuted: _TypeAlias = SagaExecuted  # noqa: Y015
+
+@_typing.final
+class SagaCompensationRequested(_message.Message):
+    """Payload of "saga.compensation_requested"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAGA_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    saga_id: _builtins.str
+    """The saga's id."""
+    reason: _builtins.str
+    """Why, as given by the caller."""
+    def __init__(
+        self,
+        *,
+        saga_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "saga_id", b"saga_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SagaCompensationRequested: _TypeAlias = SagaCompensationRequested  # noqa: Y015
+
+@_typing.final
+class SagaDeleted(_message.Message):
+    """Payload of "saga.deleted"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAGA_ID_FIELD_NUMBER: _builtins.int
+    saga_id: _builtins.str
+    """The saga's id."""
+    def __init__(
+        self,
+        *,
+        saga_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["saga_id", b"saga_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SagaDeleted: _TypeAlias = SagaDeleted  # noqa: Y015
 
 @_typing.final
 class CoordinatorSnapshot(_message.Message):

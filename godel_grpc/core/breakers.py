@@ -1,0 +1,150 @@
+"""Per-agent circuit breakers as the dispatcher uses them.
+
+The rules live in `patterns.breaker` (pure, clock passed in); this module keeps one
+breaker per agent identity, feeds it results, answers "may this agent take a task now"
+for the scheduler, exports `godel_circuit_state`, and wakes the dispatcher when an open
+breaker's timeout runs out so that trial tasks go out without anyone polling.
+Breakers are liveness, like heartbeats: they live in memory and start CLOSED after a
+coordinator restart; their transitions are recorded as events for the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge
+
+from godel_grpc.patterns.breaker import (
+    BreakerConfig,
+    BreakerView,
+    CircuitBreaker,
+    CircuitState,
+    Transition,
+)
+
+STATE_VALUES = {CircuitState.CLOSED: 0, CircuitState.OPEN: 1, CircuitState.HALF_OPEN: 2}
+"""`godel_circuit_state` values."""
+
+
+class BreakerBook:
+    """Every connected agent's breaker."""
+
+    def __init__(
+        self,
+        state_gauge: Gauge,
+        transitions: Counter,
+        on_probe_due: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._names: dict[str, str] = {}
+        self._gauge = state_gauge
+        self._transitions = transitions
+        self._on_probe_due = on_probe_due
+        self._clock = clock
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.held_back = 0
+        """Dispatches an open breaker refused, for GetPatternMetrics."""
+
+    def attach(self, agent_id: str, name: str, config: BreakerConfig) -> None:
+        """Gives a (re)connected agent its breaker; a reconnect with the same settings
+        keeps the breaker it had, so a flapping agent cannot reset its own breaker."""
+        current = self._breakers.get(agent_id)
+        if current is None or current.config != config:
+            self._breakers[agent_id] = CircuitBreaker(config)
+        self._names[agent_id] = name
+        self._publish(agent_id)
+
+    def detach(self, agent_id: str) -> None:
+        """Forgets a departed agent: its metric series goes, so cardinality follows the
+        live fleet."""
+        self._breakers.pop(agent_id, None)
+        timer = self._timers.pop(agent_id, None)
+        if timer is not None:
+            timer.cancel()
+        name = self._names.pop(agent_id, None)
+        if name is not None:
+            with contextlib.suppress(KeyError):
+                self._gauge.remove(name)
+
+    def allow(self, agent_id: str) -> bool:
+        """May a task be leased to this agent now? Takes a trial slot when half-open."""
+        breaker = self._breakers.get(agent_id)
+        if breaker is None:
+            return True
+        allowed = breaker.allow(self._clock())
+        if not allowed:
+            self.held_back += 1
+        return allowed
+
+    def release(self, agent_id: str) -> None:
+        """Hands back a trial slot whose task will never report (lease lost, cancelled)."""
+        breaker = self._breakers.get(agent_id)
+        if breaker is not None:
+            breaker.release(self._clock())
+
+    def record(self, agent_id: str, success: bool, duration: float) -> list[Transition]:
+        """Feeds one attempt's outcome; returns the transitions it caused."""
+        breaker = self._breakers.get(agent_id)
+        if breaker is None:
+            return []
+        now = self._clock()
+        if success:
+            breaker.record_success(now, duration)
+        else:
+            breaker.record_failure(now)
+        return self._settle(agent_id, breaker)
+
+    def force_open(self, agent_id: str) -> list[Transition]:
+        breaker = self._breakers[agent_id]
+        breaker.force_open(self._clock())
+        return self._settle(agent_id, breaker)
+
+    def reset(self, agent_id: str) -> list[Transition]:
+        breaker = self._breakers[agent_id]
+        breaker.reset(self._clock())
+        return self._settle(agent_id, breaker)
+
+    def view(self, agent_id: str) -> tuple[BreakerView, BreakerConfig] | None:
+        """The breaker as of now, and its settings; None if the agent has none."""
+        breaker = self._breakers.get(agent_id)
+        if breaker is None:
+            return None
+        return breaker.view(self._clock()), breaker.config
+
+    def to_wall_time(self, monotonic: float) -> float:
+        """A time on the breakers' clock as Unix seconds."""
+        return time.time() + (monotonic - self._clock())
+
+    def _settle(self, agent_id: str, breaker: CircuitBreaker) -> list[Transition]:
+        changes = breaker.drain_transitions()
+        for change in changes:
+            self._transitions.labels(change.to_state.value.lower()).inc()
+        self._publish(agent_id)
+        probe_at = breaker.view(self._clock()).next_probe_at
+        timer = self._timers.pop(agent_id, None)
+        if timer is not None:
+            timer.cancel()
+        if probe_at is not None:
+            delay = max(0.0, probe_at - self._clock())
+            self._timers[agent_id] = asyncio.get_running_loop().call_later(
+                delay, self._probe_due, agent_id
+            )
+        return changes
+
+    def _probe_due(self, agent_id: str) -> None:
+        self._timers.pop(agent_id, None)
+        breaker = self._breakers.get(agent_id)
+        if breaker is not None:
+            breaker.state(self._clock())  # OPEN turns HALF_OPEN lazily; make it happen
+            self._publish(agent_id)
+            self._on_probe_due(agent_id)
+
+    def _publish(self, agent_id: str) -> None:
+        breaker = self._breakers.get(agent_id)
+        name = self._names.get(agent_id)
+        if breaker is not None and name is not None:
+            self._gauge.labels(name).set(STATE_VALUES[breaker.state(self._clock())])
