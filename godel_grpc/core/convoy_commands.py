@@ -39,20 +39,7 @@ class ConvoyCommands:
 
     def _require_agents(self, nodes: list[convoy_pb2.ConvoyNode]) -> None:
         """Fail fast: every role needs a connected agent now."""
-        coordinator = self._coordinator
-        roles = {
-            coordinator.state.agents[agent_id].role
-            for agent_id, session in coordinator.sessions.items()
-            if not session.draining
-        }
-        missing = sorted({node.role for node in nodes} - roles)
-        if missing:
-            raise FailedPrecondition(
-                f"no connected agent can run role(s) {', '.join(missing)}",
-                subject=f"roles/{missing[0]}",
-                violation_type="NO_AGENT",
-                reason="NO_AGENT_FOR_ROLE",
-            )
+        self._coordinator.require_serving(roles=[node.role for node in nodes])
 
     async def create(self, request: convoy_service_pb2.CreateConvoyRequest) -> convoy_pb2.Convoy:
         """Validates the DAG and records the convoy, PENDING."""

@@ -17,7 +17,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -749,6 +749,27 @@ class Coordinator:
             "agent disconnected",
             extra={"agent_id": session.agent_id, "agent": session.name, "reason": reason},
         )
+
+    def require_serving(self, roles: Iterable[str] = (), actions: Iterable[str] = ()) -> None:
+        """Fail fast: raises FailedPrecondition unless every role and action has a
+        connected agent that is not draining."""
+        have_roles: set[str] = set()
+        have_actions: set[str] = set()
+        for agent_id, session in self.sessions.items():
+            if not session.draining:
+                agent = self.state.agents[agent_id]
+                have_roles.add(agent.role)
+                have_actions.update(agent.actions)
+        missing = [f"role {r}" for r in sorted(set(roles) - have_roles)] + [
+            f"action {a}" for a in sorted(set(actions) - have_actions)
+        ]
+        if missing:
+            raise FailedPrecondition(
+                f"no connected agent can run {', '.join(missing)}",
+                subject=missing[0].replace(" ", "s/", 1),
+                violation_type="NO_AGENT",
+                reason="NO_AGENT",
+            )
 
     def circuit_state(self, agent_id: str) -> agent_service_pb2.GetCircuitStateResponse:
         """The agent's circuit breaker as of now. NotFound for an unknown agent;

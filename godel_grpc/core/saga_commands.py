@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 from google.protobuf import struct_pb2
@@ -50,10 +50,13 @@ class SagaCommands:
         if found:
             raise InvalidArgument([FieldViolation(v.path, v.description) for v in found])
         coordinator = self._coordinator
+        if request.fail_fast:
+            coordinator.require_serving(actions=_actions_of(request.steps))
         saga = saga_pb2.Saga(
             id=f"s-{coordinator.state.epoch}-{next(self._ids)}",
             name=request.name,
             labels=request.labels,
+            fail_fast=request.fail_fast,
         )
         for step in request.steps:
             # Only the definition: output-only fields a caller sent are dropped.
@@ -77,6 +80,8 @@ class SagaCommands:
                 f"saga {saga_id!r} is {record.run.state.name}; only a PENDING saga can be executed",
                 subject=f"sagas/{saga_id}",
             )
+        if record.saga.fail_fast:
+            self._coordinator.require_serving(actions=_actions_of(record.saga.steps))
         await self._coordinator.record([events.saga_executed(saga_id, input, manual_compensation)])
         return self._manager.to_proto(record)
 
@@ -145,3 +150,8 @@ class SagaCommands:
                 await changed.wait()
         finally:
             record.watchers.discard(changed)
+
+
+def _actions_of(steps: Iterable[saga_pb2.SagaStep]) -> list[str]:
+    """Every action a saga's steps may route to, forward and compensating."""
+    return [name for step in steps for name in (step.action, step.compensate) if name]

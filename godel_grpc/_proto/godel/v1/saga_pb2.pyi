@@ -149,6 +149,7 @@ class Saga(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    FAIL_FAST_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     CURRENT_STEP_FIELD_NUMBER: _builtins.int
@@ -161,6 +162,10 @@ class Saga(_message.Message):
     """Output only. Server-assigned identifier."""
     name: _builtins.str
     """Human-readable name, for example "user-onboarding"."""
+    fail_fast: _builtins.bool
+    """Whether missing agents refuse the saga at create and execute instead of letting
+    its steps wait.
+    """
     state: Global___Saga.State.ValueType
     """Output only. Current lifecycle state."""
     current_step: _builtins.str
@@ -204,6 +209,7 @@ class Saga(_message.Message):
         name: _builtins.str = ...,
         steps: _abc.Iterable[Global___SagaStep] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        fail_fast: _builtins.bool = ...,
         state: Global___Saga.State.ValueType = ...,
         input: _struct_pb2.Struct | None = ...,
         current_step: _builtins.str = ...,
@@ -215,7 +221,7 @@ class Saga(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "input", b"input", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "current_step", b"current_step", "end_time", b"end_time", "error", b"error", "failed_step", b"failed_step", "id", b"id", "input", b"input", "labels", b"labels", "name", b"name", "start_time", b"start_time", "state", b"state", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "current_step", b"current_step", "end_time", b"end_time", "error", b"error", "fail_fast", b"fail_fast", "failed_step", b"failed_step", "id", b"id", "input", b"input", "labels", b"labels", "name", b"name", "start_time", b"start_time", "state", b"state", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

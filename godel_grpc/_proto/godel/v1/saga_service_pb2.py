@@ -27,7 +27,7 @@ from godel_grpc._proto.godel.v1 import saga_pb2 as godel_dot_v1_dot_saga__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgodel/v1/saga_service.proto\x12\x08godel.v1\x1a\x16godel/v1/options.proto\x1a\x13godel/v1/saga.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xc9\x01\n\x11\x43reateSagaRequest\x12\x17\n\x04name\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12+\n\x05steps\x18\x02 \x03(\x0b\x32\x12.godel.v1.SagaStepB\x08\x92\xb5\x18\x04\x08\x01\x10\x64\x12?\n\x06labels\x18\x03 \x03(\x0b\x32\'.godel.v1.CreateSagaRequest.LabelsEntryB\x06\x92\xb5\x18\x02\x10@\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12\x43reateSagaResponse\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"z\n\x12\x45xecuteSagaRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12\x30\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructB\x08\x92\xb5\x18\x04\x18\x80\x80@\x12\x1b\n\x13manual_compensation\x18\x03 \x01(\x08\"3\n\x13\x45xecuteSagaResponse\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"G\n\x15\x43ompensateSagaRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x08\"6\n\x16\x43ompensateSagaResponse\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"\'\n\x0eGetSagaRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"/\n\x0fGetSagaResponse\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"\x7f\n\x10ListSagasRequest\x12)\n\tpage_size\x18\x01 \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00@\x8f@\x12\x1b\n\npage_token\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.godel.v1.Saga.State\"K\n\x11ListSagasResponse\x12\x1d\n\x05sagas\x18\x01 \x03(\x0b\x32\x0e.godel.v1.Saga\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x10WatchSagaRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"1\n\x11WatchSagaResponse\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"*\n\x11\x44\x65leteSagaRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"\x14\n\x12\x44\x65leteSagaResponse2\xb8\x04\n\x0bSagaService\x12M\n\nCreateSaga\x12\x1b.godel.v1.CreateSagaRequest\x1a\x1c.godel.v1.CreateSagaResponse\"\x04\x88\xb5\x18\x01\x12P\n\x0b\x45xecuteSaga\x12\x1c.godel.v1.ExecuteSagaRequest\x1a\x1d.godel.v1.ExecuteSagaResponse\"\x04\x88\xb5\x18\x01\x12Y\n\x0e\x43ompensateSaga\x12\x1f.godel.v1.CompensateSagaRequest\x1a .godel.v1.CompensateSagaResponse\"\x04\x88\xb5\x18\x01\x12\x44\n\x07GetSaga\x12\x18.godel.v1.GetSagaRequest\x1a\x19.godel.v1.GetSagaResponse\"\x04\x88\xb5\x18\x02\x12J\n\tListSagas\x12\x1a.godel.v1.ListSagasRequest\x1a\x1b.godel.v1.ListSagasResponse\"\x04\x88\xb5\x18\x02\x12L\n\tWatchSaga\x12\x1a.godel.v1.WatchSagaRequest\x1a\x1b.godel.v1.WatchSagaResponse\"\x04\x88\xb5\x18\x02\x30\x01\x12M\n\nDeleteSaga\x12\x1b.godel.v1.DeleteSagaRequest\x1a\x1c.godel.v1.DeleteSagaResponse\"\x04\x88\xb5\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgodel/v1/saga_service.proto\x12\x08godel.v1\x1a\x16godel/v1/options.proto\x1a\x13godel/v1/saga.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xdc\x01\n\x11\x43reateSagaRequest\x12\x17\n\x04name\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12+\n\x05steps\x18\x02 \x03(\x0b\x32\x12.godel.v1.SagaStepB\x08\x92\xb5\x18\x04\x08\x01\x10\x64\x12?\n\x06labels\x18\x03 \x03(\x0b\x32\'.godel.v1.CreateSagaRequest.LabelsEntryB\x06\x92\xb5\x18\x02\x10@\x12\x11\n\tfail_fast\x18\x04 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12\x43reateSagaResponse\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"z\n\x12\x45xecuteSagaRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12\x30\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructB\x08\x92\xb5\x18\x04\x18\x80\x80@\x12\x1b\n\x13manual_compensation\x18\x03 \x01(\x08\"3\n\x13\x45xecuteSagaResponse\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"G\n\x15\x43ompensateSagaRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x08\"6\n\x16\x43ompensateSagaResponse\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"\'\n\x0eGetSagaRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"/\n\x0fGetSagaResponse\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"\x7f\n\x10ListSagasRequest\x12)\n\tpage_size\x18\x01 \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00@\x8f@\x12\x1b\n\npage_token\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.godel.v1.Saga.State\"K\n\x11ListSagasResponse\x12\x1d\n\x05sagas\x18\x01 \x03(\x0b\x32\x0e.godel.v1.Saga\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x10WatchSagaRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"1\n\x11WatchSagaResponse\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"*\n\x11\x44\x65leteSagaRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"\x14\n\x12\x44\x65leteSagaResponse2\xb8\x04\n\x0bSagaService\x12M\n\nCreateSaga\x12\x1b.godel.v1.CreateSagaRequest\x1a\x1c.godel.v1.CreateSagaResponse\"\x04\x88\xb5\x18\x01\x12P\n\x0b\x45xecuteSaga\x12\x1c.godel.v1.ExecuteSagaRequest\x1a\x1d.godel.v1.ExecuteSagaResponse\"\x04\x88\xb5\x18\x01\x12Y\n\x0e\x43ompensateSaga\x12\x1f.godel.v1.CompensateSagaRequest\x1a .godel.v1.CompensateSagaResponse\"\x04\x88\xb5\x18\x01\x12\x44\n\x07GetSaga\x12\x18.godel.v1.GetSagaRequest\x1a\x19.godel.v1.GetSagaResponse\"\x04\x88\xb5\x18\x02\x12J\n\tListSagas\x12\x1a.godel.v1.ListSagasRequest\x1a\x1b.godel.v1.ListSagasResponse\"\x04\x88\xb5\x18\x02\x12L\n\tWatchSaga\x12\x1a.godel.v1.WatchSagaRequest\x1a\x1b.godel.v1.WatchSagaResponse\"\x04\x88\xb5\x18\x02\x30\x01\x12M\n\nDeleteSaga\x12\x1b.godel.v1.DeleteSagaRequest\x1a\x1c.godel.v1.DeleteSagaResponse\"\x04\x88\xb5\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -75,35 +75,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAGASERVICE'].methods_by_name['DeleteSaga']._loaded_options = None
   _globals['_SAGASERVICE'].methods_by_name['DeleteSaga']._serialized_options = b'\210\265\030\001'
   _globals['_CREATESAGAREQUEST']._serialized_start=117
-  _globals['_CREATESAGAREQUEST']._serialized_end=318
-  _globals['_CREATESAGAREQUEST_LABELSENTRY']._serialized_start=273
-  _globals['_CREATESAGAREQUEST_LABELSENTRY']._serialized_end=318
-  _globals['_CREATESAGARESPONSE']._serialized_start=320
-  _globals['_CREATESAGARESPONSE']._serialized_end=370
-  _globals['_EXECUTESAGAREQUEST']._serialized_start=372
-  _globals['_EXECUTESAGAREQUEST']._serialized_end=494
-  _globals['_EXECUTESAGARESPONSE']._serialized_start=496
-  _globals['_EXECUTESAGARESPONSE']._serialized_end=547
-  _globals['_COMPENSATESAGAREQUEST']._serialized_start=549
-  _globals['_COMPENSATESAGAREQUEST']._serialized_end=620
-  _globals['_COMPENSATESAGARESPONSE']._serialized_start=622
-  _globals['_COMPENSATESAGARESPONSE']._serialized_end=676
-  _globals['_GETSAGAREQUEST']._serialized_start=678
-  _globals['_GETSAGAREQUEST']._serialized_end=717
-  _globals['_GETSAGARESPONSE']._serialized_start=719
-  _globals['_GETSAGARESPONSE']._serialized_end=766
-  _globals['_LISTSAGASREQUEST']._serialized_start=768
-  _globals['_LISTSAGASREQUEST']._serialized_end=895
-  _globals['_LISTSAGASRESPONSE']._serialized_start=897
-  _globals['_LISTSAGASRESPONSE']._serialized_end=972
-  _globals['_WATCHSAGAREQUEST']._serialized_start=974
-  _globals['_WATCHSAGAREQUEST']._serialized_end=1015
-  _globals['_WATCHSAGARESPONSE']._serialized_start=1017
-  _globals['_WATCHSAGARESPONSE']._serialized_end=1066
-  _globals['_DELETESAGAREQUEST']._serialized_start=1068
-  _globals['_DELETESAGAREQUEST']._serialized_end=1110
-  _globals['_DELETESAGARESPONSE']._serialized_start=1112
-  _globals['_DELETESAGARESPONSE']._serialized_end=1132
-  _globals['_SAGASERVICE']._serialized_start=1135
-  _globals['_SAGASERVICE']._serialized_end=1703
+  _globals['_CREATESAGAREQUEST']._serialized_end=337
+  _globals['_CREATESAGAREQUEST_LABELSENTRY']._serialized_start=292
+  _globals['_CREATESAGAREQUEST_LABELSENTRY']._serialized_end=337
+  _globals['_CREATESAGARESPONSE']._serialized_start=339
+  _globals['_CREATESAGARESPONSE']._serialized_end=389
+  _globals['_EXECUTESAGAREQUEST']._serialized_start=391
+  _globals['_EXECUTESAGAREQUEST']._serialized_end=513
+  _globals['_EXECUTESAGARESPONSE']._serialized_start=515
+  _globals['_EXECUTESAGARESPONSE']._serialized_end=566
+  _globals['_COMPENSATESAGAREQUEST']._serialized_start=568
+  _globals['_COMPENSATESAGAREQUEST']._serialized_end=639
+  _globals['_COMPENSATESAGARESPONSE']._serialized_start=641
+  _globals['_COMPENSATESAGARESPONSE']._serialized_end=695
+  _globals['_GETSAGAREQUEST']._serialized_start=697
+  _globals['_GETSAGAREQUEST']._serialized_end=736
+  _globals['_GETSAGARESPONSE']._serialized_start=738
+  _globals['_GETSAGARESPONSE']._serialized_end=785
+  _globals['_LISTSAGASREQUEST']._serialized_start=787
+  _globals['_LISTSAGASREQUEST']._serialized_end=914
+  _globals['_LISTSAGASRESPONSE']._serialized_start=916
+  _globals['_LISTSAGASRESPONSE']._serialized_end=991
+  _globals['_WATCHSAGAREQUEST']._serialized_start=993
+  _globals['_WATCHSAGAREQUEST']._serialized_end=1034
+  _globals['_WATCHSAGARESPONSE']._serialized_start=1036
+  _globals['_WATCHSAGARESPONSE']._serialized_end=1085
+  _globals['_DELETESAGAREQUEST']._serialized_start=1087
+  _globals['_DELETESAGAREQUEST']._serialized_end=1129
+  _globals['_DELETESAGARESPONSE']._serialized_start=1131
+  _globals['_DELETESAGARESPONSE']._serialized_end=1151
+  _globals['_SAGASERVICE']._serialized_start=1154
+  _globals['_SAGASERVICE']._serialized_end=1722
 # @@protoc_insertion_point(module_scope)

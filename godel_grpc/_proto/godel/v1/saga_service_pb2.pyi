@@ -51,8 +51,13 @@ class CreateSagaRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    FAIL_FAST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Human-readable name, at most 128 characters."""
+    fail_fast: _builtins.bool
+    """When true, refuse the saga (at create and at execute) with FAILED_PRECONDITION if
+    some step's action or compensate action has no connected agent that declares it.
+    """
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[_saga_pb2.SagaStep]:
         """Required. The steps in execution order, 1 to 100."""
@@ -67,10 +72,11 @@ class CreateSagaRequest(_message.Message):
         name: _builtins.str = ...,
         steps: _abc.Iterable[_saga_pb2.SagaStep] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        fail_fast: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fail_fast", b"fail_fast", "labels", b"labels", "name", b"name", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
