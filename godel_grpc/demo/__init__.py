@@ -95,6 +95,17 @@ async def _wait_ready(client: Client, agents: int, timeout: float = 30.0) -> Non
 
 
 HANDLERS = "godel_grpc.demo.handlers"
+_ACTIONS = tuple(
+    f"--action={name}"
+    for name in (
+        "createUser",
+        "deleteUser",
+        "sendEmail",
+        "markEmailFailed",
+        "createTrial",
+        "cancelTrial",
+    )
+)
 _FLEET = [
     ("architect-1", "architect", ("--handler", f"{HANDLERS}:work")),
     ("backend-1", "backend", ("--handler", f"{HANDLERS}:work")),
@@ -103,6 +114,25 @@ _FLEET = [
     ("reviewer-1", "reviewer", ("--handler", f"{HANDLERS}:review")),
     ("designer-1", "designer", ("--handler", f"{HANDLERS}:design")),
     ("counter-exec", "counter", ("--exec", EXEC_COMMAND)),
+    (
+        "onboarding-1",
+        "onboarding",
+        (
+            "--handler",
+            f"{HANDLERS}:onboarding",
+            *(
+                f"--action={a}"
+                for a in (
+                    "createUser",
+                    "deleteUser",
+                    "sendEmail",
+                    "markEmailFailed",
+                    "createTrial",
+                    "cancelTrial",
+                )
+            ),
+        ),
+    ),  # fmt: skip
 ]
 """(name, role, how it runs tasks) of every agent the demo starts."""
 
@@ -161,6 +191,22 @@ async def _convoy_chapter(client: Client) -> int:
     return 0 if done.state == done.STATE_SUCCEEDED else 1
 
 
+async def _saga_chapter(client: Client) -> int:
+    """The seed's onboarding saga (section 5), from examples/saga.py: once through, then
+    with its last step failing, which compensates the first two in reverse."""
+    _say("\n── saga (seed section 5) ──")
+    try:
+        from examples import saga as example
+    except ImportError:
+        _say("  examples/ is not importable here; run the demo from the repository")
+        return 1
+    done = await example.run(client, say=lambda line: _say("  " + line))
+    failed = int(done.state != done.STATE_SUCCEEDED)
+    _say("  … and again with createTrial failing:")
+    undone = await example.run(client, fail_at="createTrial", say=lambda line: _say("  " + line))
+    return failed + int(undone.state != undone.STATE_COMPENSATED)
+
+
 async def run_demo(keep: bool = False) -> int:
     """Runs the demo; returns the exit code."""
     work = Path(tempfile.mkdtemp(prefix="godel-demo-"))
@@ -191,6 +237,7 @@ async def run_demo(keep: bool = False) -> int:
             _say(f"▶ {len(_FLEET)} agents connected: " + ", ".join(n for n, _, _ in _FLEET))
             failed = await _tasks_chapter(client)
             failed += await _convoy_chapter(client)
+            failed += await _saga_chapter(client)
             agents = await client.agents.list()
             _say("▶ agents: " + ", ".join(f"{a.name} ran {a.tasks_completed}" for a in agents))
         elapsed = time.monotonic() - started

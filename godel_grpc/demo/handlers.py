@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from godel_grpc.agent import TaskContext
+from godel_grpc.agent import TaskContext, TaskFailed
 
 
 async def design(task: TaskContext) -> dict[str, Any]:
@@ -33,3 +33,13 @@ async def work(task: TaskContext) -> dict[str, Any]:
     await asyncio.sleep(0.2)
     built_on = sorted(task.payload.get("dependencies", {}))
     return {"role": task.role, "did": task.title, "builtOn": built_on}
+
+
+async def onboarding(task: TaskContext) -> dict[str, Any]:
+    """Plays the onboarding saga's actions (createUser, sendEmail, createTrial and their
+    compensations); fails the action named in the saga input's ``failAt``."""
+    saga_input = task.payload.get("input", {})
+    if task.action and saga_input.get("failAt") == task.action:
+        raise TaskFailed("DEMO_FAILURE", f"{task.action} failed on purpose", retryable=False)
+    await asyncio.sleep(0.05)
+    return {"done": task.action, "for": saga_input.get("email", "")}
