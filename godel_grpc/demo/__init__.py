@@ -114,25 +114,7 @@ _FLEET = [
     ("reviewer-1", "reviewer", ("--handler", f"{HANDLERS}:review")),
     ("designer-1", "designer", ("--handler", f"{HANDLERS}:design")),
     ("counter-exec", "counter", ("--exec", EXEC_COMMAND)),
-    (
-        "onboarding-1",
-        "onboarding",
-        (
-            "--handler",
-            f"{HANDLERS}:onboarding",
-            *(
-                f"--action={a}"
-                for a in (
-                    "createUser",
-                    "deleteUser",
-                    "sendEmail",
-                    "markEmailFailed",
-                    "createTrial",
-                    "cancelTrial",
-                )
-            ),
-        ),
-    ),  # fmt: skip
+    ("onboarding-1", "onboarding", ("--handler", f"{HANDLERS}:onboarding", *_ACTIONS)),
 ]
 """(name, role, how it runs tasks) of every agent the demo starts."""
 
