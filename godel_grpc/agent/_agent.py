@@ -16,7 +16,7 @@ import grpc.aio
 
 from godel_grpc import __version__
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as link_pb2
-from godel_grpc._proto.godel.v1 import task_pb2
+from godel_grpc._proto.godel.v1 import agent_pb2, task_pb2
 from godel_grpc.agent._attempt import (
     Handler,
     HandlerSpec,
@@ -116,6 +116,7 @@ class Agent:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
+        circuit_breaker: agent_pb2.CircuitBreakerConfig | None = None,
     ) -> None:
         """Configures the agent; nothing connects until `run`.
 
@@ -142,6 +143,8 @@ class Agent:
                 below it and a bigger single result becomes an error.
             credentials: TLS credentials; None connects in plain text.
             channel_options: extra gRPC channel options, appended to the agent's own.
+            circuit_breaker: settings of the coordinator's breaker for this agent; None
+                leaves it on with the defaults.
         """
         if not role:
             raise ValueError("role is required")
@@ -156,6 +159,7 @@ class Agent:
         self._name = name
         self._labels = dict(labels or {})
         self._version = version if version is not None else __version__
+        self._circuit_breaker = circuit_breaker
         self._heartbeat = heartbeat_interval
         self._drain_grace = drain_grace
         self._welcome_timeout = welcome_timeout
@@ -417,6 +421,7 @@ class Agent:
             labels=self._labels,
             resume_token=self._resume_token,
             version=self._version,
+            circuit_breaker=self._circuit_breaker,
         )
 
     def _on_welcome(self, welcome: link_pb2.AgentWelcome) -> None:

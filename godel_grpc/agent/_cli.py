@@ -19,7 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from google.protobuf import json_format
+
 from godel_grpc import logs
+from godel_grpc._proto.godel.v1 import agent_pb2
 from godel_grpc.agent._agent import Agent
 from godel_grpc.agent._attempt import Handler
 from godel_grpc.agent._errors import AgentRejected
@@ -52,6 +55,7 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     drain_grace: float = 10.0
     log_level: str = "info"
+    circuit_breaker: agent_pb2.CircuitBreakerConfig | None = None
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +83,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long running tasks may finish (GODEL_DRAIN_GRACE; default 10)")
     add("--log-level", metavar="LEVEL",
         help="debug, info, warning or error (GODEL_LOG_LEVEL; default info)")
+    add("--circuit-breaker", metavar="JSON",
+        help='the coordinator\'s breaker for this agent, as in the seed: '
+             '\'{"enabled": true, "failureThreshold": 5, "timeout": 30, '
+             '"halfOpenRequests": 3}\' (GODEL_CIRCUIT_BREAKER; default: on, those values)')
     # fmt: on
 
 
@@ -123,7 +131,21 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Agen
             one("drain_grace", "GODEL_DRAIN_GRACE", "10"), float, "--drain-grace", 0
         ),
         log_level=one("log_level", "GODEL_LOG_LEVEL", "info").lower(),
+        circuit_breaker=_breaker(one("circuit_breaker", "GODEL_CIRCUIT_BREAKER")),
     )
+
+
+def _breaker(text: str) -> agent_pb2.CircuitBreakerConfig | None:
+    """Parses --circuit-breaker's JSON (the seed's `circuitBreaker` object)."""
+    if not text:
+        return None
+    try:
+        config = json_format.Parse(text, agent_pb2.CircuitBreakerConfig())
+    except json_format.ParseError as error:
+        raise UsageError(f"--circuit-breaker: {error}") from None
+    if "enabled" not in text:
+        config.enabled = True  # naming other settings implies wanting the breaker
+    return config
 
 
 def build_agent(config: AgentConfig) -> Agent:
@@ -140,6 +162,7 @@ def build_agent(config: AgentConfig) -> Agent:
         name=config.name,
         labels=config.labels,
         drain_grace=config.drain_grace,
+        circuit_breaker=config.circuit_breaker,
     )
     if config.exec_command:
         agent.handler(ExecHandler(config.exec_command))

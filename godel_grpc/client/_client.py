@@ -180,6 +180,13 @@ class Agents:
         return response.agent
 
     @_translated
+    async def get_circuit_state(self, agent_id: str) -> agent_pb.GetCircuitStateResponse:
+        """The agent's circuit breaker: state, counts, opened-at and next probe time."""
+        return await self._stub.GetCircuitState(
+            agent_pb.GetCircuitStateRequest(agent_id=agent_id), timeout=self._timeout
+        )
+
+    @_translated
     async def list(self, role: str = "") -> list[agent_pb2.Agent]:
         """Every registered agent (all pages), optionally of one role."""
         found: list[agent_pb2.Agent] = []

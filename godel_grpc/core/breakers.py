@@ -37,6 +37,7 @@ class BreakerBook:
         state_gauge: Gauge,
         transitions: Counter,
         on_probe_due: Callable[[str], None],
+        on_transition: Callable[[str, Transition], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -44,6 +45,7 @@ class BreakerBook:
         self._gauge = state_gauge
         self._transitions = transitions
         self._on_probe_due = on_probe_due
+        self._on_transition = on_transition
         self._clock = clock
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.held_back = 0
@@ -123,6 +125,7 @@ class BreakerBook:
         changes = breaker.drain_transitions()
         for change in changes:
             self._transitions.labels(change.to_state.value.lower()).inc()
+            self._on_transition(agent_id, change)
         self._publish(agent_id)
         probe_at = breaker.view(self._clock()).next_probe_at
         timer = self._timers.pop(agent_id, None)
@@ -140,7 +143,7 @@ class BreakerBook:
         breaker = self._breakers.get(agent_id)
         if breaker is not None:
             breaker.state(self._clock())  # OPEN turns HALF_OPEN lazily; make it happen
-            self._publish(agent_id)
+            self._settle(agent_id, breaker)
             self._on_probe_due(agent_id)
 
     def _publish(self, agent_id: str) -> None:

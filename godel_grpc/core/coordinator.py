@@ -53,7 +53,7 @@ from godel_grpc.errors import (
     Unavailable,
 )
 from godel_grpc.metrics import CoordinatorMetrics
-from godel_grpc.patterns.breaker import BreakerConfig, CircuitState
+from godel_grpc.patterns.breaker import BreakerConfig, CircuitState, Transition
 from godel_grpc.store.base import EventStore
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,10 @@ class Coordinator:
         self._install_managers()
         self.scheduler = Scheduler()
         self.breakers = BreakerBook(
-            metrics.circuit_state, metrics.circuit_transitions, self._probe_due
+            metrics.circuit_state,
+            metrics.circuit_transitions,
+            self._probe_due,
+            self._circuit_changed,
         )
         self.journal = Journal(store, self._on_written, self._on_journal_failed)
         self.sessions: dict[str, AgentSession] = {}
@@ -673,17 +676,24 @@ class Coordinator:
             self._notify(task)
 
     def _feed_breaker(self, session: AgentSession, success: bool, seconds: float) -> None:
-        for change in self.breakers.record(session.agent_id, success, seconds):
-            log.warning(
-                "circuit breaker changed",
-                extra={
-                    "agent_id": session.agent_id,
-                    "agent": session.name,
-                    "from": change.from_state.value,
-                    "to": change.to_state.value,
-                    "reason": change.reason.value,
-                },
-            )
+        self.breakers.record(session.agent_id, success, seconds)
+
+    def _circuit_changed(self, agent_id: str, change: Transition) -> None:
+        """Records a breaker's change of state as an event, and logs it."""
+        event = events.agent_circuit_changed(
+            agent_id, change.from_state.value, change.to_state.value, change.reason.value
+        )
+        self.state.apply(event)
+        self.journal.record([event], urgent=False)
+        log.warning(
+            "circuit breaker changed",
+            extra={
+                "agent_id": agent_id,
+                "from": change.from_state.value,
+                "to": change.to_state.value,
+                "reason": change.reason.value,
+            },
+        )
 
     def _probe_due(self, agent_id: str) -> None:
         """An open breaker's timeout ran out: its agent may take trial tasks."""

@@ -209,3 +209,15 @@ def saga_deleted(saga_id: str) -> event_pb2.Event:
     event = _event(saga_stream(saga_id))
     event.saga_deleted.saga_id = saga_id
     return event
+
+
+def agent_circuit_changed(
+    agent_id: str, from_state: str, to_state: str, reason: str
+) -> event_pb2.Event:
+    event = _event(agent_stream(agent_id), agent_id)
+    changed = event.agent_circuit_changed
+    changed.agent_id = agent_id
+    changed.from_state = from_state
+    changed.to_state = to_state
+    changed.reason = reason
+    return event

@@ -49,6 +49,7 @@ class Event(_message.Message):
     AGENT_REGISTERED_FIELD_NUMBER: _builtins.int
     AGENT_CONNECTED_FIELD_NUMBER: _builtins.int
     AGENT_DISCONNECTED_FIELD_NUMBER: _builtins.int
+    AGENT_CIRCUIT_CHANGED_FIELD_NUMBER: _builtins.int
     CONVOY_CREATED_FIELD_NUMBER: _builtins.int
     CONVOY_STARTED_FIELD_NUMBER: _builtins.int
     CONVOY_CANCELLED_FIELD_NUMBER: _builtins.int
@@ -116,6 +117,10 @@ class Event(_message.Message):
         """An agent's link closed."""
 
     @_builtins.property
+    def agent_circuit_changed(self) -> Global___AgentCircuitChanged:
+        """An agent's circuit breaker changed state."""
+
+    @_builtins.property
     def convoy_created(self) -> Global___ConvoyCreated:
         """A convoy was created."""
 
@@ -167,6 +172,7 @@ class Event(_message.Message):
         agent_registered: Global___AgentRegistered | None = ...,
         agent_connected: Global___AgentConnected | None = ...,
         agent_disconnected: Global___AgentDisconnected | None = ...,
+        agent_circuit_changed: Global___AgentCircuitChanged | None = ...,
         convoy_created: Global___ConvoyCreated | None = ...,
         convoy_started: Global___ConvoyStarted | None = ...,
         convoy_cancelled: Global___ConvoyCancelled | None = ...,
@@ -176,11 +182,11 @@ class Event(_message.Message):
         saga_compensation_requested: Global___SagaCompensationRequested | None = ...,
         saga_deleted: Global___SagaDeleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "agent_circuit_changed", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -529,6 +535,42 @@ class AgentDisconnected(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentDisconnected: _TypeAlias = AgentDisconnected  # noqa: Y015
+
+@_typing.final
+class AgentCircuitChanged(_message.Message):
+    """Payload of "agent.circuit_changed"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent's id."""
+    from_state: _builtins.str
+    """The state left: "CLOSED", "OPEN" or "HALF_OPEN"."""
+    to_state: _builtins.str
+    """The state entered: "CLOSED", "OPEN" or "HALF_OPEN"."""
+    reason: _builtins.str
+    """The rule that fired, for example "consecutive-failures", "timeout-elapsed",
+    "trials-succeeded", "trial-failed", "forced-open", "reset".
+    """
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        from_state: _builtins.str = ...,
+        to_state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "from_state", b"from_state", "reason", b"reason", "to_state", b"to_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentCircuitChanged: _TypeAlias = AgentCircuitChanged  # noqa: Y015
 
 @_typing.final
 class ConvoyCreated(_message.Message):

@@ -1,0 +1,111 @@
+"""Circuit breakers end to end: a real agent process that fails on command opens its
+breaker; nothing reaches it while open; then exactly the trial tasks go through."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+
+from godel_grpc._proto.godel.v1 import agent_service_pb2, task_pb2
+from godel_grpc.client import Client, RPCError, task_request
+from godel_grpc.server import RunningServer
+from tests.support import agent_processes
+
+pytestmark = pytest.mark.integration
+
+Breaker = agent_service_pb2.GetCircuitStateResponse
+Task = task_pb2.Task
+BREAKER = json.dumps({"failureThreshold": 5, "timeout": 1, "halfOpenRequests": 3})
+
+
+async def the_agent(client: Client) -> str:
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        ready = [a for a in await client.agents.list(role="flaky") if a.state == a.STATE_READY]
+        if ready:
+            return ready[0].id
+        assert asyncio.get_running_loop().time() < deadline, "agent did not connect"
+        await asyncio.sleep(0.05)
+
+
+async def test_breaker_opens_holds_back_then_lets_exactly_the_trials_through(
+    server: RunningServer, client: Client
+) -> None:
+    address = f"127.0.0.1:{server.port}"
+    with agent_processes(
+        address, "flaky", 1, "--capacity", "10", "--handler", "tests.agents.handlers:fail_when",
+        "--circuit-breaker", BREAKER,
+    ):  # fmt: skip
+        agent_id = await the_agent(client)
+        closed = await client.agents.get_circuit_state(agent_id)
+        assert closed.state == Breaker.STATE_CLOSED and closed.config.failure_threshold == 5
+        # Given five failures in a row
+        for _ in range(5):
+            await client.tasks.run(role="flaky", payload={"fail": True}, max_attempts=1)
+        opened = await client.agents.get_circuit_state(agent_id)
+        assert opened.state == Breaker.STATE_OPEN and opened.open_count == 1
+        assert server.registry.get_sample_value("godel_circuit_state", {"agent": "flaky-0"}) == 1
+        # When five good tasks arrive while it is open
+        tasks = await client.tasks.submit_many([task_request(role="flaky") for _ in range(5)])
+        held = [await client.tasks.get(t.id) for t in tasks]
+        assert all(t.state == Task.STATE_QUEUED for t in held)
+        # Then they all succeed after the timeout, and the log shows the trials first:
+        # exactly three leased, and the other two only after those three succeeded
+        done = await asyncio.gather(*(client.tasks.wait(t.id, timeout=20) for t in tasks))
+        assert all(t.state == Task.STATE_SUCCEEDED for t in done)
+        ids = {t.id for t in tasks}
+        order = [
+            (e.type, e.task_leased.task_id or e.task_succeeded.task_id)
+            for e in await client.events.get_for_agent(agent_id)
+            if e.type in ("task.leased", "task.succeeded")
+        ]
+        ours = [kind for kind, task_id in order if task_id in ids]
+        assert ours[:3] == ["task.leased"] * 3
+        assert (
+            ours.index("task.leased", 3)
+            > [i for i, k in enumerate(ours) if k == "task.succeeded"][2]
+        )
+        first_lease = min(t.start_time.ToNanoseconds() for t in done) / 1e9
+        assert first_lease >= opened.next_probe_time.ToNanoseconds() / 1e9 - 0.05
+        closed_again = await client.agents.get_circuit_state(agent_id)
+        assert closed_again.state == Breaker.STATE_CLOSED
+        # And each change of state is in the agent's event log, with its reason
+        changes = [
+            (e.agent_circuit_changed.to_state, e.agent_circuit_changed.reason)
+            for e in await client.events.get_for_agent(agent_id)
+            if e.type == "agent.circuit_changed"
+        ]
+        assert changes == [
+            ("OPEN", "consecutive-failures"),
+            ("HALF_OPEN", "timeout-elapsed"),
+            ("CLOSED", "trials-succeeded"),
+        ]
+
+
+async def test_a_failed_trial_reopens_the_breaker(server: RunningServer, client: Client) -> None:
+    address = f"127.0.0.1:{server.port}"
+    with agent_processes(
+        address, "flaky", 1, "--handler", "tests.agents.handlers:fail_when",
+        "--circuit-breaker", BREAKER,
+    ):  # fmt: skip
+        agent_id = await the_agent(client)
+        for _ in range(5):
+            await client.tasks.run(role="flaky", payload={"fail": True}, max_attempts=1)
+        first = await client.agents.get_circuit_state(agent_id)
+        # The first trial fails: open again, with a later probe time
+        trial = await client.tasks.run(
+            role="flaky", payload={"fail": True}, max_attempts=1, wait_timeout=20
+        )
+        assert trial.state == Task.STATE_FAILED
+        again = await client.agents.get_circuit_state(agent_id)
+        assert again.state == Breaker.STATE_OPEN and again.open_count == 2
+        assert again.next_probe_time.ToNanoseconds() > first.next_probe_time.ToNanoseconds()
+
+
+async def test_unknown_agent_has_no_breaker(client: Client) -> None:
+    with pytest.raises(RPCError) as missing:
+        await client.agents.get_circuit_state("ag-404")
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND
