@@ -8,6 +8,7 @@ the log, never to the client), and counts RPCs by method and code.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -96,28 +97,31 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _finish(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        self._metrics.rpcs.labels(method, code.name).inc()
-        self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+    @contextlib.asynccontextmanager
+    async def _boundary(self, method: str, context: Context) -> AsyncIterator[None]:
+        """Around one call: a failure becomes its status, and the call is counted."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except _ABORTED:
+            raise
+        except Exception as exc:
+            error = _translate(method, exc)
+            code = error.code
+            await _abort(context, error)  # raises: the caller gets the status
+        finally:
+            self._metrics.rpcs.labels(method, _code_of(context, code).name).inc()
+            self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
 
     def _unary(
         self, method: str, behaviour: Callable[..., Awaitable[Message]]
     ) -> Callable[..., Awaitable[Message]]:
         async def handle(request: Message, context: Context) -> Message:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with self._boundary(method, context):
                 _check(request)
                 return await behaviour(request, context)
-            except _ABORTED:
-                raise
-            except Exception as exc:
-                error = _translate(method, exc)
-                code = error.code
-                await _abort(context, error)
-                raise
-            finally:
-                self._finish(method, _code_of(context, code), started)
+            raise AssertionError("unreachable: the boundary returns or raises")
 
         return handle
 
@@ -125,20 +129,10 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, behaviour: Callable[..., AsyncIterator[Message]]
     ) -> Callable[..., AsyncIterator[Message]]:
         async def handle(request: Message, context: Context) -> AsyncIterator[Message]:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with self._boundary(method, context):
                 _check(request)
                 async for response in behaviour(request, context):
                     yield response
-            except _ABORTED:
-                raise
-            except Exception as exc:
-                error = _translate(method, exc)
-                code = error.code
-                await _abort(context, error)
-            finally:
-                self._finish(method, _code_of(context, code), started)
 
         return handle
 
@@ -146,19 +140,9 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, behaviour: Callable[..., Awaitable[Message]]
     ) -> Callable[..., Awaitable[Message]]:
         async def handle(requests: AsyncIterator[Message], context: Context) -> Message:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with self._boundary(method, context):
                 return await behaviour(_validated(requests), context)
-            except _ABORTED:
-                raise
-            except Exception as exc:
-                error = _translate(method, exc)
-                code = error.code
-                await _abort(context, error)
-                raise
-            finally:
-                self._finish(method, _code_of(context, code), started)
+            raise AssertionError("unreachable: the boundary returns or raises")
 
         return handle
 
@@ -168,19 +152,9 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         async def handle(
             requests: AsyncIterator[Message], context: Context
         ) -> AsyncIterator[Message]:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with self._boundary(method, context):
                 async for response in behaviour(_validated(requests), context):
                     yield response
-            except _ABORTED:
-                raise
-            except Exception as exc:
-                error = _translate(method, exc)
-                code = error.code
-                await _abort(context, error)
-            finally:
-                self._finish(method, _code_of(context, code), started)
 
         return handle
 
