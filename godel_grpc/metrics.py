@@ -106,9 +106,10 @@ class CoordinatorMetrics:
         )
         self.part_seconds = Histogram(
             "godel_pattern_part_duration_seconds",
-            "Time from lease to end of a pattern's part (convoy node, saga step), by pattern "
+            "Time from lease to end of a pattern's part (convoy node, saga step), by pattern, "
+            "phase (run, forward, compensate: the count of compensate is compensations run) "
             "and outcome.",
-            ["pattern", "outcome"],
+            ["pattern", "phase", "outcome"],
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
             registry=registry,
         )

@@ -249,7 +249,8 @@ class Coordinator:
     def _notify(self, task: TaskRecord) -> None:
         if task.terminal and task.spec.HasField("owner") and task.start_time:
             outcome = Task.State.Name(task.state).removeprefix("STATE_").lower()
-            self.metrics.part_seconds.labels(task.spec.owner.pattern, outcome).observe(
+            owner = task.spec.owner
+            self.metrics.part_seconds.labels(owner.pattern, owner.phase or "run", outcome).observe(
                 max(0.0, task.end_time - task.start_time)
             )
         if task.terminal and task.id in self._end_waiters:

@@ -105,7 +105,8 @@ async def test_the_seed_convoy_runs_in_dependency_order(
     registry = server.registry
     assert registry.get_sample_value("godel_convoys", {"state": "succeeded"}) == 1.0
     count = registry.get_sample_value(
-        "godel_pattern_part_duration_seconds_count", {"pattern": "convoy", "outcome": "succeeded"}
+        "godel_pattern_part_duration_seconds_count",
+        {"pattern": "convoy", "phase": "run", "outcome": "succeeded"},
     )
     assert count == 5.0
 

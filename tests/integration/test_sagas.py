@@ -195,6 +195,13 @@ async def test_a_failed_step_compensates_exactly_the_completed_steps_in_reverse(
             assert steps[name].compensation_state == saga_pb2.COMPENSATION_STATE_SUCCEEDED
         for name in STEPS[failed_at + 1 :]:
             assert steps[name].state == Step.STATE_CANCELLED
+    # And the metrics count the compensations run (0 + 1 + 2) and the sagas by state
+    compensations = server.registry.get_sample_value(
+        "godel_pattern_part_duration_seconds_count",
+        {"pattern": "saga", "phase": "compensate", "outcome": "succeeded"},
+    )
+    assert compensations == 3
+    assert server.registry.get_sample_value("godel_sagas", {"state": "compensated"}) == 2
 
 
 async def test_a_compensation_that_keeps_failing_is_visible_and_can_be_retried(
