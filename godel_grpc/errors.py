@@ -162,6 +162,14 @@ class ResourceExhausted(GodelError):
         return out
 
 
+class DeadlineExceeded(GodelError):
+    """The caller's deadline passed while the coordinator held the call (for example a
+    producer blocked on a full queue); nothing was changed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
 class Unavailable(GodelError):
     """The coordinator cannot serve the call right now (for example, shutting down)."""
 

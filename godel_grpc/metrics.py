@@ -6,10 +6,10 @@ for counters. Labels are bounded (method, code, state, outcome); never a task id
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 _FAST_BUCKETS = (
@@ -46,6 +46,46 @@ class _StateCollector(Collector):
         for state, count in sorted(self._counts().items()):
             family.add_metric([state], count)
         yield family
+
+
+QueueRow = tuple[str, int, bool, Mapping[str, int]]
+"""(queue name, depth, pressure, tasks by outcome) of one backpressure queue."""
+
+
+class _QueueCollector(Collector):
+    """Reads every queue's depth, pressure and counters at scrape time.
+
+    Labels are queue names, bounded by the queues that exist; a deleted queue's series
+    disappear with it.
+    """
+
+    def __init__(self, rows: Callable[[], Iterable[QueueRow]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "godel_queue_depth", "Tasks waiting in a backpressure queue.", labels=["queue"]
+        )
+        pressure = GaugeMetricFamily(
+            "godel_queue_pressure",
+            "1 while a backpressure queue is under pressure (from its high watermark until "
+            "it falls below its low one), else 0.",
+            labels=["queue"],
+        )
+        tasks = CounterMetricFamily(
+            "godel_queue_tasks",
+            "Tasks offered to a backpressure queue since the coordinator started, by outcome "
+            "(accepted; shed: refused or evicted by shed-load/drop-oldest; rejected).",
+            labels=["queue", "outcome"],
+        )
+        for name, queued, pressured, outcomes in self._rows():
+            depth.add_metric([name], queued)
+            pressure.add_metric([name], 1 if pressured else 0)
+            for outcome, count in sorted(outcomes.items()):
+                tasks.add_metric([name, outcome], count)
+        yield depth
+        yield pressure
+        yield tasks
 
 
 class CoordinatorMetrics:
@@ -150,3 +190,8 @@ class CoordinatorMetrics:
                 counts,
             )
         )
+
+    def watch_queues(self, rows: Callable[[], Iterable[QueueRow]]) -> None:
+        """Exports backpressure queues (`godel_queue_depth`, `godel_queue_pressure`,
+        `godel_queue_tasks_total`), read from `rows` at scrape time."""
+        self.registry.register(_QueueCollector(rows))

@@ -27,12 +27,14 @@ from godel_grpc.api.agents import AgentServicer
 from godel_grpc.api.convoys import ConvoyServicer
 from godel_grpc.api.events import EventServicer
 from godel_grpc.api.interceptor import BoundaryInterceptor
+from godel_grpc.api.queues import QueueServicer
 from godel_grpc.api.reflection_pool import MethodAwarePool
 from godel_grpc.api.sagas import SagaServicer
 from godel_grpc.api.tasks import TaskServicer
 from godel_grpc.config import ServeConfig
 from godel_grpc.core.convoy_commands import ConvoyCommands
 from godel_grpc.core.coordinator import Coordinator, CoordinatorSettings
+from godel_grpc.core.queue_commands import QueueCommands
 from godel_grpc.core.saga_commands import SagaCommands
 from godel_grpc.metrics import CoordinatorMetrics
 from godel_grpc.store.factory import open_store
@@ -122,6 +124,7 @@ async def start_server(
         "EventService": EventServicer(coordinator),
         "ConvoyService": ConvoyServicer(ConvoyCommands(coordinator)),
         "SagaService": SagaServicer(SagaCommands(coordinator)),
+        "QueueService": QueueServicer(QueueCommands(coordinator)),
     }
     names = []
     for service, base, add in api_services():

@@ -153,10 +153,24 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
             requests: AsyncIterator[Message], context: Context
         ) -> AsyncIterator[Message]:
             async with self._boundary(method, context):
-                async for response in behaviour(_validated(requests), context):
+                # Streams that answer each message (EnqueueStream) check every request
+                # themselves, so one malformed message does not end the whole stream.
+                checked = requests if method in PER_MESSAGE_VALIDATION else _validated(requests)
+                async for response in behaviour(checked, context):
                     yield response
 
         return handle
+
+
+PER_MESSAGE_VALIDATION = frozenset({"/godel.v1.QueueService/EnqueueStream"})
+"""Bidirectional methods whose servicer validates each request with `check` and
+answers a bad one in its reply, instead of the boundary ending the stream."""
+
+
+def check(request: Any) -> None:
+    """Validates one request as the boundary would: raises InvalidArgument if it does
+    not decode or breaks its rules. For the methods of `PER_MESSAGE_VALIDATION`."""
+    _check(request)
 
 
 async def _validated(requests: AsyncIterator[Message]) -> AsyncIterator[Message]:

@@ -10,18 +10,28 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from godel_grpc._proto.godel.v1 import agent_pb2, convoy_pb2, event_pb2, saga_pb2, task_pb2
+from godel_grpc._proto.godel.v1 import (
+    agent_pb2,
+    convoy_pb2,
+    event_pb2,
+    queue_pb2,
+    saga_pb2,
+    task_pb2,
+)
 from godel_grpc._proto.godel.v1 import agent_service_pb2 as agent_pb
 from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as agent_grpc
 from godel_grpc._proto.godel.v1 import convoy_service_pb2 as convoy_pb
 from godel_grpc._proto.godel.v1 import convoy_service_pb2_grpc as convoy_grpc
 from godel_grpc._proto.godel.v1 import event_service_pb2 as event_pb
 from godel_grpc._proto.godel.v1 import event_service_pb2_grpc as event_grpc
+from godel_grpc._proto.godel.v1 import queue_service_pb2 as queue_pb
+from godel_grpc._proto.godel.v1 import queue_service_pb2_grpc as queue_grpc
 from godel_grpc._proto.godel.v1 import saga_service_pb2 as saga_pb
 from godel_grpc._proto.godel.v1 import saga_service_pb2_grpc as saga_grpc
 from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as task_grpc
 from godel_grpc.client._errors import RPCError
+from godel_grpc.core.fields import copy_common_fields
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -452,6 +462,68 @@ class Sagas:
             raise RPCError.from_aio(error) from None
 
 
+class Queues:
+    """`client.queues`: bounded queues with backpressure (the seed's section 8)."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = queue_grpc.QueueServiceStub(channel)
+        self._timeout = timeout
+
+    @_translated
+    async def create(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> queue_pb2.Queue:
+        """Creates a queue from the seed's object (`name`, `backpressure` with
+        `strategy`, `maxSize`, `highWatermark`, `lowWatermark`), as a mapping or keywords."""
+        request = json_format.ParseDict({**(spec or {}), **fields}, queue_pb.CreateQueueRequest())
+        response = await self._stub.CreateQueue(request, timeout=self._timeout)
+        return response.queue
+
+    @_translated
+    async def enqueue(
+        self, queue_id: str, *, call_timeout: float | None = None, **fields: Any
+    ) -> queue_pb.EnqueueResponse:
+        """Enqueues one task (keyword arguments of `task_request`); returns the durable
+        task with the queue's pressure and depth. A refusal raises RPCError
+        RESOURCE_EXHAUSTED with `retry_after`; on a "block" queue the call waits for
+        room up to `call_timeout` (default: the client's timeout), then
+        DEADLINE_EXCEEDED."""
+        request = queue_pb.EnqueueRequest(queue_id=queue_id)
+        copy_common_fields(task_request(**fields), request)
+        response: queue_pb.EnqueueResponse = await self._stub.Enqueue(
+            request, timeout=call_timeout if call_timeout is not None else self._timeout
+        )
+        return response
+
+    @_translated
+    async def get(self, queue_id: str) -> queue_pb2.Queue:
+        """The queue with its depth, pressure and counters."""
+        response = await self._stub.GetQueue(
+            queue_pb.GetQueueRequest(id=queue_id), timeout=self._timeout
+        )
+        return response.queue
+
+    @_translated
+    async def list(self) -> list[queue_pb2.Queue]:
+        """Every queue, oldest first."""
+        queues: list[queue_pb2.Queue] = []
+        token = ""
+        while True:
+            response = await self._stub.ListQueues(
+                queue_pb.ListQueuesRequest(page_size=1000, page_token=token),
+                timeout=self._timeout,
+            )
+            queues.extend(response.queues)
+            token = response.next_page_token
+            if not token:
+                return queues
+
+    @_translated
+    async def delete(self, queue_id: str) -> None:
+        """Deletes a queue; its waiting tasks are cancelled."""
+        await self._stub.DeleteQueue(
+            queue_pb.DeleteQueueRequest(id=queue_id), timeout=self._timeout
+        )
+
+
 class Client:
     """Connects to a coordinator; use as `async with Client(address) as client`."""
 
@@ -467,6 +539,7 @@ class Client:
         self.events = Events(self._channel, timeout)
         self.convoys = Convoys(self._channel, timeout)
         self.sagas = Sagas(self._channel, timeout)
+        self.queues = Queues(self._channel, timeout)
 
     async def close(self) -> None:
         """Closes the channel. Idempotent."""

@@ -17,7 +17,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -39,6 +39,7 @@ from godel_grpc.core.convoys import ConvoyManager
 from godel_grpc.core.fields import copy_common_fields
 from godel_grpc.core.journal import Journal
 from godel_grpc.core.pattern_host import PatternManager, SubmitOwned
+from godel_grpc.core.queues import ACTION_LABEL, ROLE_LABEL, QueueManager
 from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord, TaskState
 from godel_grpc.core.sagas import SagaManager
 from godel_grpc.core.scheduler import Scheduler
@@ -115,6 +116,7 @@ class Coordinator:
         # Read through `self` at scrape time: recovery may replace the managers.
         metrics.watch_pattern_states("convoy", lambda: self.convoys.counts_by_state())
         metrics.watch_pattern_states("saga", lambda: self.sagas.counts_by_state())
+        metrics.watch_queues(lambda: self.queues.metric_rows())
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -270,6 +272,10 @@ class Coordinator:
         """True once shutdown began: watchers end, commands are refused."""
         return self._stopping
 
+    def require_open(self) -> None:
+        """Refuses commands once shutdown began (UNAVAILABLE)."""
+        self._require_open()
+
     def _require_open(self) -> None:
         if self._stopping:
             raise Unavailable("the coordinator is shutting down; retry against its successor")
@@ -309,16 +315,47 @@ class Coordinator:
             await self.journal.record(created)
         return result
 
+    def new_task_id(self) -> str:
+        """A fresh task id, for callers that must name a task before it is accepted
+        (a backpressure queue's policy decides on the id first)."""
+        return f"t-{self.state.epoch}-{next(self._task_ids)}"
+
+    def accept_task(
+        self,
+        request: Message,
+        owner: task_pb2.TaskOwner | None = None,
+        *,
+        task_id: str | None = None,
+        shape: Callable[[task_pb2.Task], None] | None = None,
+    ) -> event_pb2.Event:
+        """Creates, applies and queues one task from a message carrying a task's fields;
+        the caller journals the returned event (see `commit`).
+
+        Args:
+            request: any message with a task's fields by name.
+            owner: the pattern resource the task belongs to, if any.
+            task_id: an id from `new_task_id`; None makes one.
+            shape: changes the spec before it is applied (a queue retargets it).
+        """
+        return self._accept_task(request, owner, task_id=task_id, shape=shape)
+
     def _accept_task(
-        self, request: Message, owner: task_pb2.TaskOwner | None = None
+        self,
+        request: Message,
+        owner: task_pb2.TaskOwner | None = None,
+        *,
+        task_id: str | None = None,
+        shape: Callable[[task_pb2.Task], None] | None = None,
     ) -> event_pb2.Event:
         """Creates, applies and queues one task from a message carrying a task's fields;
         the caller journals the returned event."""
-        event = events.task_submitted_new(f"t-{self.state.epoch}-{next(self._task_ids)}")
+        event = events.task_submitted_new(task_id or self.new_task_id())
         spec = event.task_submitted.task
         copy_common_fields(request, spec)
         if owner is not None:
             spec.owner.CopyFrom(owner)
+        if shape is not None:
+            shape(spec)
         self.state.apply(event)
         task = self.state.tasks[spec.id]
         self._enqueue(task)
@@ -411,12 +448,17 @@ class Coordinator:
         await self.journal.flush()
         return task.to_proto()
 
-    def _cancel(self, task: TaskRecord, reason: str) -> event_pb2.Event:
+    def cancel_applied(self, task: TaskRecord, reason: str, code: str = "") -> event_pb2.Event:
+        """Cancels a task that has not ended (applied now, journaled by the caller via
+        `commit`); `code` replaces the error code "CANCELLED", e.g. "SHED"."""
+        return self._cancel(task, reason, code)
+
+    def _cancel(self, task: TaskRecord, reason: str, code: str = "") -> event_pb2.Event:
         """Applies the cancellation of a task that has not ended, telling its agent to
         stop; returns the event for the caller to journal."""
         was_running = task.state == Task.STATE_RUNNING
         agent_id, attempt_id = task.agent_id, task.attempt_id
-        event = events.task_cancelled(task.id, reason, agent_id if was_running else "")
+        event = events.task_cancelled(task.id, reason, agent_id if was_running else "", code)
         self.state.apply(event)
         if was_running:
             self._end_lease(agent_id, attempt_id)
@@ -432,7 +474,8 @@ class Coordinator:
         """Binds fresh pattern managers to the current state."""
         self.convoys = ConvoyManager(self.state.tasks)
         self.sagas = SagaManager(self.state.tasks)
-        self.managers: list[PatternManager] = [self.convoys, self.sagas]
+        self.queues = QueueManager(self.state.tasks)
+        self.managers: list[PatternManager] = [self.convoys, self.sagas, self.queues]
         self.state.observers[:] = self.managers
 
     def run_pattern_actions(self) -> asyncio.Future[None] | None:
@@ -460,6 +503,15 @@ class Coordinator:
         self._apply_all(batch)
         done = self.journal.record(batch)
         return self.run_pattern_actions() or done
+
+    async def commit(self, applied: list[event_pb2.Event]) -> None:
+        """Journals events already applied (accepted tasks, cancellations), carries out
+        the pattern actions they caused, and returns once all of it is durable."""
+        done = self.journal.record(applied)
+        more = self.run_pattern_actions()
+        await done
+        if more is not None:
+            await more
 
     async def watch_task(self, task_id: str) -> AsyncIterator[task_pb2.Task]:
         """The task now, then after each change, until it ends."""
@@ -542,6 +594,7 @@ class Coordinator:
                 name=name,
                 role=hello.role,
                 actions=hello.actions,
+                queues=hello.queues,
                 capacity=hello.capacity or 1,
                 labels=hello.labels,
                 resume_token_sha256=_sha256(token),
@@ -564,6 +617,7 @@ class Coordinator:
         agent = self.state.agents[agent_id]
         if resumed:
             agent.actions = list(hello.actions)
+            agent.queues = list(hello.queues)
             agent.labels = dict(hello.labels)
         session = AgentSession(agent_id, name, capacity)
         self.sessions[agent_id] = session
@@ -925,13 +979,16 @@ def _agent_proto(agent: AgentRecord) -> agent_pb2.Agent:
 
 def _assignment(task: TaskRecord) -> link_pb2.TaskAssignment:
     spec = task.spec
+    role, action = spec.role, spec.action
+    if spec.WhichOneof("target") == "queue":  # the queue is the pool; say what to run
+        role, action = spec.labels.get(ROLE_LABEL, ""), spec.labels.get(ACTION_LABEL, "")
     assignment = link_pb2.TaskAssignment(
         task_id=task.id,
         attempt_id=task.attempt_id,
         attempt=task.attempts,
         title=spec.title,
-        role=spec.role,
-        action=spec.action,
+        role=role,
+        action=action,
         priority=spec.priority or "normal",
         idempotency_key=spec.idempotency_key or f"task:{task.id}",
         labels=spec.labels,

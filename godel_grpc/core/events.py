@@ -11,7 +11,7 @@ import time
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from godel_grpc._proto.godel.v1 import convoy_pb2, event_pb2, saga_pb2, task_pb2
+from godel_grpc._proto.godel.v1 import convoy_pb2, event_pb2, queue_pb2, saga_pb2, task_pb2
 
 Event = event_pb2.Event
 SCHEMA_VERSION = 1
@@ -118,10 +118,14 @@ def task_requeued(
     return event
 
 
-def task_cancelled(task_id: str, reason: str, agent_id: str = "") -> event_pb2.Event:
+def task_cancelled(
+    task_id: str, reason: str, agent_id: str = "", code: str = ""
+) -> event_pb2.Event:
+    """A task's cancellation; `code` is its error code when not "CANCELLED" (e.g. "SHED")."""
     event = _event(task_stream(task_id), agent_id)
     event.task_cancelled.task_id = task_id
     event.task_cancelled.reason = reason
+    event.task_cancelled.code = code
     return event
 
 
@@ -220,4 +224,23 @@ def agent_circuit_changed(
     changed.from_state = from_state
     changed.to_state = to_state
     changed.reason = reason
+    return event
+
+
+def queue_stream(queue_id: str) -> str:
+    """Name of a backpressure queue's stream."""
+    return f"queue/{queue_id}"
+
+
+def queue_created(queue: queue_pb2.Queue) -> event_pb2.Event:
+    event = _event(queue_stream(queue.id))
+    created = event.queue_created.queue
+    created.CopyFrom(queue)
+    created.create_time.CopyFrom(event.time)
+    return event
+
+
+def queue_deleted(queue_id: str) -> event_pb2.Event:
+    event = _event(queue_stream(queue_id))
+    event.queue_deleted.queue_id = queue_id
     return event

@@ -103,10 +103,12 @@ class TaskRecord:
 
 
 def pool_of(spec: task_pb2.Task) -> str:
-    """The pool a task targets: `role:NAME` or `action:NAME`."""
+    """The pool a task targets: `role:NAME`, `action:NAME` or `queue:NAME`."""
     target = spec.WhichOneof("target")
     if target == "action":
         return f"action:{spec.action}"
+    if target == "queue":
+        return f"queue:{spec.queue}"
     return f"role:{spec.role}"
 
 
@@ -123,6 +125,7 @@ class AgentRecord:
         "labels",
         "last_seen",
         "name",
+        "queues",
         "resume_token_sha256",
         "role",
         "state",
@@ -136,6 +139,7 @@ class AgentRecord:
         self.name = name
         self.role = role
         self.actions: list[str] = []
+        self.queues: list[str] = []
         self.capacity = 1
         self.labels: dict[str, str] = {}
         self.resume_token_sha256 = ""
@@ -150,7 +154,11 @@ class AgentRecord:
 
     def pools(self) -> list[str]:
         """The pools this agent serves."""
-        return [f"role:{self.role}", *(f"action:{a}" for a in self.actions)]
+        return [
+            f"role:{self.role}",
+            *(f"action:{a}" for a in self.actions),
+            *(f"queue:{q}" for q in self.queues),
+        ]
 
     def to_proto(self) -> agent_pb2.Agent:
         """The agent as the API shows it."""

@@ -154,7 +154,9 @@ class CoordinatorState:
             if agent is not None:
                 agent.in_flight = max(0, agent.in_flight - 1)
         self._set_task_state(task, Task.STATE_CANCELLED)
-        task.error = task_pb2.TaskError(code="CANCELLED", message=cancelled.reason)
+        task.error = task_pb2.TaskError(
+            code=cancelled.code or "CANCELLED", message=cancelled.reason
+        )
         task.end_time = event.time.ToNanoseconds() / 1e9
 
     def _on_agent_registered(self, event: event_pb2.Event) -> None:
@@ -166,6 +168,7 @@ class CoordinatorState:
             event.time.ToNanoseconds() / 1e9,
         )
         agent.actions = list(registered.actions)
+        agent.queues = list(registered.queues)
         agent.capacity = registered.capacity
         agent.labels = dict(registered.labels)
         agent.version = registered.version
@@ -204,6 +207,7 @@ class CoordinatorState:
                 name=agent.name,
                 role=agent.role,
                 actions=agent.actions,
+                queues=agent.queues,
                 capacity=agent.capacity,
                 labels=agent.labels,
                 resume_token_sha256=agent.resume_token_sha256,

@@ -115,6 +115,7 @@ class AgentHello(_message.Message):
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CIRCUIT_BREAKER_FIELD_NUMBER: _builtins.int
+    QUEUES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Human-readable name, unique among connected agents; empty lets the coordinator pick.
     At most 128 characters.
@@ -143,6 +144,12 @@ class AgentHello(_message.Message):
         (5 consecutive failures open it for 30 seconds, then 3 trial tasks).
         """
 
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the backpressure queues (QueueService) whose tasks the agent runs, at most
+        256; the agent serves them beside its role and actions.
+        """
+
     def __init__(
         self,
         *,
@@ -154,10 +161,11 @@ class AgentHello(_message.Message):
         resume_token: _builtins.str = ...,
         version: _builtins.str = ...,
         circuit_breaker: _agent_pb2.CircuitBreakerConfig | None = ...,
+        queues: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breaker", b"circuit_breaker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "circuit_breaker", b"circuit_breaker", "labels", b"labels", "name", b"name", "resume_token", b"resume_token", "role", b"role", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "circuit_breaker", b"circuit_breaker", "labels", b"labels", "name", b"name", "queues", b"queues", "resume_token", b"resume_token", "role", b"role", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

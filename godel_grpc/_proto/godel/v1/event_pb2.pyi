@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from godel_grpc._proto.godel.v1 import convoy_pb2 as _convoy_pb2
+from godel_grpc._proto.godel.v1 import queue_pb2 as _queue_pb2
 from godel_grpc._proto.godel.v1 import saga_pb2 as _saga_pb2
 from godel_grpc._proto.godel.v1 import task_pb2 as _task_pb2
 from google.protobuf import descriptor as _descriptor
@@ -58,6 +59,8 @@ class Event(_message.Message):
     SAGA_EXECUTED_FIELD_NUMBER: _builtins.int
     SAGA_COMPENSATION_REQUESTED_FIELD_NUMBER: _builtins.int
     SAGA_DELETED_FIELD_NUMBER: _builtins.int
+    QUEUE_CREATED_FIELD_NUMBER: _builtins.int
+    QUEUE_DELETED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Global position in the event log, starting at 1 and increasing by one per event."""
     stream: _builtins.str
@@ -152,6 +155,14 @@ class Event(_message.Message):
     def saga_deleted(self) -> Global___SagaDeleted:
         """A caller deleted a saga; its task in flight, if any, is cancelled."""
 
+    @_builtins.property
+    def queue_created(self) -> Global___QueueCreated:
+        """A backpressure queue was created."""
+
+    @_builtins.property
+    def queue_deleted(self) -> Global___QueueDeleted:
+        """A backpressure queue was deleted; its waiting tasks were cancelled."""
+
     def __init__(
         self,
         *,
@@ -181,12 +192,14 @@ class Event(_message.Message):
         saga_executed: Global___SagaExecuted | None = ...,
         saga_compensation_requested: Global___SagaCompensationRequested | None = ...,
         saga_deleted: Global___SagaDeleted | None = ...,
+        queue_created: Global___QueueCreated | None = ...,
+        queue_deleted: Global___QueueDeleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "agent_circuit_changed", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "agent_circuit_changed", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted", "queue_created", "queue_deleted"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -388,19 +401,25 @@ class TaskCancelled(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task's id."""
     reason: _builtins.str
     """Why, as given by the caller."""
+    code: _builtins.str
+    """Error code the task ends with, for example "SHED" for a task a backpressure queue
+    dropped. Empty means "CANCELLED".
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -440,6 +459,7 @@ class AgentRegistered(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    QUEUES_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The new agent's id."""
     name: _builtins.str
@@ -460,6 +480,10 @@ class AgentRegistered(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Its labels."""
 
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Backpressure queues it serves, from its hello (kept so a resume restores them)."""
+
     def __init__(
         self,
         *,
@@ -471,10 +495,11 @@ class AgentRegistered(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         resume_token_sha256: _builtins.str = ...,
         version: _builtins.str = ...,
+        queues: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "agent_id", b"agent_id", "capacity", b"capacity", "labels", b"labels", "name", b"name", "resume_token_sha256", b"resume_token_sha256", "role", b"role", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "agent_id", b"agent_id", "capacity", b"capacity", "labels", b"labels", "name", b"name", "queues", b"queues", "resume_token_sha256", b"resume_token_sha256", "role", b"role", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -898,3 +923,51 @@ class CoordinatorSnapshot(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CoordinatorSnapshot: _TypeAlias = CoordinatorSnapshot  # noqa: Y015
+
+@_typing.final
+class QueueCreated(_message.Message):
+    """Payload of "queue.created"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queue(self) -> _queue_pb2.Queue:
+        """The queue as created: id, name, backpressure (defaults filled in), role, labels and
+        creation time. Counters are not recorded; they start from zero on each start.
+        """
+
+    def __init__(
+        self,
+        *,
+        queue: _queue_pb2.Queue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueCreated: _TypeAlias = QueueCreated  # noqa: Y015
+
+@_typing.final
+class QueueDeleted(_message.Message):
+    """Payload of "queue.deleted"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_ID_FIELD_NUMBER: _builtins.int
+    queue_id: _builtins.str
+    """The queue's id."""
+    def __init__(
+        self,
+        *,
+        queue_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue_id", b"queue_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueDeleted: _TypeAlias = QueueDeleted  # noqa: Y015
