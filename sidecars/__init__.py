@@ -1,0 +1,1 @@
+"""Processes that run beside each agent: the logger sidecar and the monitor sidecar."""

@@ -15,6 +15,8 @@ Example::
 
 `ExecHandler` turns a shell command into a handler, and `godel agent` (built from
 `add_agent_arguments` and `run_agent_command`) runs either kind from the command line.
+``Agent(..., logger="127.0.0.1:PORT")`` (``godel agent --logger``) also ships every log
+line to that logger sidecar, without ever making a task wait for it.
 """
 
 from godel_grpc.agent._agent import Agent

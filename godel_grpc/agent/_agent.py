@@ -24,8 +24,15 @@ from godel_grpc.agent._attempt import (
     run_attempt,
 )
 from godel_grpc.agent._backoff import Backoff
-from godel_grpc.agent._context import TaskContext
+from godel_grpc.agent._context import Reporter, TaskContext
+from godel_grpc.agent._exec import ExecHandler
 from godel_grpc.agent._link import Link
+from godel_grpc.agent._log_shipper import (
+    DEFAULT_LOG_BUFFER,
+    LogShipper,
+    ShippingHandler,
+    ShippingReporter,
+)
 from godel_grpc.agent._outbox import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MESSAGE_HEADROOM,
@@ -37,6 +44,8 @@ _log = logging.getLogger("godel_grpc.agent")
 
 # The agent's channel accepts big assignments; payloads are the user's business.
 _MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+# How long a stopping agent keeps trying to hand its last log lines to the sidecar.
+_LOG_FLUSH_TIMEOUT = 2.0
 
 _H = TypeVar("_H", bound=Handler)
 
@@ -93,6 +102,11 @@ class Agent:
       finish, their results are sent, and `run` returns.
     * `shutdown` does the same but bounded by a grace period: attempts still running
       when it ends are stopped and released unfinished.
+    * With a ``logger`` address, every log line (``ctx.log``, an ``--exec`` command's
+      stderr, the agent's own `logging` records at info and above) is also shipped to
+      that logger sidecar. Shipping never holds a task up: lines wait in a bounded
+      buffer while the sidecar is away, the oldest are dropped beyond it, and
+      `logs_dropped` says how many.
     """
 
     def __init__(
@@ -117,6 +131,8 @@ class Agent:
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         circuit_breaker: agent_pb2.CircuitBreakerConfig | None = None,
+        logger: str = "",
+        logger_buffer: int = DEFAULT_LOG_BUFFER,
     ) -> None:
         """Configures the agent; nothing connects until `run`.
 
@@ -145,6 +161,8 @@ class Agent:
             channel_options: extra gRPC channel options, appended to the agent's own.
             circuit_breaker: settings of the coordinator's breaker for this agent; None
                 leaves it on with the defaults.
+            logger: the logger sidecar's address, ``host:port``; empty ships no logs.
+            logger_buffer: log records held while the logger sidecar is away.
         """
         if not role:
             raise ValueError("role is required")
@@ -198,6 +216,11 @@ class Agent:
         self._background: set[asyncio.Task[None]] = set()
         self._shutdown_task: asyncio.Task[None] | None = None
         self._run_task: asyncio.Task[None] | None = None
+        self._shipper = (
+            LogShipper(logger, buffer=logger_buffer, agent_id=lambda: self._agent_id)
+            if logger
+            else None
+        )
 
     # Registration.
 
@@ -262,6 +285,16 @@ class Agent:
     def draining(self) -> bool:
         """Whether the agent has stopped taking work."""
         return self._draining
+
+    @property
+    def log_shipper(self) -> LogShipper | None:
+        """What ships log lines to the logger sidecar; None without a logger address."""
+        return self._shipper
+
+    @property
+    def logs_dropped(self) -> int:
+        """Log records the logger sidecar never got (buffer full, or unsent at the end)."""
+        return self._shipper.dropped if self._shipper is not None else 0
 
     # Lifecycle.
 
@@ -329,6 +362,7 @@ class Agent:
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._reporter = ThreadSafeReporter(self._outbox, loop)
+        shipping = self._start_shipping()
         channel = self._open_channel()
         _log.info(
             "agent starting",
@@ -356,6 +390,23 @@ class Agent:
             await channel.close()
             self._finished.set()
             _log.info("agent stopped", extra={"agent_id": self._agent_id})
+            await self._stop_shipping(shipping)
+
+    def _start_shipping(self) -> logging.Handler | None:
+        """Starts the log shipper, if any, and hooks the agent's own records into it."""
+        if self._shipper is None:
+            return None
+        self._shipper.start()
+        handler = ShippingHandler(self._shipper)
+        logging.getLogger().addHandler(handler)
+        return handler
+
+    async def _stop_shipping(self, handler: logging.Handler | None) -> None:
+        if self._shipper is None:
+            return
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+        await self._shipper.close(_LOG_FLUSH_TIMEOUT)
 
     def _open_channel(self) -> grpc.aio.Channel:
         if self._credentials is None:
@@ -498,11 +549,23 @@ class Agent:
             attempt.assignment,
             agent_id=self._agent_id,
             agent_name=self._name,
-            reporter=self._reporter,
+            reporter=self._attempt_reporter(attempt),
         )
         self._running[attempt.id] = attempt
         attempt.task = asyncio.create_task(
             self._execute(attempt), name=f"godel-attempt-{attempt.id}"
+        )
+
+    def _attempt_reporter(self, attempt: _Attempt) -> Reporter | None:
+        if self._shipper is None:
+            return self._reporter
+        # An exec command's log lines are its stderr; say so in the sidecar's file.
+        is_exec = attempt.spec is not None and isinstance(attempt.spec.fn, ExecHandler)
+        return ShippingReporter(
+            self._reporter,
+            self._shipper,
+            source="stderr" if is_exec else "task",
+            attempt_id=attempt.id,
         )
 
     async def _execute(self, attempt: _Attempt) -> None:

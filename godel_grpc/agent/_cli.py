@@ -56,6 +56,7 @@ class AgentConfig:
     drain_grace: float = 10.0
     log_level: str = "info"
     circuit_breaker: agent_pb2.CircuitBreakerConfig | None = None
+    logger: str = ""
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +88,9 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         help='the coordinator\'s breaker for this agent, as in the seed: '
              '\'{"enabled": true, "failureThreshold": 5, "timeout": 30, '
              '"halfOpenRequests": 3}\' (GODEL_CIRCUIT_BREAKER; default: on, those values)')
+    add("--logger", metavar="HOST:PORT",
+        help="logger sidecar to ship log lines to; the agent keeps working while it is "
+             "away (GODEL_LOGGER)")
     # fmt: on
 
 
@@ -132,6 +136,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Agen
         ),
         log_level=one("log_level", "GODEL_LOG_LEVEL", "info").lower(),
         circuit_breaker=_breaker(one("circuit_breaker", "GODEL_CIRCUIT_BREAKER")),
+        logger=one("logger", "GODEL_LOGGER"),
     )
 
 
@@ -163,6 +168,7 @@ def build_agent(config: AgentConfig) -> Agent:
         labels=config.labels,
         drain_grace=config.drain_grace,
         circuit_breaker=config.circuit_breaker,
+        logger=config.logger,
     )
     if config.exec_command:
         agent.handler(ExecHandler(config.exec_command))

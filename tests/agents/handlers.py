@@ -45,6 +45,18 @@ async def sleep(ctx: TaskContext) -> dict[str, Any]:
     return {"slept": seconds, "agent": _agent(ctx)}
 
 
+def chatty(ctx: TaskContext) -> dict[str, Any]:
+    """Writes one log line at each level, ``"<tag> <level>"`` with ``payload["tag"]``.
+
+    The logger sidecar tests look for these lines in the sidecar's file: the ones at or
+    above its level must be there, the others must not.
+    """
+    tag = str(ctx.payload.get("tag", "chatty"))
+    for level in ("debug", "info", "warning", "error"):
+        ctx.log(level, f"{tag} {level}")
+    return {"logged": 4, "agent": _agent(ctx)}
+
+
 def fail(ctx: TaskContext) -> dict[str, Any]:
     """Always fails, with ``payload`` choosing ``code``, ``message`` and ``retryable``."""
     raise TaskFailed(
