@@ -131,6 +131,8 @@ class Agent:
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         circuit_breaker: agent_pb2.CircuitBreakerConfig | None = None,
+        queues: Sequence[str] = (),
+        partitions: Sequence[str] = (),
         logger: str = "",
         logger_buffer: int = DEFAULT_LOG_BUFFER,
     ) -> None:
@@ -161,6 +163,8 @@ class Agent:
             channel_options: extra gRPC channel options, appended to the agent's own.
             circuit_breaker: settings of the coordinator's breaker for this agent; None
                 leaves it on with the defaults.
+            queues: backpressure queues whose tasks this agent runs.
+            partitions: bulkhead partitions it joins, as "BULKHEAD/PARTITION".
             logger: the logger sidecar's address, ``host:port``; empty ships no logs.
             logger_buffer: log records held while the logger sidecar is away.
         """
@@ -178,6 +182,8 @@ class Agent:
         self._labels = dict(labels or {})
         self._version = version if version is not None else __version__
         self._circuit_breaker = circuit_breaker
+        self._queues = list(queues)
+        self._partitions = list(partitions)
         self._heartbeat = heartbeat_interval
         self._drain_grace = drain_grace
         self._welcome_timeout = welcome_timeout
@@ -473,6 +479,8 @@ class Agent:
             resume_token=self._resume_token,
             version=self._version,
             circuit_breaker=self._circuit_breaker,
+            queues=self._queues,
+            partitions=self._partitions,
         )
 
     def _on_welcome(self, welcome: link_pb2.AgentWelcome) -> None:

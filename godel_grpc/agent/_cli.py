@@ -56,6 +56,8 @@ class AgentConfig:
     drain_grace: float = 10.0
     log_level: str = "info"
     circuit_breaker: agent_pb2.CircuitBreakerConfig | None = None
+    queues: list[str] = field(default_factory=list)
+    partitions: list[str] = field(default_factory=list)
     logger: str = ""
 
 
@@ -78,6 +80,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     add("--action-handler", action="append", metavar="NAME=MODULE:FUNCTION",
         help="Python callable for one action; repeatable (GODEL_ACTION_HANDLER)")
     add("--name", help="unique agent name; default: chosen by the coordinator (GODEL_NAME)")
+    add("--queue", action="append", metavar="NAME",
+        help="a backpressure queue whose tasks this agent runs; repeatable (GODEL_QUEUE)")
+    add("--partition", action="append", metavar="BULKHEAD/PARTITION",
+        help="a bulkhead partition this agent joins; repeatable (GODEL_PARTITION)")
     add("--label", action="append", metavar="KEY=VALUE",
         help="a label shown with the agent; repeatable (GODEL_LABEL, comma-separated)")
     add("--drain-grace", metavar="SECONDS",
@@ -131,6 +137,8 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Agen
         action_handlers=_pairs(many("action_handler", "GODEL_ACTION_HANDLER"), "--action-handler"),
         name=one("name", "GODEL_NAME"),
         labels=_pairs(many("label", "GODEL_LABEL"), "--label"),
+        queues=many("queue", "GODEL_QUEUE"),
+        partitions=many("partition", "GODEL_PARTITION"),
         drain_grace=_number(
             one("drain_grace", "GODEL_DRAIN_GRACE", "10"), float, "--drain-grace", 0
         ),
@@ -169,6 +177,8 @@ def build_agent(config: AgentConfig) -> Agent:
         drain_grace=config.drain_grace,
         circuit_breaker=config.circuit_breaker,
         logger=config.logger,
+        queues=config.queues,
+        partitions=config.partitions,
     )
     if config.exec_command:
         agent.handler(ExecHandler(config.exec_command))

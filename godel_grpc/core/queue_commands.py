@@ -179,16 +179,6 @@ class QueueCommands:
         coordinator.require_open()
         if request.HasField("deadline") and request.deadline.ToNanoseconds() / 1e9 <= time.time():
             raise InvalidArgument([FieldViolation("deadline", "is in the past")])
-        if request.WhichOneof("target") is None and not record.queue.role:
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "role",
-                        f"is required: queue {record.name!r} has no role, so the task must "
-                        "name a role or an action",
-                    )
-                ]
-            )
         policy = record.policy
         key = request.idempotency_key
         existing = coordinator.state.idempotency.get(key) if key else None
@@ -297,6 +287,6 @@ def _route(spec: task_pb2.Task, record: QueueRecord) -> None:
     target = spec.WhichOneof("target")
     if target == "action":
         spec.labels[ACTION_LABEL] = spec.action
-    else:
+    elif target == "role" or record.queue.role:
         spec.labels[ROLE_LABEL] = spec.role if target == "role" else record.queue.role
     spec.queue = record.name

@@ -316,3 +316,26 @@ async def test_a_restart_rebuilds_depth_and_pressure(tmp_path: Path) -> None:
             await agent.close()
     finally:
         await running.stop(grace=1.0)
+
+
+async def test_agents_named_for_a_queue_run_its_tasks(
+    server: RunningServer, client: Client
+) -> None:
+    from tests.support import agent_processes
+
+    queue = await client.queues.create(
+        {"name": "work-queue", "backpressure": {"strategy": "reject", "maxSize": 100}}
+    )
+    address = f"127.0.0.1:{server.port}"
+    with agent_processes(
+        address, "consumer", 2, "--queue", "work-queue", "--handler", "tests.agents.handlers:echo"
+    ):
+        accepted = [
+            await client.queues.enqueue(queue.id, title=f"job {i}", payload={"i": i})
+            for i in range(6)
+        ]
+        done = [await client.tasks.wait(r.task.id, timeout=30) for r in accepted]
+    assert all(t.state == task_pb2.Task.STATE_SUCCEEDED for t in done)
+    assert sorted(int(t.output["echo"]["i"]) for t in done) == list(range(6))
+    assert {t.agent_id for t in done} <= {a.id for a in await client.agents.list(role="consumer")}
+    assert (await client.queues.get(queue.id)).depth == 0

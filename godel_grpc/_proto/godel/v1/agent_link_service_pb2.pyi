@@ -116,6 +116,7 @@ class AgentHello(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CIRCUIT_BREAKER_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Human-readable name, unique among connected agents; empty lets the coordinator pick.
     At most 128 characters.
@@ -150,6 +151,12 @@ class AgentHello(_message.Message):
         256; the agent serves them beside its role and actions.
         """
 
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Bulkhead partitions the agent joins, each as "BULKHEAD/PARTITION" (bulkhead name or
+        id, then the partition's name); at most 16.
+        """
+
     def __init__(
         self,
         *,
@@ -162,10 +169,11 @@ class AgentHello(_message.Message):
         version: _builtins.str = ...,
         circuit_breaker: _agent_pb2.CircuitBreakerConfig | None = ...,
         queues: _abc.Iterable[_builtins.str] | None = ...,
+        partitions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breaker", b"circuit_breaker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "circuit_breaker", b"circuit_breaker", "labels", b"labels", "name", b"name", "queues", b"queues", "resume_token", b"resume_token", "role", b"role", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "circuit_breaker", b"circuit_breaker", "labels", b"labels", "name", b"name", "partitions", b"partitions", "queues", b"queues", "resume_token", b"resume_token", "role", b"role", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
