@@ -27,6 +27,8 @@ class ServeConfig:
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 10.0
     task_retention: int = 100_000
+    agent_exec: str = ""
+    """Command spawned agents run per task when SpawnAgent names none."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
@@ -42,6 +44,7 @@ class ServeConfig:
             heartbeat_interval=args.heartbeat_interval,
             heartbeat_timeout=args.heartbeat_timeout,
             task_retention=args.task_retention,
+            agent_exec=args.agent_exec,
         )
 
 
@@ -102,4 +105,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=float(env_default("HEARTBEAT_TIMEOUT", str(d.heartbeat_timeout))),
         help="seconds of agent silence before it counts as lost",
+    )
+    parser.add_argument(
+        "--agent-exec",
+        default=env_default("AGENT_EXEC", d.agent_exec),
+        metavar="CMD",
+        help="command spawned agents run per task when the spawn names none "
+        "(default: a built-in handler that echoes the payload)",
     )

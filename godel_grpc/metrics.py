@@ -88,6 +88,40 @@ class _QueueCollector(Collector):
         yield tasks
 
 
+BulkheadRow = tuple[str, str, int, int, int]
+"""(bulkhead name, partition, queued, running, rejected) of one bulkhead partition."""
+
+
+class _BulkheadCollector(Collector):
+    """Reads every bulkhead partition's task counts and refusals at scrape time.
+
+    Labels are bulkhead and partition names, bounded by the bulkheads that exist (at
+    most 64 partitions each); a deleted bulkhead's series disappear with it.
+    """
+
+    def __init__(self, rows: Callable[[], Iterable[BulkheadRow]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        tasks = GaugeMetricFamily(
+            "godel_bulkhead_tasks",
+            "Tasks holding a bulkhead partition's slots, by state (queued, running).",
+            labels=["bulkhead", "partition", "state"],
+        )
+        rejected = CounterMetricFamily(
+            "godel_bulkhead_rejected",
+            "Submits a bulkhead partition refused because it was full, since the "
+            "coordinator started.",
+            labels=["bulkhead", "partition"],
+        )
+        for bulkhead, partition, queued, running, refused in self._rows():
+            tasks.add_metric([bulkhead, partition, "queued"], queued)
+            tasks.add_metric([bulkhead, partition, "running"], running)
+            rejected.add_metric([bulkhead, partition], refused)
+        yield tasks
+        yield rejected
+
+
 class CoordinatorMetrics:
     """Every metric the coordinator exports."""
 
@@ -195,3 +229,8 @@ class CoordinatorMetrics:
         """Exports backpressure queues (`godel_queue_depth`, `godel_queue_pressure`,
         `godel_queue_tasks_total`), read from `rows` at scrape time."""
         self.registry.register(_QueueCollector(rows))
+
+    def watch_bulkheads(self, rows: Callable[[], Iterable[BulkheadRow]]) -> None:
+        """Exports bulkhead partitions (`godel_bulkhead_tasks`,
+        `godel_bulkhead_rejected_total`), read from `rows` at scrape time."""
+        self.registry.register(_BulkheadCollector(rows))

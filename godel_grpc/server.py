@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from godel_grpc._proto.godel import v1 as proto_package
 from godel_grpc.api.agent_link import AgentLinkServicer
 from godel_grpc.api.agents import AgentServicer
+from godel_grpc.api.bulkheads import BulkheadServicer
 from godel_grpc.api.convoys import ConvoyServicer
 from godel_grpc.api.events import EventServicer
 from godel_grpc.api.interceptor import BoundaryInterceptor
@@ -32,11 +33,13 @@ from godel_grpc.api.reflection_pool import MethodAwarePool
 from godel_grpc.api.sagas import SagaServicer
 from godel_grpc.api.tasks import TaskServicer
 from godel_grpc.config import ServeConfig
+from godel_grpc.core.bulkhead_commands import BulkheadCommands
 from godel_grpc.core.convoy_commands import ConvoyCommands
 from godel_grpc.core.coordinator import Coordinator, CoordinatorSettings
 from godel_grpc.core.queue_commands import QueueCommands
 from godel_grpc.core.saga_commands import SagaCommands
 from godel_grpc.metrics import CoordinatorMetrics
+from godel_grpc.runtime.local import LocalRuntime
 from godel_grpc.store.factory import open_store
 
 log = logging.getLogger(__name__)
@@ -78,11 +81,16 @@ class RunningServer:
     metrics_port: int | None
     registry: CollectorRegistry
     _metrics_server: Any = field(default=None, repr=False)
+    runtime: LocalRuntime | None = None
 
     async def stop(self, grace: float) -> None:
         """Stops taking calls, drains agents and in-flight RPCs, then flushes the log."""
         await self.health.enter_graceful_shutdown()
-        await self.coordinator.stop(grace)
+        try:
+            await self.coordinator.stop(grace)
+        finally:  # no spawned process outlives the coordinator, even a failed one
+            if self.runtime is not None:
+                await self.runtime.close(grace)
         await self.server.stop(grace=min(grace, 2.0))
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -105,6 +113,7 @@ async def start_server(
         ),
     )
     await coordinator.start()
+    runtime = LocalRuntime(config.data_dir / "agents", default_exec=config.agent_exec)
     server = grpc.aio.server(
         interceptors=[BoundaryInterceptor(metrics)],
         options=[
@@ -120,11 +129,12 @@ async def start_server(
         "AgentLinkService": AgentLinkServicer(coordinator),
         # The generated stubs declare every RPC abstract; at run time the base class
         # answers UNIMPLEMENTED for the ones this coordinator does not serve yet.
-        "AgentService": AgentServicer(coordinator),  # type: ignore[abstract]
+        "AgentService": AgentServicer(coordinator, runtime),  # type: ignore[abstract]
         "EventService": EventServicer(coordinator),
         "ConvoyService": ConvoyServicer(ConvoyCommands(coordinator)),
         "SagaService": SagaServicer(SagaCommands(coordinator)),
         "QueueService": QueueServicer(QueueCommands(coordinator)),
+        "BulkheadService": BulkheadServicer(BulkheadCommands(coordinator)),
     }
     names = []
     for service, base, add in api_services():
@@ -139,6 +149,7 @@ async def start_server(
     if port == 0:
         raise OSError(f"could not listen on {config.listen}")
     await server.start()
+    runtime.coordinator_address = f"127.0.0.1:{port}"  # spawned agents dial loopback
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_server = None
@@ -159,7 +170,14 @@ async def start_server(
         },
     )
     return RunningServer(
-        server, coordinator, health_servicer, port, metrics_port, registry, metrics_server
+        server,
+        coordinator,
+        health_servicer,
+        port,
+        metrics_port,
+        registry,
+        metrics_server,
+        runtime,
     )
 
 
@@ -177,8 +195,15 @@ async def serve(config: ServeConfig) -> int:
     if fatal.done():
         log.critical("stopping: the event store failed", exc_info=fatal.result())
         await running.server.stop(grace=0)
+        await runtime_close(running)
         return 1
     log.info("draining", extra={"grace_seconds": config.drain_grace})
     await running.stop(config.drain_grace)
     log.info("stopped")
     return 0
+
+
+async def runtime_close(running: RunningServer) -> None:
+    """Stops spawned processes at once when the coordinator dies of a store failure."""
+    if running.runtime is not None:
+        await running.runtime.close(0.0)

@@ -2,6 +2,7 @@
 
 from godel_grpc.client._client import (
     Agents,
+    Bulkheads,
     Client,
     ConvoyHandle,
     Convoys,
@@ -17,6 +18,7 @@ from godel_grpc.client._errors import RPCError
 
 __all__ = [
     "Agents",
+    "Bulkheads",
     "Client",
     "ConvoyHandle",
     "Convoys",

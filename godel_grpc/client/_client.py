@@ -12,6 +12,7 @@ from google.protobuf import json_format, struct_pb2
 
 from godel_grpc._proto.godel.v1 import (
     agent_pb2,
+    bulkhead_pb2,
     convoy_pb2,
     event_pb2,
     queue_pb2,
@@ -20,6 +21,8 @@ from godel_grpc._proto.godel.v1 import (
 )
 from godel_grpc._proto.godel.v1 import agent_service_pb2 as agent_pb
 from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as agent_grpc
+from godel_grpc._proto.godel.v1 import bulkhead_service_pb2 as bulkhead_pb
+from godel_grpc._proto.godel.v1 import bulkhead_service_pb2_grpc as bulkhead_grpc
 from godel_grpc._proto.godel.v1 import convoy_service_pb2 as convoy_pb
 from godel_grpc._proto.godel.v1 import convoy_service_pb2_grpc as convoy_grpc
 from godel_grpc._proto.godel.v1 import event_service_pb2 as event_pb
@@ -524,6 +527,66 @@ class Queues:
         )
 
 
+class Bulkheads:
+    """`client.bulkheads`: isolated partitions of agents (the seed's section 9)."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = bulkhead_grpc.BulkheadServiceStub(channel)
+        self._timeout = timeout
+
+    @_translated
+    async def create(
+        self, spec: Mapping[str, Any] | None = None, **fields: Any
+    ) -> bulkhead_pb2.Bulkhead:
+        """Creates a bulkhead from the seed's object (`name`, `partitions` of `name`,
+        `maxAgents`, `maxTasks`), as a mapping or keywords."""
+        request = json_format.ParseDict(
+            {**(spec or {}), **fields}, bulkhead_pb.CreateBulkheadRequest()
+        )
+        response = await self._stub.CreateBulkhead(request, timeout=self._timeout)
+        return response.bulkhead
+
+    @_translated
+    async def submit(self, bulkhead_id: str, partition: str, **fields: Any) -> task_pb2.Task:
+        """Submits one task (keyword arguments of `task_request`) to one partition;
+        returns it once durable. A full partition raises RPCError RESOURCE_EXHAUSTED
+        naming the partition, with `retry_after`."""
+        request = bulkhead_pb.SubmitToPartitionRequest(bulkhead_id=bulkhead_id, partition=partition)
+        copy_common_fields(task_request(**fields), request)
+        response = await self._stub.SubmitToPartition(request, timeout=self._timeout)
+        return response.task
+
+    @_translated
+    async def get(self, bulkhead_id: str) -> bulkhead_pb2.Bulkhead:
+        """The bulkhead with each partition's agents and task counters."""
+        response = await self._stub.GetBulkhead(
+            bulkhead_pb.GetBulkheadRequest(id=bulkhead_id), timeout=self._timeout
+        )
+        return response.bulkhead
+
+    @_translated
+    async def list(self) -> list[bulkhead_pb2.Bulkhead]:
+        """Every bulkhead, oldest first."""
+        found: list[bulkhead_pb2.Bulkhead] = []
+        token = ""
+        while True:
+            response = await self._stub.ListBulkheads(
+                bulkhead_pb.ListBulkheadsRequest(page_size=1000, page_token=token),
+                timeout=self._timeout,
+            )
+            found.extend(response.bulkheads)
+            token = response.next_page_token
+            if not token:
+                return found
+
+    @_translated
+    async def delete(self, bulkhead_id: str) -> None:
+        """Deletes a bulkhead; its waiting tasks are cancelled, its agents released."""
+        await self._stub.DeleteBulkhead(
+            bulkhead_pb.DeleteBulkheadRequest(id=bulkhead_id), timeout=self._timeout
+        )
+
+
 class Client:
     """Connects to a coordinator; use as `async with Client(address) as client`."""
 
@@ -540,6 +603,7 @@ class Client:
         self.convoys = Convoys(self._channel, timeout)
         self.sagas = Sagas(self._channel, timeout)
         self.queues = Queues(self._channel, timeout)
+        self.bulkheads = Bulkheads(self._channel, timeout)
 
     async def close(self) -> None:
         """Closes the channel. Idempotent."""

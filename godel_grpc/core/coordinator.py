@@ -33,8 +33,10 @@ from godel_grpc._proto.godel.v1 import (
     task_pb2,
     task_service_pb2,
 )
+from godel_grpc.core import bulkheads as bulkhead_labels
 from godel_grpc.core import events
 from godel_grpc.core.breakers import BreakerBook
+from godel_grpc.core.bulkheads import BulkheadManager
 from godel_grpc.core.convoys import ConvoyManager
 from godel_grpc.core.fields import copy_common_fields
 from godel_grpc.core.journal import Journal
@@ -99,6 +101,8 @@ class Coordinator:
         )
         self.journal = Journal(store, self._on_written, self._on_journal_failed)
         self.sessions: dict[str, AgentSession] = {}
+        self.spawned_ids: dict[str, str] = {}
+        """Name → id promised by SpawnAgent; the hello with that name gets that id."""
         self._queued_at: dict[str, float] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._watchers: dict[str, set[asyncio.Queue[task_pb2.Task | None]]] = {}
@@ -117,6 +121,7 @@ class Coordinator:
         metrics.watch_pattern_states("convoy", lambda: self.convoys.counts_by_state())
         metrics.watch_pattern_states("saga", lambda: self.sagas.counts_by_state())
         metrics.watch_queues(lambda: self.queues.metric_rows())
+        metrics.watch_bulkheads(lambda: self.bulkheads.metric_rows())
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -475,7 +480,13 @@ class Coordinator:
         self.convoys = ConvoyManager(self.state.tasks)
         self.sagas = SagaManager(self.state.tasks)
         self.queues = QueueManager(self.state.tasks)
-        self.managers: list[PatternManager] = [self.convoys, self.sagas, self.queues]
+        self.bulkheads = BulkheadManager(self.state.tasks)
+        self.managers: list[PatternManager] = [
+            self.convoys,
+            self.sagas,
+            self.queues,
+            self.bulkheads,
+        ]
         self.state.observers[:] = self.managers
 
     def run_pattern_actions(self) -> asyncio.Future[None] | None:
@@ -583,11 +594,15 @@ class Coordinator:
         self._require_open()
         token = hello.resume_token
         agent_id = self.state.agents_by_token.get(_sha256(token)) if token else None
+        if agent_id is None and self.spawned_ids.get(hello.name) in self.state.agents:
+            agent_id = self.spawned_ids[hello.name]  # a restarted spawned process resumes
         batch: list[event_pb2.Event] = []
         resumed = agent_id is not None
         if agent_id is None:
             token = secrets.token_urlsafe(24)
-            agent_id = f"ag-{self.state.epoch}-{next(self._agent_ids)}"
+            agent_id = self.spawned_ids.get(hello.name) or (
+                f"ag-{self.state.epoch}-{next(self._agent_ids)}"
+            )
             name = hello.name or f"{hello.role}-{agent_id}"
             registered = event_pb2.AgentRegistered(
                 agent_id=agent_id,
@@ -611,6 +626,9 @@ class Coordinator:
         previous = self.sessions.get(agent_id)
         if previous is not None:
             self.close_session(previous, "replaced by a new link of the same agent")
+        # Before anything is recorded: an agent refused a partition place registers
+        # nothing, and its SDK retries (FAILED_PRECONDITION) until a place frees up.
+        self.bulkheads.join(agent_id, hello.partitions)
         capacity = hello.capacity or 1
         batch.append(events.agent_connected(agent_id, resumed, capacity))
         done = self.record(batch)
@@ -630,7 +648,7 @@ class Coordinator:
         await done
         if not session.closed:
             self.breakers.attach(agent_id, name, breaker_config(hello))
-            self.scheduler.add_agent(agent_id, agent.pools(), capacity)
+            self.scheduler.add_agent(agent_id, self._pools_of(agent), capacity)
             self.metrics.agents_connected.set(len(self.sessions))
             self._schedule_dispatch()
         log.info(
@@ -775,6 +793,7 @@ class Coordinator:
         session.close(reason)
         del self.sessions[session.agent_id]
         self.scheduler.remove_agent(session.agent_id)
+        self.bulkheads.leave(session.agent_id)
         self.breakers.detach(session.agent_id)
         self.metrics.agents_connected.set(len(self.sessions))
         if self._stopping:
@@ -814,6 +833,24 @@ class Coordinator:
             "agent disconnected",
             extra={"agent_id": session.agent_id, "agent": session.name, "reason": reason},
         )
+
+    def _pools_of(self, agent: AgentRecord) -> list[str]:
+        """The pools an agent serves: only its partitions' when it joined any (so no
+        other work takes capacity a partition counts on), else its role, actions and
+        queues."""
+        partitions = self.bulkheads.pools_of(agent.id)
+        return partitions if partitions is not None else agent.pools()
+
+    def refresh_pools(self, agent_id: str) -> None:
+        """Re-registers a connected agent's pools after its partitions changed (a
+        bulkhead was deleted), keeping its free slots."""
+        session = self.sessions.get(agent_id)
+        agent = self.state.agents.get(agent_id)
+        if session is None or agent is None or session.draining:
+            return
+        free = self.scheduler.free_slots(agent_id)
+        self.scheduler.add_agent(agent_id, self._pools_of(agent), free)
+        self._schedule_dispatch()
 
     def require_serving(self, roles: Iterable[str] = (), actions: Iterable[str] = ()) -> None:
         """Fail fast: raises FailedPrecondition unless every role and action has a
@@ -980,8 +1017,12 @@ def _agent_proto(agent: AgentRecord) -> agent_pb2.Agent:
 def _assignment(task: TaskRecord) -> link_pb2.TaskAssignment:
     spec = task.spec
     role, action = spec.role, spec.action
-    if spec.WhichOneof("target") == "queue":  # the queue is the pool; say what to run
+    target = spec.WhichOneof("target")
+    if target == "queue":  # the queue is the pool; say what to run
         role, action = spec.labels.get(ROLE_LABEL, ""), spec.labels.get(ACTION_LABEL, "")
+    elif target == "partition":  # likewise for a bulkhead partition
+        role = spec.labels.get(bulkhead_labels.ROLE_LABEL, "")
+        action = spec.labels.get(bulkhead_labels.ACTION_LABEL, "")
     assignment = link_pb2.TaskAssignment(
         task_id=task.id,
         attempt_id=task.attempt_id,

@@ -11,7 +11,14 @@ import time
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from godel_grpc._proto.godel.v1 import convoy_pb2, event_pb2, queue_pb2, saga_pb2, task_pb2
+from godel_grpc._proto.godel.v1 import (
+    bulkhead_pb2,
+    convoy_pb2,
+    event_pb2,
+    queue_pb2,
+    saga_pb2,
+    task_pb2,
+)
 
 Event = event_pb2.Event
 SCHEMA_VERSION = 1
@@ -243,4 +250,23 @@ def queue_created(queue: queue_pb2.Queue) -> event_pb2.Event:
 def queue_deleted(queue_id: str) -> event_pb2.Event:
     event = _event(queue_stream(queue_id))
     event.queue_deleted.queue_id = queue_id
+    return event
+
+
+def bulkhead_stream(bulkhead_id: str) -> str:
+    """Name of a bulkhead's stream."""
+    return f"bulkhead/{bulkhead_id}"
+
+
+def bulkhead_created(bulkhead: bulkhead_pb2.Bulkhead) -> event_pb2.Event:
+    event = _event(bulkhead_stream(bulkhead.id))
+    created = event.bulkhead_created.bulkhead
+    created.CopyFrom(bulkhead)
+    created.create_time.CopyFrom(event.time)
+    return event
+
+
+def bulkhead_deleted(bulkhead_id: str) -> event_pb2.Event:
+    event = _event(bulkhead_stream(bulkhead_id))
+    event.bulkhead_deleted.bulkhead_id = bulkhead_id
     return event

@@ -103,12 +103,15 @@ class TaskRecord:
 
 
 def pool_of(spec: task_pb2.Task) -> str:
-    """The pool a task targets: `role:NAME`, `action:NAME` or `queue:NAME`."""
+    """The pool a task targets: `role:NAME`, `action:NAME`, `queue:NAME` or
+    `partition:BULKHEAD/PARTITION`."""
     target = spec.WhichOneof("target")
     if target == "action":
         return f"action:{spec.action}"
     if target == "queue":
         return f"queue:{spec.queue}"
+    if target == "partition":
+        return f"partition:{spec.partition}"
     return f"role:{spec.role}"
 
 

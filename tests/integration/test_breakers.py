@@ -63,11 +63,16 @@ async def test_breaker_opens_holds_back_then_lets_exactly_the_trials_through(
             if e.type in ("task.leased", "task.succeeded")
         ]
         ours = [kind for kind, task_id in order if task_id in ids]
-        assert ours[:3] == ["task.leased"] * 3
-        assert (
-            ours.index("task.leased", 3)
-            > [i for i, k in enumerate(ours) if k == "task.succeeded"][2]
-        )
+        # While half-open, at most three trials were out; the fourth lease came only
+        # after the third trial succeeded (which closed the breaker)
+        leased = succeeded = 0
+        for kind in ours:
+            if kind == "task.leased":
+                leased += 1
+                assert leased <= 3 or succeeded >= 3, ours
+            else:
+                succeeded += 1
+        assert leased == 5 and succeeded == 5
         first_lease = min(t.start_time.ToNanoseconds() for t in done) / 1e9
         assert first_lease >= opened.next_probe_time.ToNanoseconds() / 1e9 - 0.05
         closed_again = await client.agents.get_circuit_state(agent_id)

@@ -10,6 +10,7 @@ import re
 from godel_grpc._proto.godel import v1 as proto_package
 from godel_grpc._proto.godel.v1 import options_pb2
 from godel_grpc.api.agent_link import AgentLinkServicer
+from godel_grpc.api.bulkheads import BulkheadServicer
 from godel_grpc.api.events import EventServicer
 from godel_grpc.api.queues import QueueServicer
 from godel_grpc.api.sagas import SagaServicer
@@ -87,6 +88,7 @@ def test_implemented_servicers_override_every_rpc() -> None:
         (AgentLinkServicer, "AgentLinkService"),
         (SagaServicer, "SagaService"),
         (QueueServicer, "QueueService"),
+        (BulkheadServicer, "BulkheadService"),
     ]:
         rpcs = next(s for s in all_services() if s.name == service).methods
         missing = [m.name for m in rpcs if m.name not in vars(servicer)]

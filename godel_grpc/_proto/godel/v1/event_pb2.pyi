@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from godel_grpc._proto.godel.v1 import bulkhead_pb2 as _bulkhead_pb2
 from godel_grpc._proto.godel.v1 import convoy_pb2 as _convoy_pb2
 from godel_grpc._proto.godel.v1 import queue_pb2 as _queue_pb2
 from godel_grpc._proto.godel.v1 import saga_pb2 as _saga_pb2
@@ -61,6 +62,8 @@ class Event(_message.Message):
     SAGA_DELETED_FIELD_NUMBER: _builtins.int
     QUEUE_CREATED_FIELD_NUMBER: _builtins.int
     QUEUE_DELETED_FIELD_NUMBER: _builtins.int
+    BULKHEAD_CREATED_FIELD_NUMBER: _builtins.int
+    BULKHEAD_DELETED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Global position in the event log, starting at 1 and increasing by one per event."""
     stream: _builtins.str
@@ -163,6 +166,14 @@ class Event(_message.Message):
     def queue_deleted(self) -> Global___QueueDeleted:
         """A backpressure queue was deleted; its waiting tasks were cancelled."""
 
+    @_builtins.property
+    def bulkhead_created(self) -> Global___BulkheadCreated:
+        """A bulkhead was created."""
+
+    @_builtins.property
+    def bulkhead_deleted(self) -> Global___BulkheadDeleted:
+        """A bulkhead was deleted; its waiting tasks were cancelled and its agents released."""
+
     def __init__(
         self,
         *,
@@ -194,12 +205,14 @@ class Event(_message.Message):
         saga_deleted: Global___SagaDeleted | None = ...,
         queue_created: Global___QueueCreated | None = ...,
         queue_deleted: Global___QueueDeleted | None = ...,
+        bulkhead_created: Global___BulkheadCreated | None = ...,
+        bulkhead_deleted: Global___BulkheadDeleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "agent_circuit_changed", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted", "queue_created", "queue_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "agent_circuit_changed", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted", "queue_created", "queue_deleted", "bulkhead_created", "bulkhead_deleted"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -971,3 +984,51 @@ class QueueDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueueDeleted: _TypeAlias = QueueDeleted  # noqa: Y015
+
+@_typing.final
+class BulkheadCreated(_message.Message):
+    """Payload of "bulkhead.created"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULKHEAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bulkhead(self) -> _bulkhead_pb2.Bulkhead:
+        """The bulkhead as created: id, name, partitions (limits and role only), labels and
+        creation time. Counters are not recorded; they start from zero on each start.
+        """
+
+    def __init__(
+        self,
+        *,
+        bulkhead: _bulkhead_pb2.Bulkhead | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bulkhead", b"bulkhead"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulkhead", b"bulkhead"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkheadCreated: _TypeAlias = BulkheadCreated  # noqa: Y015
+
+@_typing.final
+class BulkheadDeleted(_message.Message):
+    """Payload of "bulkhead.deleted"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULKHEAD_ID_FIELD_NUMBER: _builtins.int
+    bulkhead_id: _builtins.str
+    """The bulkhead's id."""
+    def __init__(
+        self,
+        *,
+        bulkhead_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulkhead_id", b"bulkhead_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkheadDeleted: _TypeAlias = BulkheadDeleted  # noqa: Y015

@@ -91,6 +91,7 @@ class Task(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
@@ -122,6 +123,11 @@ class Task(_message.Message):
     """The queue the task was enqueued on (QueueService.Enqueue): any agent that serves
     the queue (names it in its hello's `queues`) may run it. Output only: set by the
     coordinator, never by a submit.
+    """
+    partition: _builtins.str
+    """The bulkhead partition the task was submitted to (BulkheadService.SubmitToPartition),
+    as "BULKHEAD/PARTITION": only agents that joined that partition may run it. Output
+    only: set by the coordinator, never by a submit.
     """
     priority: _builtins.str
     """Scheduling priority: "low", "normal" (the default), "high" or "critical". Higher
@@ -206,6 +212,7 @@ class Task(_message.Message):
         role: _builtins.str = ...,
         action: _builtins.str = ...,
         queue: _builtins.str = ...,
+        partition: _builtins.str = ...,
         priority: _builtins.str = ...,
         payload: _struct_pb2.Struct | None = ...,
         idempotency_key: _builtins.str = ...,
@@ -226,11 +233,11 @@ class Task(_message.Message):
         failed_attempts: _builtins.int = ...,
         owner: Global___TaskOwner | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "output", b"output", "owner", b"owner", "payload", b"payload", "progress", b"progress", "queue", b"queue", "role", b"role", "start_time", b"start_time", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "output", b"output", "owner", b"owner", "partition", b"partition", "payload", b"payload", "progress", b"progress", "queue", b"queue", "role", b"role", "start_time", b"start_time", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "attempt_id", b"attempt_id", "attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "failed_attempts", b"failed_attempts", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "output", b"output", "owner", b"owner", "payload", b"payload", "priority", b"priority", "progress", b"progress", "queue", b"queue", "role", b"role", "start_time", b"start_time", "state", b"state", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "attempt_id", b"attempt_id", "attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "failed_attempts", b"failed_attempts", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "output", b"output", "owner", b"owner", "partition", b"partition", "payload", b"payload", "priority", b"priority", "progress", b"progress", "queue", b"queue", "role", b"role", "start_time", b"start_time", "state", b"state", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["role", "action", "queue"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["role", "action", "queue", "partition"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
