@@ -62,6 +62,8 @@ from godel_grpc.store.base import EventStore
 log = logging.getLogger(__name__)
 
 SNAPSHOT_NAME = "coordinator"
+MAX_RETRY_BACKOFF = 600.0
+"""Seconds: the longest wait between attempts, however many have failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +249,23 @@ class Coordinator:
         self._queued_at[task.id] = time.monotonic()
         self.scheduler.enqueue(task.id, task.pool, task.priority_rank)
         self._schedule_dispatch()
+
+    def _retry_later(self, task: TaskRecord) -> None:
+        """Queues a task whose attempt failed again, after its retry backoff if it has one
+        (doubling per failure, capped at 10 minutes). The wait is liveness: a restart
+        queues it at once."""
+        spec = task.spec
+        if not spec.HasField("retry_backoff"):
+            self._enqueue(task)
+            return
+        base = spec.retry_backoff.ToNanoseconds() / 1e9
+        delay = min(MAX_RETRY_BACKOFF, base * 2 ** max(0, task.failures - 1))
+        asyncio.get_running_loop().call_later(delay, self._enqueue_if_waiting, task.id)
+
+    def _enqueue_if_waiting(self, task_id: str) -> None:
+        task = self.state.tasks.get(task_id)
+        if task is not None and task.state == Task.STATE_QUEUED and not self._stopping:
+            self._enqueue(task)
 
     def _schedule_dispatch(self) -> None:
         if not self._dispatch_scheduled:
@@ -700,7 +719,7 @@ class Coordinator:
             self.state.apply(event)
             batch.append(event)
             if task.state == Task.STATE_QUEUED:
-                self._enqueue(task)
+                self._retry_later(task)
             changed.append(task)
         for attempt_id in message.released_attempt_ids:
             task_id = session.leases.get(attempt_id)

@@ -309,6 +309,9 @@ class SagaManager:
         )
         if step.HasField("timeout"):
             request.timeout.CopyFrom(step.timeout)
+        if step.HasField("retry"):
+            # The saga's documented default: a first retry after 1 second, then doubling.
+            request.retry_backoff.FromNanoseconds(int((step.retry.backoff or 1.0) * 1e9))
         payload: dict[str, object] = {}
         if step.HasField("payload"):
             extra = json_format.MessageToDict(step.payload)

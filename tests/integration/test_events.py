@@ -57,7 +57,12 @@ async def test_agent_events_are_paged_and_filtered(server: RunningServer, client
             await asyncio.sleep(0.05)
         tasks = await client.tasks.submit_many([task_request(role="pager") for _ in range(5)])
         await asyncio.gather(*(client.tasks.wait(t.id, timeout=20) for t in tasks))
+    # Once the agent's link has closed, its stream of events is complete
     (agent,) = await client.agents.list(role="pager")
+    while agent.state != agent.STATE_DISCONNECTED:
+        assert time.monotonic() < deadline + 20
+        await asyncio.sleep(0.05)
+        agent = await client.agents.get(agent.id)
     everything = await client.events.get_for_agent(agent.id)
     stub = event_grpc.EventServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
     pages, token = [], ""

@@ -9,7 +9,7 @@ from collections import Counter
 import grpc
 import pytest
 
-from godel_grpc._proto.godel.v1 import task_pb2
+from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
 from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
 from godel_grpc.client import Client, RPCError, task_request
 from godel_grpc.server import RunningServer
@@ -263,3 +263,30 @@ async def test_ended_tasks_past_the_retention_are_read_from_the_log(tmp_path) ->
             assert ended.value.code == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         await running.stop(grace=1.0)
+
+
+async def test_retries_wait_their_backoff_doubling_each_time(
+    server: RunningServer, client: Client
+) -> None:
+    with agent_processes(address(server), "backoff", 1, "--handler", f"{HANDLERS}:fail_when"):
+        await wait_for_agents(client, 1)
+        request = task_request(
+            role="backoff", payload={"fail": True, "retryable": True}, max_attempts=3
+        )
+        request.retry_backoff.FromMilliseconds(300)
+        (task,) = await client.tasks.submit_many([request])
+        done = await client.tasks.wait(task.id, timeout=20)
+    assert done.state == Task.STATE_FAILED and done.attempts == 3
+    recorded = await server.coordinator.store.read(0, 100, stream=f"task/{task.id}")
+    times = {}
+    for stored in recorded:
+        event = event_pb2.Event.FromString(stored.data)
+        kind = event.WhichOneof("payload")
+        if kind == "task_leased":
+            times[("leased", event.task_leased.attempt)] = event.time.ToNanoseconds() / 1e9
+        elif kind == "task_attempt_failed":
+            attempt = len([k for k in times if k[0] == "failed"]) + 1
+            times[("failed", attempt)] = event.time.ToNanoseconds() / 1e9
+    # The second attempt started at least 0.3 s after the first failed, the third 0.6 s
+    assert times[("leased", 2)] - times[("failed", 1)] >= 0.3
+    assert times[("leased", 3)] - times[("failed", 2)] >= 0.6

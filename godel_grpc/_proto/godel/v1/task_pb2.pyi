@@ -99,6 +99,7 @@ class Task(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    RETRY_BACKOFF_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
@@ -175,6 +176,12 @@ class Task(_message.Message):
         """Free-form key/value labels, copied to the assignment."""
 
     @_builtins.property
+    def retry_backoff(self) -> _duration_pb2.Duration:
+        """How long to wait before retrying a failed attempt; each further retry waits twice
+        as long, up to 10 minutes. Unset retries at once.
+        """
+
+    @_builtins.property
     def output(self) -> _struct_pb2.Struct:
         """Output only. Result of a SUCCEEDED task, as returned by the agent."""
 
@@ -220,6 +227,7 @@ class Task(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         max_attempts: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        retry_backoff: _duration_pb2.Duration | None = ...,
         state: Global___Task.State.ValueType = ...,
         attempts: _builtins.int = ...,
         agent_id: _builtins.str = ...,
@@ -233,9 +241,9 @@ class Task(_message.Message):
         failed_attempts: _builtins.int = ...,
         owner: Global___TaskOwner | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "output", b"output", "owner", b"owner", "partition", b"partition", "payload", b"payload", "progress", b"progress", "queue", b"queue", "role", b"role", "start_time", b"start_time", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "output", b"output", "owner", b"owner", "partition", b"partition", "payload", b"payload", "progress", b"progress", "queue", b"queue", "retry_backoff", b"retry_backoff", "role", b"role", "start_time", b"start_time", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "attempt_id", b"attempt_id", "attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "failed_attempts", b"failed_attempts", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "output", b"output", "owner", b"owner", "partition", b"partition", "payload", b"payload", "priority", b"priority", "progress", b"progress", "queue", b"queue", "role", b"role", "start_time", b"start_time", "state", b"state", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "attempt_id", b"attempt_id", "attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "failed_attempts", b"failed_attempts", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "output", b"output", "owner", b"owner", "partition", b"partition", "payload", b"payload", "priority", b"priority", "progress", b"progress", "queue", b"queue", "retry_backoff", b"retry_backoff", "role", b"role", "start_time", b"start_time", "state", b"state", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["role", "action", "queue", "partition"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015

@@ -58,6 +58,7 @@ class SubmitTaskRequest(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    RETRY_BACKOFF_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     """Short human-readable description of the work, at most 512 characters."""
     role: _builtins.str
@@ -86,6 +87,12 @@ class SubmitTaskRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels, at most 64 entries."""
 
+    @_builtins.property
+    def retry_backoff(self) -> _duration_pb2.Duration:
+        """How long to wait before retrying a failed attempt, 0 to 1 hour; each further retry
+        waits twice as long, up to 10 minutes. Unset retries at once.
+        """
+
     def __init__(
         self,
         *,
@@ -99,10 +106,11 @@ class SubmitTaskRequest(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         max_attempts: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        retry_backoff: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "deadline", b"deadline", "payload", b"payload", "role", b"role", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "deadline", b"deadline", "payload", b"payload", "retry_backoff", b"retry_backoff", "role", b"role", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "payload", b"payload", "priority", b"priority", "role", b"role", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "payload", b"payload", "priority", b"priority", "retry_backoff", b"retry_backoff", "role", b"role", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["role", "action"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
