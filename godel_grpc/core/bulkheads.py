@@ -91,6 +91,8 @@ class BulkheadManager:
     # -- folding ---------------------------------------------------------------------
 
     def observe(self, event: event_pb2.Event) -> None:
+        if not self.bulkheads and not event.HasField("bulkhead_created"):
+            return  # the common case on the task hot path: nothing to fold into
         kind = event.WhichOneof("payload")
         if kind == "bulkhead_created":
             bulkhead = event.bulkhead_created.bulkhead

@@ -80,6 +80,8 @@ class ConvoyManager:
     # -- folding ---------------------------------------------------------------------
 
     def observe(self, event: event_pb2.Event) -> None:
+        if not self.convoys and not event.HasField("convoy_created"):
+            return  # the common case on the task hot path: nothing to fold into
         self._seen += 1
         kind = event.WhichOneof("payload")
         if kind == "convoy_created":

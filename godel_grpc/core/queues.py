@@ -90,6 +90,8 @@ class QueueManager:
     # -- folding ---------------------------------------------------------------------
 
     def observe(self, event: event_pb2.Event) -> None:
+        if not self.queues and not event.HasField("queue_created"):
+            return  # the common case on the task hot path: nothing to fold into
         kind = event.WhichOneof("payload")
         if kind == "queue_created":
             queue = event.queue_created.queue

@@ -157,6 +157,8 @@ class SagaManager:
     # -- folding ---------------------------------------------------------------------
 
     def observe(self, event: event_pb2.Event) -> None:
+        if not self.sagas and not event.HasField("saga_created"):
+            return  # the common case on the task hot path: nothing to fold into
         kind = event.WhichOneof("payload")
         if kind == "saga_created":
             self._on_created(event)
