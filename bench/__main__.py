@@ -72,6 +72,7 @@ class Sizes:
     echo_messages: int = 15_000
     ping_samples: int = 2_000
     unary_calls: int = 8_000
+    queued_tasks: int = 100_000
 
 
 QUICK = Sizes(
@@ -83,6 +84,7 @@ QUICK = Sizes(
     echo_messages=4_000,
     ping_samples=300,
     unary_calls=2_000,
+    queued_tasks=10_000,
 )
 
 
@@ -515,6 +517,19 @@ def _print_throughput(report: Report, run: e2e.Throughput, how: str, per_call: s
     report.note(how)
 
 
+async def queued_figures(
+    children: Children, data_dir: pathlib.Path, sizes: Sizes, report: Report
+) -> None:
+    """Memory per queued task, on a fresh coordinator so nothing else is in the figure."""
+    done = section(f"coordinator memory with {sizes.queued_tasks:,} queued tasks (no agent)")
+    coordinator = await e2e.start_coordinator(children, str(data_dir), name="coordinator-queued")
+    per_task = await e2e.queued_memory(coordinator, sizes.queued_tasks)
+    report.figure("RSS per queued task (title only, no payload)", per_task, "bytes", ".0f")
+    report.target("memory per queued task", "bytes", 1024, per_task, higher=False, fmt=".0f")
+    await children.stop(coordinator.child)
+    done()
+
+
 def summary(report: Report) -> None:
     """The final table: target, measured, PASS or MISS."""
     print("\n== summary (targets are for this 2-core machine)")
@@ -549,6 +564,7 @@ async def run(sizes: Sizes, observer: str) -> None:
             raw = await raw_limit(children, sizes, report)
             await event_store(scratch_dir / "store", report)
             await coordinator_figures(children, scratch_dir / "data", sizes, report, observer, raw)
+            await queued_figures(children, scratch_dir / "queued", sizes, report)
         except BaseException:
             _dump_logs(scratch_dir / "logs")
             raise

@@ -424,3 +424,21 @@ async def idle_fleet(
     finally:
         await children.stop(helper)
     return IdleFleet(count, rss_idle, rss_with, float(report["seconds"]), ready)
+
+
+async def queued_memory(coordinator: Coordinator, count: int, batch: int = 1_000) -> float:
+    """Bytes of coordinator RSS per queued task: `count` small tasks for a role no agent
+    serves, submitted in batches, measured against the RSS just before. The task records,
+    the scheduler's queue entries and the write path's buffers are all in the figure."""
+    async with grpc.aio.insecure_channel(coordinator.address) as channel:
+        stub = task_grpc.TaskServiceStub(channel)
+        await stub.ListTasks(task_pb.ListTasksRequest(page_size=1))
+        before = coordinator.rss_bytes()
+        for start in range(0, count, batch):
+            requests = [
+                task_pb.SubmitTaskRequest(role="nobody-serves-this", title=f"queued {i}")
+                for i in range(start, min(count, start + batch))
+            ]
+            await stub.SubmitTasks(task_pb.SubmitTasksRequest(requests=requests), timeout=60)
+        after = coordinator.rss_bytes()
+    return (after - before) / count
