@@ -273,7 +273,7 @@ class Coordinator:
             asyncio.get_running_loop().call_soon(self._dispatch)
 
     def _notify(self, task: TaskRecord) -> None:
-        if task.terminal and task.spec.HasField("owner") and task.start_time:
+        if task.terminal and task.has_owner and task.start_time:
             outcome = Task.State.Name(task.state).removeprefix("STATE_").lower()
             owner = task.spec.owner
             self.metrics.part_seconds.labels(owner.pattern, owner.phase or "run", outcome).observe(

@@ -36,28 +36,32 @@ class TaskRecord:
     """
 
     __slots__ = (
+        "_error",
+        "_output",
+        "_spec",
         "agent_id",
         "attempt_id",
         "attempts",
         "create_time",
         "deadline",
         "end_time",
-        "error",
         "failures",
+        "has_owner",
         "id",
         "max_attempts",
-        "output",
         "pool",
         "priority_rank",
         "progress",
-        "spec",
         "start_time",
         "state",
     )
 
     def __init__(self, spec: task_pb2.Task, create_time: float) -> None:
         self.id = spec.id
-        self.spec = spec
+        # Kept serialized: a protobuf message holds an arena of about a kilobyte, while
+        # a small task's bytes are a tenth of that; a queue of 100,000 tasks feels it.
+        self._spec = spec.SerializeToString()
+        self.has_owner = spec.HasField("owner")
         self.state = Task.STATE_QUEUED
         self.pool = pool_of(spec)
         self.priority_rank = PRIORITY_RANK.get(spec.priority or "normal", 2)
@@ -67,12 +71,35 @@ class TaskRecord:
         self.failures = 0
         self.agent_id = ""
         self.attempt_id = ""
-        self.output: struct_pb2.Struct | None = None
-        self.error: task_pb2.TaskError | None = None
+        self._output: bytes | None = None
+        self._error: bytes | None = None
         self.progress: task_pb2.TaskProgressReport | None = None
         self.create_time = create_time
         self.start_time = 0.0
         self.end_time = 0.0
+
+    @property
+    def spec(self) -> task_pb2.Task:
+        """The accepted task's request fields (a fresh message on each access)."""
+        return task_pb2.Task.FromString(self._spec)
+
+    @property
+    def output(self) -> struct_pb2.Struct | None:
+        """Result of a SUCCEEDED task."""
+        return None if self._output is None else struct_pb2.Struct.FromString(self._output)
+
+    @output.setter
+    def output(self, value: struct_pb2.Struct | None) -> None:
+        self._output = None if value is None else value.SerializeToString()
+
+    @property
+    def error(self) -> task_pb2.TaskError | None:
+        """Why the task (or its last attempt) failed or was cancelled."""
+        return None if self._error is None else task_pb2.TaskError.FromString(self._error)
+
+    @error.setter
+    def error(self, value: task_pb2.TaskError | None) -> None:
+        self._error = None if value is None else value.SerializeToString()
 
     @property
     def terminal(self) -> bool:
@@ -81,17 +108,18 @@ class TaskRecord:
 
     def to_proto(self) -> task_pb2.Task:
         """The task as the API shows it."""
-        task = task_pb2.Task()
-        task.CopyFrom(self.spec)
+        task = task_pb2.Task.FromString(self._spec)
         task.state = self.state
         task.attempts = self.attempts
         task.agent_id = self.agent_id
         task.attempt_id = self.attempt_id
         task.failed_attempts = self.failures
-        if self.output is not None:
-            task.output.CopyFrom(self.output)
-        if self.error is not None:
-            task.error.CopyFrom(self.error)
+        if self._output is not None:
+            task.output.SetInParent()  # present even when the output is {}
+            task.output.MergeFromString(self._output)
+        if self._error is not None:
+            task.error.SetInParent()
+            task.error.MergeFromString(self._error)
         if self.progress is not None:
             task.progress.CopyFrom(self.progress)
         task.create_time.CopyFrom(timestamp(self.create_time))
