@@ -60,6 +60,19 @@ def _translated(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
+async def _every_page(fetch: Callable[[str], Awaitable[Any]], field: str) -> list[Any]:
+    """Every item of a paged List RPC: `fetch(token)` makes one call, `field` names the
+    response's repeated field."""
+    items: list[Any] = []
+    token = ""
+    while True:
+        response = await fetch(token)
+        items.extend(getattr(response, field))
+        token = response.next_page_token
+        if not token:
+            return items
+
+
 def task_request(
     *,
     role: str = "",
@@ -202,17 +215,13 @@ class Agents:
     @_translated
     async def list(self, role: str = "") -> list[agent_pb2.Agent]:
         """Every registered agent (all pages), optionally of one role."""
-        found: list[agent_pb2.Agent] = []
-        token = ""
-        while True:
-            response = await self._stub.ListAgents(
+        return await _every_page(
+            lambda token: self._stub.ListAgents(
                 agent_pb.ListAgentsRequest(page_size=1000, page_token=token, role=role),
                 timeout=self._timeout,
-            )
-            found.extend(response.agents)
-            token = response.next_page_token
-            if not token:
-                return found
+            ),
+            "agents",
+        )
 
 
 class Events:
@@ -225,19 +234,15 @@ class Events:
     @_translated
     async def get_for_agent(self, agent_id: str, page_size: int = 1000) -> list[event_pb2.Event]:
         """Every event that concerns the agent, oldest first (all pages)."""
-        found: list[event_pb2.Event] = []
-        token = ""
-        while True:
-            response = await self._stub.ListAgentEvents(
+        return await _every_page(
+            lambda token: self._stub.ListAgentEvents(
                 event_pb.ListAgentEventsRequest(
                     agent_id=agent_id, page_size=page_size, page_token=token
                 ),
                 timeout=self._timeout,
-            )
-            found.extend(response.events)
-            token = response.next_page_token
-            if not token:
-                return found
+            ),
+            "events",
+        )
 
     async def subscribe(
         self, after_id: int = 0, types: Sequence[str] = ()
@@ -507,17 +512,13 @@ class Queues:
     @_translated
     async def list(self) -> list[queue_pb2.Queue]:
         """Every queue, oldest first."""
-        queues: list[queue_pb2.Queue] = []
-        token = ""
-        while True:
-            response = await self._stub.ListQueues(
+        return await _every_page(
+            lambda token: self._stub.ListQueues(
                 queue_pb.ListQueuesRequest(page_size=1000, page_token=token),
                 timeout=self._timeout,
-            )
-            queues.extend(response.queues)
-            token = response.next_page_token
-            if not token:
-                return queues
+            ),
+            "queues",
+        )
 
     @_translated
     async def delete(self, queue_id: str) -> None:
@@ -567,17 +568,13 @@ class Bulkheads:
     @_translated
     async def list(self) -> list[bulkhead_pb2.Bulkhead]:
         """Every bulkhead, oldest first."""
-        found: list[bulkhead_pb2.Bulkhead] = []
-        token = ""
-        while True:
-            response = await self._stub.ListBulkheads(
+        return await _every_page(
+            lambda token: self._stub.ListBulkheads(
                 bulkhead_pb.ListBulkheadsRequest(page_size=1000, page_token=token),
                 timeout=self._timeout,
-            )
-            found.extend(response.bulkheads)
-            token = response.next_page_token
-            if not token:
-                return found
+            ),
+            "bulkheads",
+        )
 
     @_translated
     async def delete(self, bulkhead_id: str) -> None:
