@@ -57,6 +57,8 @@ async def test_breaker_opens_holds_back_then_lets_exactly_the_trials_through(
         done = await asyncio.gather(*(client.tasks.wait(t.id, timeout=20) for t in tasks))
         assert all(t.state == Task.STATE_SUCCEEDED for t in done)
         ids = {t.id for t in tasks}
+        # WatchTask shows a task's end as soon as it happens; the log has it once durable
+        await server.coordinator.journal.flush()
         order = [
             (e.type, e.task_leased.task_id or e.task_succeeded.task_id)
             for e in await client.events.get_for_agent(agent_id)
@@ -78,6 +80,7 @@ async def test_breaker_opens_holds_back_then_lets_exactly_the_trials_through(
         closed_again = await client.agents.get_circuit_state(agent_id)
         assert closed_again.state == Breaker.STATE_CLOSED
         # And each change of state is in the agent's event log, with its reason
+        await server.coordinator.journal.flush()
         changes = [
             (e.agent_circuit_changed.to_state, e.agent_circuit_changed.reason)
             for e in await client.events.get_for_agent(agent_id)

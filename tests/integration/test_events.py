@@ -63,6 +63,7 @@ async def test_agent_events_are_paged_and_filtered(server: RunningServer, client
         assert time.monotonic() < deadline + 20
         await asyncio.sleep(0.05)
         agent = await client.agents.get(agent.id)
+    await server.coordinator.journal.flush()  # the disconnect is shown before it is durable
     everything = await client.events.get_for_agent(agent.id)
     stub = event_grpc.EventServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
     pages, token = [], ""

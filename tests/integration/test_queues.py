@@ -55,6 +55,7 @@ async def enqueue(client: Client, queue_id: str, **fields: object) -> tuple[str,
 
 
 async def task_events(server: RunningServer, task_id: str) -> list[event_pb2.Event]:
+    await server.coordinator.journal.flush()  # what the API shows may not be durable yet
     stored = await server.coordinator.store.read(0, 1000, stream=events.task_stream(task_id))
     return [event_pb2.Event.FromString(s.data) for s in stored]
 

@@ -277,6 +277,7 @@ async def test_retries_wait_their_backoff_doubling_each_time(
         (task,) = await client.tasks.submit_many([request])
         done = await client.tasks.wait(task.id, timeout=20)
     assert done.state == Task.STATE_FAILED and done.attempts == 3
+    await server.coordinator.journal.flush()  # leases are journalled lazily
     recorded = await server.coordinator.store.read(0, 100, stream=f"task/{task.id}")
     times = {}
     for stored in recorded:
