@@ -28,6 +28,7 @@ from godel_grpc.core.bulkheads import (
     BulkheadRecord,
     partition_subject,
 )
+from godel_grpc.core.paging import page_of
 from godel_grpc.errors import (
     AlreadyExists,
     FieldViolation,
@@ -106,20 +107,14 @@ class BulkheadCommands:
         return self._manager.to_proto(self._get(bulkhead_id))
 
     def list(self, page_size: int, page_token: str) -> tuple[list[bulkhead_pb2.Bulkhead], str]:
-        """Bulkheads, oldest first; the token is the id of the last one of the previous page."""
-        records = list(self._manager.bulkheads.values())
-        start = 0
-        if page_token:
-            ids = [r.bulkhead.id for r in records]
-            if page_token not in ids:
-                raise InvalidArgument(
-                    [FieldViolation("pageToken", "is not a token from a previous page")]
-                )
-            start = ids.index(page_token) + 1
-        page = records[start : start + (page_size or 100)]
-        more = start + len(page) < len(records)
-        token = page[-1].bulkhead.id if more else ""
-        return [self._manager.to_proto(r) for r in page], token
+        """Bulkheads, oldest first."""
+        return page_of(
+            list(self._manager.bulkheads.values()),
+            lambda record: record.bulkhead.id,
+            self._manager.to_proto,
+            page_size,
+            page_token,
+        )
 
     async def delete(self, bulkhead_id: str) -> None:
         """Cancels the bulkhead's waiting tasks, forgets it, and gives its agents back

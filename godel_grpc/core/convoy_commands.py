@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from godel_grpc._proto.godel.v1 import convoy_pb2, convoy_service_pb2, event_pb2
 from godel_grpc.core import events
 from godel_grpc.core.convoys import ConvoyManager, ConvoyRecord, policy_nodes
+from godel_grpc.core.paging import page_of
 from godel_grpc.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from godel_grpc.patterns import convoy as policy
 
@@ -79,27 +80,15 @@ class ConvoyCommands:
     def list(
         self, page_size: int, page_token: str, state: int
     ) -> tuple[list[convoy_pb2.Convoy], str]:
-        """Convoys, oldest first; the token is the id of the last convoy of the previous page."""
-        records = list(self._coordinator.convoys.convoys.values())
-        start = 0
-        if page_token:
-            ids = [r.convoy.id for r in records]
-            if page_token not in ids:
-                raise InvalidArgument(
-                    [FieldViolation("pageToken", "is not a token from a previous page")]
-                )
-            start = ids.index(page_token) + 1
-        size = page_size or 100
-        page: list[convoy_pb2.Convoy] = []
-        for record in records[start:]:
-            proto = self._manager.to_proto(record)
-            if not state or proto.state == state:
-                page.append(proto)
-                if len(page) == size:
-                    break
-        last = page[-1].id if page else ""
-        more = bool(page) and len(page) == size and last != records[-1].convoy.id
-        return page, (last if more else "")
+        """Convoys, oldest first, optionally of one state."""
+        return page_of(
+            list(self._manager.convoys.values()),
+            lambda record: record.convoy.id,
+            self._manager.to_proto,
+            page_size,
+            page_token,
+            (lambda convoy: convoy.state == state) if state else None,
+        )
 
     async def cancel(self, convoy_id: str, reason: str) -> convoy_pb2.Convoy:
         """Cancels every node that has not ended, and their tasks."""

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from google.protobuf import json_format
 
 from godel_grpc._proto.godel.v1 import convoy_pb2, event_pb2, task_pb2, task_service_pb2
-from godel_grpc.core.pattern_host import CancelOwned, PatternAction, SubmitOwned
+from godel_grpc.core.pattern_host import (
+    CancelOwned,
+    PatternAction,
+    SubmitOwned,
+    count_states,
+    in_seen_order,
+)
 from godel_grpc.core.records import TaskRecord
 from godel_grpc.patterns import convoy as policy
 
@@ -216,18 +222,13 @@ class ConvoyManager:
                     self._actions.append(CancelOwned(task_id, "its convoy no longer needs it"))
 
     def history(self) -> list[event_pb2.Event]:
-        merged = [entry for record in self.convoys.values() for entry in record.history]
-        return [event for _, event in sorted(merged, key=lambda entry: entry[0])]
+        return in_seen_order(record.history for record in self.convoys.values())
 
     # -- queries -----------------------------------------------------------------------
 
     def counts_by_state(self) -> dict[str, int]:
         """Convoys by state name, for the `godel_convoys` gauge."""
-        counts: dict[str, int] = {}
-        for record in self.convoys.values():
-            name = record.run.state.name.lower()
-            counts[name] = counts.get(name, 0) + 1
-        return counts
+        return count_states(record.run.state for record in self.convoys.values())
 
     def to_proto(self, record: ConvoyRecord) -> convoy_pb2.Convoy:
         """The convoy as the API shows it, nodes filled in from their tasks."""

@@ -40,6 +40,7 @@ from godel_grpc.core.bulkheads import BulkheadManager
 from godel_grpc.core.convoys import ConvoyManager
 from godel_grpc.core.fields import copy_common_fields
 from godel_grpc.core.journal import Journal
+from godel_grpc.core.paging import NOT_A_TOKEN
 from godel_grpc.core.pattern_host import PatternManager, SubmitOwned
 from godel_grpc.core.queues import ACTION_LABEL, ROLE_LABEL, QueueManager
 from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord, TaskState
@@ -436,9 +437,7 @@ class Coordinator:
         ids = reversed(self.state.tasks)
         if page_token:
             if page_token not in self.state.tasks:
-                raise InvalidArgument(
-                    [FieldViolation("pageToken", "is not a token from a previous page")]
-                )
+                raise InvalidArgument([FieldViolation("pageToken", NOT_A_TOKEN)])
             for task_id in ids:
                 if task_id == page_token:
                     break
@@ -1021,7 +1020,7 @@ def _page_start(token: str, limit: int) -> int:
     if not token:
         return 0
     if not token.isdigit() or int(token) > limit:
-        raise InvalidArgument([FieldViolation("pageToken", "is not a token from a previous page")])
+        raise InvalidArgument([FieldViolation("pageToken", NOT_A_TOKEN)])
     return int(token)
 
 

@@ -11,7 +11,9 @@ task never loses or doubles the task.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,3 +58,16 @@ class PatternManager(Protocol):
     def history(self) -> list[event_pb2.Event]:
         """The events that built the resources kept in memory, in log order, for a
         snapshot; observing them again rebuilds those resources."""
+
+
+def in_seen_order(histories: Iterable[list[tuple[int, event_pb2.Event]]]) -> list[event_pb2.Event]:
+    """Merges per-resource histories of (order seen, event) into one list, in the order
+    the manager saw them: live events have no log position yet, so `Event.id` cannot
+    order a snapshot."""
+    merged = [entry for history in histories for entry in history]
+    return [event for _, event in sorted(merged, key=lambda entry: entry[0])]
+
+
+def count_states(states: Iterable[enum.Enum]) -> dict[str, int]:
+    """Resources by lower-case state name, for a pattern's state gauge."""
+    return dict(Counter(state.name.lower() for state in states))

@@ -24,6 +24,7 @@ from godel_grpc._proto.godel.v1 import (
     task_pb2,
 )
 from godel_grpc.core import events
+from godel_grpc.core.paging import page_of
 from godel_grpc.core.queues import (
     ACTION_LABEL,
     ROLE_LABEL,
@@ -123,19 +124,14 @@ class QueueCommands:
         return self._manager.to_proto(self._get(queue_id))
 
     def list(self, page_size: int, page_token: str) -> tuple[list[queue_pb2.Queue], str]:
-        """Queues, oldest first; the token is the id of the last queue of the previous page."""
-        records = list(self._manager.queues.values())
-        start = 0
-        if page_token:
-            ids = [r.queue.id for r in records]
-            if page_token not in ids:
-                raise InvalidArgument(
-                    [FieldViolation("pageToken", "is not a token from a previous page")]
-                )
-            start = ids.index(page_token) + 1
-        page = records[start : start + (page_size or 100)]
-        more = start + len(page) < len(records)
-        return [self._manager.to_proto(r) for r in page], (page[-1].queue.id if more else "")
+        """Queues, oldest first."""
+        return page_of(
+            list(self._manager.queues.values()),
+            lambda record: record.queue.id,
+            self._manager.to_proto,
+            page_size,
+            page_token,
+        )
 
     async def delete(self, queue_id: str) -> None:
         """Cancels the queue's waiting tasks, then forgets the queue; blocked producers

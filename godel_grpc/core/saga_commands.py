@@ -14,6 +14,7 @@ from google.protobuf import struct_pb2
 
 from godel_grpc._proto.godel.v1 import saga_pb2, saga_service_pb2
 from godel_grpc.core import events
+from godel_grpc.core.paging import page_of
 from godel_grpc.core.sagas import SagaManager, SagaRecord, policy_steps
 from godel_grpc.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from godel_grpc.patterns import saga as policy
@@ -105,28 +106,15 @@ class SagaCommands:
         return self._manager.to_proto(self._get(saga_id))
 
     def list(self, page_size: int, page_token: str, state: int) -> tuple[list[saga_pb2.Saga], str]:
-        """Sagas, newest first; the token is the id of the last saga of the previous page."""
-        records = list(reversed(self._manager.sagas.values()))
-        start = 0
-        if page_token:
-            ids = [r.saga.id for r in records]
-            if page_token not in ids:
-                raise InvalidArgument(
-                    [FieldViolation("pageToken", "is not a token from a previous page")]
-                )
-            start = ids.index(page_token) + 1
-        size = page_size or 100
-        page: list[saga_pb2.Saga] = []
-        more = False
-        for record in records[start:]:
-            proto = self._manager.to_proto(record)
-            if state and proto.state != state:
-                continue
-            if len(page) == size:
-                more = True
-                break
-            page.append(proto)
-        return page, (page[-1].id if more else "")
+        """Sagas, newest first, optionally of one state."""
+        return page_of(
+            list(reversed(self._manager.sagas.values())),
+            lambda record: record.saga.id,
+            self._manager.to_proto,
+            page_size,
+            page_token,
+            (lambda saga: saga.state == state) if state else None,
+        )
 
     async def delete(self, saga_id: str) -> None:
         """Forgets the saga; a task of it still in flight is cancelled, and no further

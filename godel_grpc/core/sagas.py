@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from google.protobuf import json_format
 
 from godel_grpc._proto.godel.v1 import event_pb2, saga_pb2, task_pb2, task_service_pb2
-from godel_grpc.core.pattern_host import CancelOwned, PatternAction, SubmitOwned
+from godel_grpc.core.pattern_host import (
+    CancelOwned,
+    PatternAction,
+    SubmitOwned,
+    count_states,
+    in_seen_order,
+)
 from godel_grpc.core.records import TaskRecord
 from godel_grpc.patterns import saga as policy
 
@@ -346,27 +352,23 @@ class SagaManager:
                 self._actions.append(self._submit(record, record.current))
         for task_id in live_tasks:
             task = self._tasks.get(task_id)
-            if task is None or task.spec.owner.pattern != PATTERN:
+            if task is None or not task.has_owner:
                 continue
-            owner = self.sagas.get(task.spec.owner.resource_id)
+            owned_by = task.spec.owner  # parsed once: the spec is kept serialized
+            if owned_by.pattern != PATTERN:
+                continue
+            owner = self.sagas.get(owned_by.resource_id)
             if owner is None or owner.current_task() != task_id:
                 self._actions.append(CancelOwned(task_id, "its saga no longer needs it"))
 
     def history(self) -> list[event_pb2.Event]:
-        # Ordered by when this manager saw them, not by `Event.id`: events replayed from
-        # the log carry their position there, but live ones have none (0) yet.
-        merged = [entry for record in self.sagas.values() for entry in record.history]
-        return [event for _, event in sorted(merged, key=lambda entry: entry[0])]
+        return in_seen_order(record.history for record in self.sagas.values())
 
     # -- queries -----------------------------------------------------------------------
 
     def counts_by_state(self) -> dict[str, int]:
         """Sagas by state name, for the `godel_sagas` gauge."""
-        counts: dict[str, int] = {}
-        for record in self.sagas.values():
-            name = record.run.state.name.lower()
-            counts[name] = counts.get(name, 0) + 1
-        return counts
+        return count_states(record.run.state for record in self.sagas.values())
 
     def to_proto(self, record: SagaRecord) -> saga_pb2.Saga:
         """The saga as the API shows it, steps filled in from their tasks."""
