@@ -194,3 +194,32 @@ def agent_processes(
     finally:
         for agent in agents:
             agent.stop()
+
+
+async def grpcurl_json(address: str, method: str, data: str) -> dict:  # type: ignore[type-arg]
+    """Calls `method` with the real grpcurl and returns its JSON reply. Runs in a thread:
+    an in-process server under test shares the caller's event loop."""
+    import asyncio
+    import json as json_module
+
+    binary = require_tool("grpcurl")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [binary, "-plaintext", "-d", data, address, method],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json_module.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+async def wait_for_agents(client, count: int, role: str = "", timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Waits until `count` agents (of `role`) are connected and READY, asking the
+    coordinator as a user would; fails after `timeout` seconds."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while sum(a.state == a.STATE_READY for a in await client.agents.list(role=role)) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"{count} agents did not connect"
+        await asyncio.sleep(0.05)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 from contextlib import ExitStack
 
 import grpc
@@ -13,7 +11,7 @@ import pytest
 from godel_grpc._proto.godel.v1 import convoy_pb2
 from godel_grpc.client import Client, RPCError
 from godel_grpc.server import RunningServer
-from tests.support import agent_processes, require_tool
+from tests.support import agent_processes, grpcurl_json, wait_for_agents
 
 pytestmark = pytest.mark.integration
 
@@ -35,27 +33,6 @@ SEED_CONVOY = """{
 ROLES = ["architect", "backend", "frontend", "tester", "reviewer"]
 
 
-async def grpcurl(address: str, method: str, data: str) -> dict:  # type: ignore[type-arg]
-    """Runs the real grpcurl in a thread: the server under test shares this event loop."""
-    binary = require_tool("grpcurl")
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [binary, "-plaintext", "-d", data, address, method],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-
-async def ready(client: Client, count: int) -> None:
-    deadline = asyncio.get_running_loop().time() + 30
-    while sum(a.state == a.STATE_READY for a in await client.agents.list()) < count:
-        assert asyncio.get_running_loop().time() < deadline, "agents did not connect"
-        await asyncio.sleep(0.05)
-
-
 def span(node: convoy_pb2.ConvoyNode) -> tuple[float, float]:
     return node.start_time.ToNanoseconds() / 1e9, node.end_time.ToNanoseconds() / 1e9
 
@@ -75,15 +52,15 @@ async def test_the_seed_convoy_runs_in_dependency_order(
     address = f"127.0.0.1:{server.port}"
     with ExitStack() as stack:
         agents_for(stack, address, {})
-        await ready(client, len(ROLES))
+        await wait_for_agents(client, len(ROLES))
         # Given the seed's convoy, sent verbatim
-        created = (await grpcurl(address, "godel.v1.ConvoyService/CreateConvoy", SEED_CONVOY))[
+        created = (await grpcurl_json(address, "godel.v1.ConvoyService/CreateConvoy", SEED_CONVOY))[
             "convoy"
         ]
         assert len(created["agents"]) == 5 and len(created["dependencies"]) == 5
         assert created["state"] == "STATE_PENDING"
         # When it is started
-        await grpcurl(
+        await grpcurl_json(
             address, "godel.v1.ConvoyService/StartConvoy", json.dumps({"id": created["id"]})
         )
         done = None
@@ -117,7 +94,7 @@ async def test_a_failed_node_cancels_its_dependents_only(
     address = f"127.0.0.1:{server.port}"
     with ExitStack() as stack:
         agents_for(stack, address, {"backend": "fail"})
-        await ready(client, len(ROLES))
+        await wait_for_agents(client, len(ROLES))
         convoy = await client.convoys.create(json.loads(SEED_CONVOY))
         await convoy.start()
         done = await convoy.wait(timeout=60)
@@ -188,7 +165,7 @@ async def test_a_convoy_survives_a_coordinator_crash(tmp_path) -> None:  # type:
                     )
                 )  # fmt: skip
             async with Client(coordinator.address) as client:
-                await ready(client, len(ROLES))
+                await wait_for_agents(client, len(ROLES))
                 convoy = await client.convoys.create(json.loads(SEED_CONVOY))
                 await convoy.start()
                 # Wait until an agent is really working on backend (it reported progress)

@@ -18,7 +18,7 @@ import pytest
 from godel_grpc._proto.godel.v1 import task_pb2
 from godel_grpc.client import Client, task_request
 from godel_grpc.store.sqlite import SqliteEventStore
-from tests.support import agent_processes, coordinator_process, require_tool
+from tests.support import agent_processes, coordinator_process, require_tool, wait_for_agents
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +45,6 @@ def grpcurl(*args: str, data: str | None = None) -> subprocess.CompletedProcess[
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
-async def wait_ready(client: Client, count: int, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while sum(a.state == a.STATE_READY for a in await client.agents.list()) < count:
-        assert asyncio.get_running_loop().time() < deadline, "agents did not connect"
-        await asyncio.sleep(0.05)
-
-
 async def test_grpcurl_lists_describes_and_submits(tmp_path: Path) -> None:
     require_tool("grpcurl")
     with (
@@ -69,7 +62,7 @@ async def test_grpcurl_lists_describes_and_submits(tmp_path: Path) -> None:
         assert json.loads(health.stdout) == {"status": "SERVING"}
 
         async with Client(coordinator.address) as client:
-            await wait_ready(client, 1)
+            await wait_for_agents(client, 1)
             submitted = grpcurl(
                 coordinator.address,
                 "godel.v1.TaskService/SubmitTask",
@@ -93,7 +86,7 @@ async def test_metrics_pass_promtool(tmp_path: Path) -> None:
         agent_processes(coordinator.address, "worker", 2, "--handler", f"{HANDLERS}:noop"),
     ):
         async with Client(coordinator.address) as client:
-            await wait_ready(client, 2)
+            await wait_for_agents(client, 2)
             tasks = await client.tasks.submit_many([task_request(role="worker") for _ in range(20)])
             await asyncio.gather(*(client.tasks.wait(t.id, timeout=20) for t in tasks))
         url = f"http://127.0.0.1:{coordinator.metrics_port}/metrics"
@@ -129,7 +122,7 @@ async def test_sigterm_drains_running_work_and_exits_zero(tmp_path: Path) -> Non
         agent_processes(coordinator.address, "worker", 1, "--handler", f"{HANDLERS}:sleep"),
     ):
         async with Client(coordinator.address) as client:
-            await wait_ready(client, 1)
+            await wait_for_agents(client, 1)
             task = await client.tasks.submit(role="worker", payload={"seconds": 1.0})
             async for update in client.tasks.watch(task.id, timeout=20):
                 if update.state == Task.STATE_RUNNING:
@@ -153,7 +146,7 @@ async def test_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
             coordinator.address, "worker", 4, "--capacity", "32", "--handler", f"{HANDLERS}:sleep"
         ) as _agents:
             async with Client(coordinator.address) as client:
-                await wait_ready(client, 4)
+                await wait_for_agents(client, 4)
                 for _ in range(total // 500):
                     batch = await client.tasks.submit_many(
                         [

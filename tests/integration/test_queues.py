@@ -208,9 +208,10 @@ async def test_block_holds_the_producer_until_the_queue_drains(
     assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     # A patient one waits...
     waiting = asyncio.create_task(client.queues.enqueue(queue.id, title="patient"))
-    await asyncio.sleep(0.2)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await client.queues.get(queue.id)).waiting_producers != 1:
+        assert asyncio.get_running_loop().time() < deadline, "the producer never waited"
     assert not waiting.done()
-    assert (await client.queues.get(queue.id)).waiting_producers == 1
     # ...while the agent drains: depth 3 (leased one), 2 — still under pressure
     agent = RawAgent(f"127.0.0.1:{server.port}")
     await agent.hello(role="other", queues=["blocking"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,12 @@ from godel_grpc.core.pattern_host import CancelOwned, PatternAction, SubmitOwned
 from godel_grpc.core.sagas import SagaManager
 from godel_grpc.core.state import CoordinatorState
 from godel_grpc.server import RunningServer
-from tests.support import CoordinatorProcess, agent_processes, require_tool
+from tests.support import (
+    CoordinatorProcess,
+    agent_processes,
+    grpcurl_json,
+    wait_for_agents,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -65,27 +69,6 @@ def seed_saga(**step_fields: Any) -> dict[str, Any]:
     return saga
 
 
-async def grpcurl(address: str, method: str, data: str) -> dict:  # type: ignore[type-arg]
-    """Runs the real grpcurl in a thread: the server under test shares this event loop."""
-    binary = require_tool("grpcurl")
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [binary, "-plaintext", "-d", data, address, method],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-
-async def ready(client: Client, count: int) -> None:
-    deadline = asyncio.get_running_loop().time() + 30
-    while sum(a.state == a.STATE_READY for a in await client.agents.list()) < count:
-        assert asyncio.get_running_loop().time() < deadline, "agents did not connect"
-        await asyncio.sleep(0.05)
-
-
 def onboarding_agent(address: str, handler: str, record: Path):  # type: ignore[no-untyped-def]
     """One agent process serving all six actions of the onboarding saga."""
     return agent_processes(
@@ -126,14 +109,16 @@ async def test_the_seed_onboarding_saga_succeeds(
     address = f"127.0.0.1:{server.port}"
     record = tmp_path / "record.jsonl"
     with onboarding_agent(address, "record", record):
-        await ready(client, 1)
+        await wait_for_agents(client, 1)
         # Given the seed's onboarding saga, sent verbatim
-        created = (await grpcurl(address, "godel.v1.SagaService/CreateSaga", SEED_SAGA))["saga"]
+        created = (await grpcurl_json(address, "godel.v1.SagaService/CreateSaga", SEED_SAGA))[
+            "saga"
+        ]
         assert created["state"] == "STATE_PENDING"
         assert [step["name"] for step in created["steps"]] == STEPS
         # When it is executed
         execute = json.dumps({"id": created["id"], "input": {"email": "ada@example.com"}})
-        running = (await grpcurl(address, "godel.v1.SagaService/ExecuteSaga", execute))["saga"]
+        running = (await grpcurl_json(address, "godel.v1.SagaService/ExecuteSaga", execute))["saga"]
         # (a fast agent may finish all three steps before the reply is written)
         assert running["state"] in ("STATE_RUNNING", "STATE_SUCCEEDED")
         saga = client.sagas.handle(await client.sagas.get(created["id"]))
@@ -164,7 +149,7 @@ async def test_a_failed_step_compensates_exactly_the_completed_steps_in_reverse(
     address = f"127.0.0.1:{server.port}"
     record = tmp_path / "record.jsonl"
     with onboarding_agent(address, "record_or_fail", record):
-        await ready(client, 1)
+        await wait_for_agents(client, 1)
         # Given one saga per step, each failing at that step (after its retry)
         sagas = []
         for step in STEPS:
@@ -210,7 +195,7 @@ async def test_a_compensation_that_keeps_failing_is_visible_and_can_be_retried(
     address = f"127.0.0.1:{server.port}"
     record = tmp_path / "record.jsonl"
     with onboarding_agent(address, "record_or_fail", record):
-        await ready(client, 1)
+        await wait_for_agents(client, 1)
         # Given a saga whose last step fails and whose email compensation fails twice
         saga = await client.sagas.create(seed_saga(retry={"maxAttempts": 2}))
         await saga.execute(
@@ -248,7 +233,7 @@ async def test_compensate_rolls_back_a_succeeded_or_manual_saga(
     address = f"127.0.0.1:{server.port}"
     record = tmp_path / "record.jsonl"
     with onboarding_agent(address, "record_or_fail", record):
-        await ready(client, 1)
+        await wait_for_agents(client, 1)
         # Given a saga that succeeded
         saga = await client.sagas.create(json.loads(SEED_SAGA))
         await saga.execute({})
@@ -349,7 +334,7 @@ async def test_a_saga_survives_a_coordinator_crash_mid_compensation(tmp_path: Pa
     try:
         with onboarding_agent(coordinator.address, "record_once", record):
             async with Client(coordinator.address) as client:
-                await ready(client, 1)
+                await wait_for_agents(client, 1)
                 saga = await client.sagas.create(json.loads(SEED_SAGA))
                 await saga.execute(
                     {"failAt": "createTrial", "holdAt": "markEmailFailed", "gate": str(gate)}

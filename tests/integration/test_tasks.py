@@ -13,27 +13,12 @@ from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
 from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
 from godel_grpc.client import Client, RPCError, task_request
 from godel_grpc.server import RunningServer
-from tests.support import AgentProcess, agent_processes
+from tests.support import AgentProcess, agent_processes, wait_for_agents
 
 pytestmark = pytest.mark.integration
 
 Task = task_pb2.Task
 HANDLERS = "tests.agents.handlers"
-
-
-async def wait_for_agents(
-    client: Client, count: int, role: str = "", timeout: float = 20.0
-) -> None:
-    """Waits until `count` agents (of `role`) are connected and ready."""
-
-    async def ready() -> int:
-        return sum(1 for a in await client.agents.list(role=role) if a.state == a.STATE_READY)
-
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await ready() < count:
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"{count} agents did not connect")
-        await asyncio.sleep(0.05)
 
 
 def address(server: RunningServer) -> str:
