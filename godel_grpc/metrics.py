@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from godel_grpc._proto.godel.v1 import sample_pb2
+
 _FAST_BUCKETS = (
     0.0001,
     0.00025,
@@ -46,6 +48,43 @@ class _StateCollector(Collector):
         for state, count in sorted(self._counts().items()):
             family.add_metric([state], count)
         yield family
+
+
+class _SampleCollector(Collector):
+    """Reads each connected agent's latest monitor sample at scrape time.
+
+    Labels are agent names, bounded by the agents connected now: an agent's series
+    disappear with its link.
+    """
+
+    FIGURES = (
+        (
+            "godel_agent_cpu_percent",
+            "CPU of the agent's process tree, percent of one core.",
+            "cpu_percent",
+        ),
+        (
+            "godel_agent_memory_rss_bytes",
+            "Resident memory of the agent's process tree, bytes.",
+            "memory_rss_bytes",
+        ),
+        ("godel_agent_threads", "Threads of the agent's process tree.", "threads"),
+        ("godel_agent_open_fds", "Open file descriptors of the agent's process tree.", "open_fds"),
+    )
+
+    def __init__(self, rows: Callable[[], Iterable[tuple[str, sample_pb2.Sample]]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        families = [
+            (GaugeMetricFamily(name, text, labels=["agent"]), attribute)
+            for name, text, attribute in self.FIGURES
+        ]
+        for agent, sample in self._rows():
+            for family, attribute in families:
+                family.add_metric([agent], float(getattr(sample, attribute)))
+        for family, _ in families:
+            yield family
 
 
 QueueRow = tuple[str, int, bool, Mapping[str, int]]
@@ -224,6 +263,13 @@ class CoordinatorMetrics:
                 counts,
             )
         )
+
+    def watch_agent_samples(
+        self, rows: Callable[[], Iterable[tuple[str, sample_pb2.Sample]]]
+    ) -> None:
+        """Exports each connected agent's latest monitor sample (`godel_agent_cpu_percent`,
+        `godel_agent_memory_rss_bytes`, `godel_agent_threads`, `godel_agent_open_fds`)."""
+        self.registry.register(_SampleCollector(rows))
 
     def watch_queues(self, rows: Callable[[], Iterable[QueueRow]]) -> None:
         """Exports backpressure queues (`godel_queue_depth`, `godel_queue_pressure`,

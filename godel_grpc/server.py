@@ -32,14 +32,18 @@ from godel_grpc.api.queues import QueueServicer
 from godel_grpc.api.reflection_pool import MethodAwarePool
 from godel_grpc.api.sagas import SagaServicer
 from godel_grpc.api.tasks import TaskServicer
+from godel_grpc.api.workflows import WorkflowServicer
 from godel_grpc.config import ServeConfig
 from godel_grpc.core.bulkhead_commands import BulkheadCommands
 from godel_grpc.core.convoy_commands import ConvoyCommands
 from godel_grpc.core.coordinator import Coordinator, CoordinatorSettings
 from godel_grpc.core.queue_commands import QueueCommands
 from godel_grpc.core.saga_commands import SagaCommands
+from godel_grpc.core.workflow_commands import WorkflowCommands
+from godel_grpc.core.workflow_stages import StageRunner
 from godel_grpc.metrics import CoordinatorMetrics
 from godel_grpc.runtime.local import LocalRuntime
+from godel_grpc.runtime.spawned import SpawnedAgents
 from godel_grpc.store.factory import open_store
 
 log = logging.getLogger(__name__)
@@ -82,10 +86,13 @@ class RunningServer:
     registry: CollectorRegistry
     _metrics_server: Any = field(default=None, repr=False)
     runtime: LocalRuntime | None = None
+    workflows: WorkflowCommands | None = None
 
     async def stop(self, grace: float) -> None:
         """Stops taking calls, drains agents and in-flight RPCs, then flushes the log."""
         await self.health.enter_graceful_shutdown()
+        if self.workflows is not None:
+            await self.workflows.close()
         try:
             await self.coordinator.stop(grace)
         finally:  # no spawned process outlives the coordinator, even a failed one
@@ -124,15 +131,20 @@ async def start_server(
             ("grpc.http2.max_ping_strikes", 0),
         ],
     )
+    spawned = SpawnedAgents(coordinator, runtime)
+    convoys = ConvoyCommands(coordinator)
+    sagas = SagaCommands(coordinator)
+    workflows = WorkflowCommands(coordinator, StageRunner(coordinator, convoys, sagas, spawned))
     implemented: dict[str, Any] = {
         "TaskService": TaskServicer(coordinator),
         "AgentLinkService": AgentLinkServicer(coordinator),
         # The generated stubs declare every RPC abstract; at run time the base class
         # answers UNIMPLEMENTED for the ones this coordinator does not serve yet.
-        "AgentService": AgentServicer(coordinator, runtime),  # type: ignore[abstract]
+        "AgentService": AgentServicer(coordinator, spawned=spawned),  # type: ignore[abstract]
         "EventService": EventServicer(coordinator),
-        "ConvoyService": ConvoyServicer(ConvoyCommands(coordinator)),
-        "SagaService": SagaServicer(SagaCommands(coordinator)),
+        "ConvoyService": ConvoyServicer(convoys),
+        "SagaService": SagaServicer(sagas),
+        "WorkflowService": WorkflowServicer(workflows),
         "QueueService": QueueServicer(QueueCommands(coordinator)),
         "BulkheadService": BulkheadServicer(BulkheadCommands(coordinator)),
     }
@@ -150,6 +162,7 @@ async def start_server(
         raise OSError(f"could not listen on {config.listen}")
     await server.start()
     runtime.coordinator_address = f"127.0.0.1:{port}"  # spawned agents dial loopback
+    workflows.resume()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_server = None
@@ -178,6 +191,7 @@ async def start_server(
         registry,
         metrics_server,
         runtime,
+        workflows,
     )
 
 

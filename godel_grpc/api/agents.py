@@ -20,9 +20,16 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class AgentServicer(pb_grpc.AgentServiceServicer):
     """Serves AgentService from the coordinator."""
 
-    def __init__(self, coordinator: Coordinator, runtime: Runtime | None = None) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        runtime: Runtime | None = None,
+        spawned: SpawnedAgents | None = None,
+    ) -> None:
         self._coordinator = coordinator
-        self._spawned = SpawnedAgents(coordinator, runtime) if runtime is not None else None
+        if spawned is None and runtime is not None:
+            spawned = SpawnedAgents(coordinator, runtime)
+        self._spawned = spawned
 
     def _runtime(self) -> SpawnedAgents:
         if self._spawned is None:
@@ -43,6 +50,12 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         if self._spawned is not None:
             return pb.GetAgentResponse(agent=self._spawned.get(request.id))
         return pb.GetAgentResponse(agent=self._coordinator.get_agent(request.id))
+
+    async def ReportAgentSample(
+        self, request: pb.ReportAgentSampleRequest, context: Context
+    ) -> pb.ReportAgentSampleResponse:
+        self._coordinator.report_sample(request.agent_id, request.sample)
+        return pb.ReportAgentSampleResponse()
 
     async def GetCircuitState(
         self, request: pb.GetCircuitStateRequest, context: Context

@@ -34,6 +34,7 @@ from godel_grpc._proto.godel.v1 import saga_service_pb2_grpc as saga_grpc
 from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as task_grpc
 from godel_grpc.client._errors import RPCError
+from godel_grpc.client._workflows import Workflows
 from godel_grpc.core.fields import copy_common_fields
 
 P = ParamSpec("P")
@@ -601,6 +602,7 @@ class Client:
         self.sagas = Sagas(self._channel, timeout)
         self.queues = Queues(self._channel, timeout)
         self.bulkheads = Bulkheads(self._channel, timeout)
+        self.workflows = Workflows(self._channel, timeout)
 
     async def close(self) -> None:
         """Closes the channel. Idempotent."""

@@ -17,7 +17,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -30,6 +30,7 @@ from godel_grpc._proto.godel.v1 import (
     agent_pb2,
     agent_service_pb2,
     event_pb2,
+    sample_pb2,
     task_pb2,
     task_service_pb2,
 )
@@ -48,6 +49,7 @@ from godel_grpc.core.sagas import SagaManager
 from godel_grpc.core.scheduler import Scheduler
 from godel_grpc.core.session import AgentSession
 from godel_grpc.core.state import CoordinatorState
+from godel_grpc.core.workflows import WorkflowManager
 from godel_grpc.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -123,8 +125,10 @@ class Coordinator:
         # Read through `self` at scrape time: recovery may replace the managers.
         metrics.watch_pattern_states("convoy", lambda: self.convoys.counts_by_state())
         metrics.watch_pattern_states("saga", lambda: self.sagas.counts_by_state())
+        metrics.watch_pattern_states("workflow", lambda: self.workflows.counts_by_state())
         metrics.watch_queues(lambda: self.queues.metric_rows())
         metrics.watch_bulkheads(lambda: self.bulkheads.metric_rows())
+        metrics.watch_agent_samples(self.sample_rows)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -499,11 +503,13 @@ class Coordinator:
         self.sagas = SagaManager(self.state.tasks)
         self.queues = QueueManager(self.state.tasks)
         self.bulkheads = BulkheadManager(self.state.tasks)
+        self.workflows = WorkflowManager()
         self.managers: list[PatternManager] = [
             self.convoys,
             self.sagas,
             self.queues,
             self.bulkheads,
+            self.workflows,
         ]
         self.state.observers[:] = self.managers
 
@@ -813,6 +819,9 @@ class Coordinator:
         self.scheduler.remove_agent(session.agent_id)
         self.bulkheads.leave(session.agent_id)
         self.breakers.detach(session.agent_id)
+        agent = self.state.agents.get(session.agent_id)
+        if agent is not None:
+            agent.sample = None
         self.metrics.agents_connected.set(len(self.sessions))
         if self._stopping:
             return
@@ -925,6 +934,31 @@ class Coordinator:
                 int(self.breakers.to_wall_time(view.next_probe_at) * 1e9)
             )
         return response
+
+    def report_sample(self, agent_id: str, sample: sample_pb2.Sample) -> None:
+        """Keeps a monitor sidecar's latest sample of a connected agent (not an event:
+        a sample is a reading, not a change of the coordinator's state)."""
+        agent = self.state.agents.get(agent_id)
+        if agent is None:
+            raise NotFound("agent", agent_id)
+        if sample.agent_id and sample.agent_id != agent_id:
+            raise InvalidArgument(
+                [FieldViolation("sample.agent_id", f"is {sample.agent_id!r}, not {agent_id!r}")]
+            )
+        if agent_id not in self.sessions:
+            raise FailedPrecondition(
+                f"agent {agent_id!r} is not connected; its samples are taken while it is",
+                subject=f"agents/{agent_id}",
+                reason="AGENT_NOT_CONNECTED",
+            )
+        agent.sample = sample
+
+    def sample_rows(self) -> Iterator[tuple[str, sample_pb2.Sample]]:
+        """(agent name, latest sample) of each connected agent that has one."""
+        for agent_id in self.sessions:
+            agent = self.state.agents.get(agent_id)
+            if agent is not None and agent.sample is not None:
+                yield agent.name, agent.sample
 
     def get_agent(self, agent_id: str) -> agent_pb2.Agent:
         """The agent with this id, or NotFound."""

@@ -18,6 +18,7 @@ from godel_grpc._proto.godel.v1 import (
     queue_pb2,
     saga_pb2,
     task_pb2,
+    workflow_pb2,
 )
 
 Event = event_pb2.Event
@@ -269,4 +270,29 @@ def bulkhead_created(bulkhead: bulkhead_pb2.Bulkhead) -> event_pb2.Event:
 def bulkhead_deleted(bulkhead_id: str) -> event_pb2.Event:
     event = _event(bulkhead_stream(bulkhead_id))
     event.bulkhead_deleted.bulkhead_id = bulkhead_id
+    return event
+
+
+def workflow_stream(workflow_id: str) -> str:
+    """Name of a workflow's stream."""
+    return f"workflow/{workflow_id}"
+
+
+def workflow_created(workflow: workflow_pb2.Workflow) -> event_pb2.Event:
+    event = _event(workflow_stream(workflow.id))
+    created = event.workflow_created.workflow
+    created.CopyFrom(workflow)
+    created.create_time.CopyFrom(event.time)
+    return event
+
+
+def workflow_changed(workflow: workflow_pb2.Workflow) -> event_pb2.Event:
+    event = _event(workflow_stream(workflow.id))
+    event.workflow_changed.workflow.CopyFrom(workflow)
+    return event
+
+
+def workflow_deleted(workflow_id: str) -> event_pb2.Event:
+    event = _event(workflow_stream(workflow_id))
+    event.workflow_deleted.workflow_id = workflow_id
     return event

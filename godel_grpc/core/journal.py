@@ -93,7 +93,9 @@ class Journal:
             self._wakeup.set()
         elif self._lazy_timer is None and not self._wakeup.is_set():
             self._lazy_timer = loop.call_later(LAZY_DELAY, self._wake_lazy)
-        return self._pending_future
+        # Every caller of a batch shares its future; each gets a shield of it, so a
+        # caller that is cancelled (its client went away) cannot cancel the others' wait.
+        return asyncio.shield(self._pending_future)
 
     def _wake_lazy(self) -> None:
         self._lazy_timer = None

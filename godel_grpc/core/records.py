@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from godel_grpc._proto.godel.v1 import agent_pb2, task_pb2
+from godel_grpc._proto.godel.v1 import agent_pb2, sample_pb2, task_pb2
 
 Task = task_pb2.Task
 Agent = agent_pb2.Agent
@@ -159,6 +159,7 @@ class AgentRecord:
         "queues",
         "resume_token_sha256",
         "role",
+        "sample",
         "state",
         "tasks_completed",
         "tasks_failed",
@@ -182,6 +183,9 @@ class AgentRecord:
         self.create_time = create_time
         self.connect_time = 0.0
         self.last_seen = 0.0
+        self.sample: sample_pb2.Sample | None = None
+        """Latest sample from the agent's monitor sidecar; in memory only, and dropped
+        when the link ends, so it never describes a process that is gone."""
 
     def pools(self) -> list[str]:
         """The pools this agent serves."""
@@ -211,4 +215,6 @@ class AgentRecord:
             agent.connect_time.CopyFrom(timestamp(self.connect_time))
         if self.last_seen:
             agent.last_seen_time.CopyFrom(timestamp(self.last_seen))
+        if self.sample is not None:
+            agent.latest_sample.CopyFrom(self.sample)
         return agent

@@ -97,9 +97,14 @@ class SagaCommands:
                 subject=f"sagas/{saga_id}",
             )
         if state not in _NOTHING_TO_UNDO:
-            await self._coordinator.record(
+            durable = self._coordinator.record(
                 [events.saga_compensation_requested(saga_id, reason or "compensated by caller")]
             )
+            # The reply shows the saga as the command left it (COMPENSATING): by the
+            # time the write is durable, fast agents may already have undone it all.
+            answer = self._manager.to_proto(record)
+            await durable
+            return answer
         return self._manager.to_proto(record)
 
     def get(self, saga_id: str) -> saga_pb2.Saga:

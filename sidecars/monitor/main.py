@@ -113,7 +113,7 @@ async def run(config: MonitorConfig) -> int:
         sampler,
         interval=config.interval,
         on_sample=gauges.update,
-        reporter=CoordinatorReporter(config.coordinator),
+        reporter=CoordinatorReporter(config.coordinator, config.agent_id),
     )
     try:
         sidecar = await serve_monitor(monitor, config.listen)

@@ -1,35 +1,70 @@
-"""The hook through which samples will reach the coordinator.
+"""Reporting samples to the coordinator, which shows each agent's latest sample in
+GetAgent and exports it as per-agent gauges.
 
-The coordinator will show each agent's latest sample in GetAgent and export per-agent
-gauges; the RPC that carries samples there does not exist yet. Until it does, the hook
-is in place and called after every sample, so that wiring it up later means filling in
-`report_sample_to_coordinator` and nothing else. Like any extension hook, a failure
-here is logged, never fatal: the monitor's own job does not depend on the coordinator.
+Reporting is best effort: the monitor's own job (sampling, serving, its /metrics) never
+depends on the coordinator. A call that fails is logged and the next sample tries again;
+each call has a short deadline so a slow coordinator cannot hold sampling back.
 """
 
 from __future__ import annotations
 
 import logging
 
-from godel_grpc._proto.godel.v1 import sample_pb2
+import grpc
+
+from godel_grpc._proto.godel.v1 import agent_service_pb2, agent_service_pb2_grpc, sample_pb2
 
 log = logging.getLogger(__name__)
 
+REPORT_TIMEOUT = 2.0
+"""Seconds one report may take before it is given up (the next sample comes anyway)."""
+
+_EXPECTED = {
+    # Before the agent's link is up, and after it ends, the coordinator refuses samples.
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
 
 class CoordinatorReporter:
-    """Sends samples to the coordinator at `address`; a no-op without one."""
+    """Sends samples of agent `agent_id` to the coordinator at `address`; a no-op
+    without an address or an agent id."""
 
-    def __init__(self, address: str = "") -> None:
+    def __init__(self, address: str = "", agent_id: str = "") -> None:
         self.address = address
-        self._announced = False
+        self.agent_id = agent_id
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: agent_service_pb2_grpc.AgentServiceAsyncStub | None = None
+        self._warned: set[grpc.StatusCode] = set()
+        self.reported = 0
+        """Samples the coordinator took."""
 
     async def report_sample_to_coordinator(self, sample: sample_pb2.Sample) -> None:
-        """Reports one sample. Does nothing when no coordinator address was given."""
-        if not self.address:
+        """Reports one sample; failures are logged, never raised."""
+        if not self.address or not self.agent_id:
             return
-        if not self._announced:
-            self._announced = True
-            log.info(
-                "the coordinator does not take samples yet; reporting is a no-op",
-                extra={"coordinator": self.address},
-            )
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+            self._stub = agent_service_pb2_grpc.AgentServiceStub(self._channel)
+        request = agent_service_pb2.ReportAgentSampleRequest(agent_id=self.agent_id, sample=sample)
+        try:
+            await self._stub.ReportAgentSample(request, timeout=REPORT_TIMEOUT)
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            if code in _EXPECTED:
+                log.debug("sample not taken", extra={"code": code.name})
+            elif code not in self._warned:  # once per kind of failure, not per sample
+                self._warned.add(code)
+                log.warning(
+                    "the coordinator refused a sample",
+                    extra={"code": code.name, "details": error.details()},
+                )
+            return
+        self.reported += 1
+
+    async def close(self) -> None:
+        """Closes the channel, if one was opened."""
+        if self._channel is not None:
+            await self._channel.close()

@@ -189,13 +189,13 @@ async def test_bad_input_gets_a_clear_status_and_changes_nothing(
 
 
 async def test_unimplemented_services_say_so(server: RunningServer) -> None:
-    from godel_grpc._proto.godel.v1 import workflow_service_pb2 as workflow_pb
-    from godel_grpc._proto.godel.v1 import workflow_service_pb2_grpc as workflow_grpc
+    from godel_grpc._proto.godel.v1 import pattern_service_pb2 as pattern_pb
+    from godel_grpc._proto.godel.v1 import pattern_service_pb2_grpc as pattern_grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = workflow_grpc.WorkflowServiceStub(channel)
+        stub = pattern_grpc.PatternServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.GetWorkflow(workflow_pb.GetWorkflowRequest(id="w-1"), timeout=5)
+            await stub.GetPatternMetrics(pattern_pb.GetPatternMetricsRequest(), timeout=5)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from godel_grpc._proto.godel.v1 import sample_pb2 as _sample_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -102,6 +103,7 @@ class Agent(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    LATEST_SAMPLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned identifier, stable across reconnects."""
     name: _builtins.str
@@ -148,6 +150,13 @@ class Agent(_message.Message):
     def options(self) -> Global___AgentOptions:
         """Options the agent was spawned with; empty for agents that connected on their own."""
 
+    @_builtins.property
+    def latest_sample(self) -> _sample_pb2.Sample:
+        """Output only. The latest resource sample of the agent's process, as its monitor
+        sidecar reported it (AgentService.ReportAgentSample); unset without a monitor or
+        once the agent is no longer connected.
+        """
+
     def __init__(
         self,
         *,
@@ -168,10 +177,11 @@ class Agent(_message.Message):
         pid: _builtins.int = ...,
         exit_code: _builtins.int = ...,
         options: Global___AgentOptions | None = ...,
+        latest_sample: _sample_pb2.Sample | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "create_time", b"create_time", "last_seen_time", b"last_seen_time", "options", b"options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "create_time", b"create_time", "last_seen_time", b"last_seen_time", "latest_sample", b"latest_sample", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "connect_time", b"connect_time", "create_time", b"create_time", "exit_code", b"exit_code", "id", b"id", "in_flight", b"in_flight", "labels", b"labels", "last_seen_time", b"last_seen_time", "name", b"name", "options", b"options", "pid", b"pid", "role", b"role", "state", b"state", "tasks_completed", b"tasks_completed", "tasks_failed", b"tasks_failed", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "connect_time", b"connect_time", "create_time", b"create_time", "exit_code", b"exit_code", "id", b"id", "in_flight", b"in_flight", "labels", b"labels", "last_seen_time", b"last_seen_time", "latest_sample", b"latest_sample", "name", b"name", "options", b"options", "pid", b"pid", "role", b"role", "state", b"state", "tasks_completed", b"tasks_completed", "tasks_failed", b"tasks_failed", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,12 +24,13 @@ _sym_db = _symbol_database.Default()
 
 from godel_grpc._proto.godel.v1 import agent_pb2 as godel_dot_v1_dot_agent__pb2
 from godel_grpc._proto.godel.v1 import options_pb2 as godel_dot_v1_dot_options__pb2
+from godel_grpc._proto.godel.v1 import sample_pb2 as godel_dot_v1_dot_sample__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgodel/v1/agent_service.proto\x12\x08godel.v1\x1a\x14godel/v1/agent.proto\x1a\x16godel/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x04\n\x11SpawnAgentRequest\x12\x34\n\x04role\x18\x01 \x01(\tB&\x92\xb5\x18\"\x08\x01\x10\x80\x01:\x1b[A-Za-z0-9][A-Za-z0-9_.:-]*\x12\x15\n\x04name\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x01\x12\x35\n\x07\x61\x63tions\x18\x03 \x03(\tB$\x92\xb5\x18 \x10\x80\x02:\x1b[A-Za-z0-9][A-Za-z0-9_.:-]*\x12(\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00\x88\xc3@\x12?\n\x06labels\x18\x05 \x03(\x0b\x32\'.godel.v1.SpawnAgentRequest.LabelsEntryB\x06\x92\xb5\x18\x02\x10@\x12\x15\n\x04\x65xec\x18\x06 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80 \x12\x0f\n\x07restart\x18\x07 \x01(\x08\x12&\n\x06reflex\x18\x08 \x01(\x0b\x32\x16.godel.v1.ReflexConfig\x12\x37\n\x0f\x63ircuit_breaker\x18\t \x01(\x0b\x32\x1e.godel.v1.CircuitBreakerConfig\x12\x35\n\x0e\x65vent_sourcing\x18\n \x01(\x0b\x32\x1d.godel.v1.EventSourcingConfig\x12%\n\x07purpose\x18\x0b \x01(\tB\x14\x92\xb5\x18\x10\x32\x07\x63ommand2\x05query\x12%\n\x06models\x18\x0c \x01(\x0b\x32\x15.godel.v1.ModelAccess\x12/\n\x08sidecars\x18\r \x03(\x0b\x32\x15.godel.v1.SidecarSpecB\x06\x92\xb5\x18\x02\x10\x10\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x12SpawnAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\"(\n\x0fGetAgentRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"2\n\x10GetAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\"\x98\x01\n\x11ListAgentsRequest\x12)\n\tpage_size\x18\x01 \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00@\x8f@\x12\x1b\n\npage_token\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.godel.v1.Agent.State\x12\x15\n\x04role\x18\x04 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x01\"N\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.godel.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x15TerminateAgentRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x08\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"8\n\x16TerminateAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\"G\n\x12WatchAgentsRequest\x12\x15\n\x04role\x18\x01 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x01\x12\x1a\n\tagent_ids\x18\x02 \x03(\tB\x07\x92\xb5\x18\x03\x10\xe8\x07\"5\n\x13WatchAgentsResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\"\x91\x01\n\x15SubmitFeedbackRequest\x12\x1b\n\x08\x61gent_id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12\x18\n\x07task_id\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x01\x12&\n\x06rating\x18\x03 \x01(\x01\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00\x00\x14@\x12\x19\n\x08\x63omments\x18\x04 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80 \"V\n\x16SubmitFeedbackResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x02 \x01(\x03\x12\x15\n\rscore_updated\x18\x03 \x01(\x08\"5\n\x16GetCircuitStateRequest\x12\x1b\n\x08\x61gent_id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"\xcd\x03\n\x17GetCircuitStateResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x36\n\x05state\x18\x02 \x01(\x0e\x32\'.godel.v1.GetCircuitStateResponse.State\x12\x1c\n\x14\x63onsecutive_failures\x18\x03 \x01(\x05\x12\x15\n\rfailure_count\x18\x04 \x01(\x03\x12\x15\n\rsuccess_count\x18\x05 \x01(\x03\x12\x12\n\nopen_count\x18\x06 \x01(\x03\x12/\n\x0bopened_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_probe_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13half_open_remaining\x18\t \x01(\x05\x12.\n\x06\x63onfig\x18\n \x01(\x0b\x32\x1e.godel.v1.CircuitBreakerConfig\"U\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_CLOSED\x10\x01\x12\x0e\n\nSTATE_OPEN\x10\x02\x12\x13\n\x0fSTATE_HALF_OPEN\x10\x03\"X\n\x12ReplayAgentRequest\x12\x1b\n\x08\x61gent_id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12%\n\x0eup_to_event_id\x18\x02 \x01(\x03\x42\r\x92\xb5\x18\t!\x00\x00\x00\x00\x00\x00\x00\x00\"@\n\x13ReplayAgentResponse\x12)\n\x05state\x18\x01 \x01(\x0b\x32\x1a.godel.v1.AgentReplayState\"\xf1\x01\n\x10\x41gentReplayState\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\x12\x16\n\x0eup_to_event_id\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65vent_count\x18\x04 \x01(\x03\x12\x19\n\x11snapshot_position\x18\x05 \x01(\x03\x12\x13\n\x0b\x65vents_read\x18\x06 \x01(\x03\x12\r\n\x05score\x18\x07 \x01(\x01\x12\'\n\x06memory\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct2\xaf\x05\n\x0c\x41gentService\x12M\n\nSpawnAgent\x12\x1b.godel.v1.SpawnAgentRequest\x1a\x1c.godel.v1.SpawnAgentResponse\"\x04\x88\xb5\x18\x01\x12G\n\x08GetAgent\x12\x19.godel.v1.GetAgentRequest\x1a\x1a.godel.v1.GetAgentResponse\"\x04\x88\xb5\x18\x02\x12M\n\nListAgents\x12\x1b.godel.v1.ListAgentsRequest\x1a\x1c.godel.v1.ListAgentsResponse\"\x04\x88\xb5\x18\x02\x12Y\n\x0eTerminateAgent\x12\x1f.godel.v1.TerminateAgentRequest\x1a .godel.v1.TerminateAgentResponse\"\x04\x88\xb5\x18\x01\x12R\n\x0bWatchAgents\x12\x1c.godel.v1.WatchAgentsRequest\x1a\x1d.godel.v1.WatchAgentsResponse\"\x04\x88\xb5\x18\x02\x30\x01\x12Y\n\x0eSubmitFeedback\x12\x1f.godel.v1.SubmitFeedbackRequest\x1a .godel.v1.SubmitFeedbackResponse\"\x04\x88\xb5\x18\x01\x12\\\n\x0fGetCircuitState\x12 .godel.v1.GetCircuitStateRequest\x1a!.godel.v1.GetCircuitStateResponse\"\x04\x88\xb5\x18\x02\x12P\n\x0bReplayAgent\x12\x1c.godel.v1.ReplayAgentRequest\x1a\x1d.godel.v1.ReplayAgentResponse\"\x04\x88\xb5\x18\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgodel/v1/agent_service.proto\x12\x08godel.v1\x1a\x14godel/v1/agent.proto\x1a\x16godel/v1/options.proto\x1a\x15godel/v1/sample.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x04\n\x11SpawnAgentRequest\x12\x34\n\x04role\x18\x01 \x01(\tB&\x92\xb5\x18\"\x08\x01\x10\x80\x01:\x1b[A-Za-z0-9][A-Za-z0-9_.:-]*\x12\x15\n\x04name\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x01\x12\x35\n\x07\x61\x63tions\x18\x03 \x03(\tB$\x92\xb5\x18 \x10\x80\x02:\x1b[A-Za-z0-9][A-Za-z0-9_.:-]*\x12(\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00\x88\xc3@\x12?\n\x06labels\x18\x05 \x03(\x0b\x32\'.godel.v1.SpawnAgentRequest.LabelsEntryB\x06\x92\xb5\x18\x02\x10@\x12\x15\n\x04\x65xec\x18\x06 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80 \x12\x0f\n\x07restart\x18\x07 \x01(\x08\x12&\n\x06reflex\x18\x08 \x01(\x0b\x32\x16.godel.v1.ReflexConfig\x12\x37\n\x0f\x63ircuit_breaker\x18\t \x01(\x0b\x32\x1e.godel.v1.CircuitBreakerConfig\x12\x35\n\x0e\x65vent_sourcing\x18\n \x01(\x0b\x32\x1d.godel.v1.EventSourcingConfig\x12%\n\x07purpose\x18\x0b \x01(\tB\x14\x92\xb5\x18\x10\x32\x07\x63ommand2\x05query\x12%\n\x06models\x18\x0c \x01(\x0b\x32\x15.godel.v1.ModelAccess\x12/\n\x08sidecars\x18\r \x03(\x0b\x32\x15.godel.v1.SidecarSpecB\x06\x92\xb5\x18\x02\x10\x10\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x12SpawnAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\"(\n\x0fGetAgentRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"2\n\x10GetAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\"\x98\x01\n\x11ListAgentsRequest\x12)\n\tpage_size\x18\x01 \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00@\x8f@\x12\x1b\n\npage_token\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.godel.v1.Agent.State\x12\x15\n\x04role\x18\x04 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x01\"N\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.godel.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x15TerminateAgentRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x08\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"8\n\x16TerminateAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\"G\n\x12WatchAgentsRequest\x12\x15\n\x04role\x18\x01 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x01\x12\x1a\n\tagent_ids\x18\x02 \x03(\tB\x07\x92\xb5\x18\x03\x10\xe8\x07\"5\n\x13WatchAgentsResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\"\x91\x01\n\x15SubmitFeedbackRequest\x12\x1b\n\x08\x61gent_id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12\x18\n\x07task_id\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x01\x12&\n\x06rating\x18\x03 \x01(\x01\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00\x00\x14@\x12\x19\n\x08\x63omments\x18\x04 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80 \"V\n\x16SubmitFeedbackResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x02 \x01(\x03\x12\x15\n\rscore_updated\x18\x03 \x01(\x08\"5\n\x16GetCircuitStateRequest\x12\x1b\n\x08\x61gent_id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"\xcd\x03\n\x17GetCircuitStateResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x36\n\x05state\x18\x02 \x01(\x0e\x32\'.godel.v1.GetCircuitStateResponse.State\x12\x1c\n\x14\x63onsecutive_failures\x18\x03 \x01(\x05\x12\x15\n\rfailure_count\x18\x04 \x01(\x03\x12\x15\n\rsuccess_count\x18\x05 \x01(\x03\x12\x12\n\nopen_count\x18\x06 \x01(\x03\x12/\n\x0bopened_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_probe_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13half_open_remaining\x18\t \x01(\x05\x12.\n\x06\x63onfig\x18\n \x01(\x0b\x32\x1e.godel.v1.CircuitBreakerConfig\"U\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_CLOSED\x10\x01\x12\x0e\n\nSTATE_OPEN\x10\x02\x12\x13\n\x0fSTATE_HALF_OPEN\x10\x03\"X\n\x12ReplayAgentRequest\x12\x1b\n\x08\x61gent_id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12%\n\x0eup_to_event_id\x18\x02 \x01(\x03\x42\r\x92\xb5\x18\t!\x00\x00\x00\x00\x00\x00\x00\x00\"@\n\x13ReplayAgentResponse\x12)\n\x05state\x18\x01 \x01(\x0b\x32\x1a.godel.v1.AgentReplayState\"\xf1\x01\n\x10\x41gentReplayState\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\x12\x16\n\x0eup_to_event_id\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65vent_count\x18\x04 \x01(\x03\x12\x19\n\x11snapshot_position\x18\x05 \x01(\x03\x12\x13\n\x0b\x65vents_read\x18\x06 \x01(\x03\x12\r\n\x05score\x18\x07 \x01(\x01\x12\'\n\x06memory\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"a\n\x18ReportAgentSampleRequest\x12\x1b\n\x08\x61gent_id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12(\n\x06sample\x18\x02 \x01(\x0b\x32\x10.godel.v1.SampleB\x06\x92\xb5\x18\x02\x08\x01\"\x1b\n\x19ReportAgentSampleResponse2\x93\x06\n\x0c\x41gentService\x12M\n\nSpawnAgent\x12\x1b.godel.v1.SpawnAgentRequest\x1a\x1c.godel.v1.SpawnAgentResponse\"\x04\x88\xb5\x18\x01\x12G\n\x08GetAgent\x12\x19.godel.v1.GetAgentRequest\x1a\x1a.godel.v1.GetAgentResponse\"\x04\x88\xb5\x18\x02\x12M\n\nListAgents\x12\x1b.godel.v1.ListAgentsRequest\x1a\x1c.godel.v1.ListAgentsResponse\"\x04\x88\xb5\x18\x02\x12Y\n\x0eTerminateAgent\x12\x1f.godel.v1.TerminateAgentRequest\x1a .godel.v1.TerminateAgentResponse\"\x04\x88\xb5\x18\x01\x12R\n\x0bWatchAgents\x12\x1c.godel.v1.WatchAgentsRequest\x1a\x1d.godel.v1.WatchAgentsResponse\"\x04\x88\xb5\x18\x02\x30\x01\x12Y\n\x0eSubmitFeedback\x12\x1f.godel.v1.SubmitFeedbackRequest\x1a .godel.v1.SubmitFeedbackResponse\"\x04\x88\xb5\x18\x01\x12\\\n\x0fGetCircuitState\x12 .godel.v1.GetCircuitStateRequest\x1a!.godel.v1.GetCircuitStateResponse\"\x04\x88\xb5\x18\x02\x12P\n\x0bReplayAgent\x12\x1c.godel.v1.ReplayAgentRequest\x1a\x1d.godel.v1.ReplayAgentResponse\"\x04\x88\xb5\x18\x02\x12\x62\n\x11ReportAgentSample\x12\".godel.v1.ReportAgentSampleRequest\x1a#.godel.v1.ReportAgentSampleResponse\"\x04\x88\xb5\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -84,6 +85,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLAYAGENTREQUEST'].fields_by_name['agent_id']._serialized_options = b'\222\265\030\005\010\001\020\200\001'
   _globals['_REPLAYAGENTREQUEST'].fields_by_name['up_to_event_id']._loaded_options = None
   _globals['_REPLAYAGENTREQUEST'].fields_by_name['up_to_event_id']._serialized_options = b'\222\265\030\t!\000\000\000\000\000\000\000\000'
+  _globals['_REPORTAGENTSAMPLEREQUEST'].fields_by_name['agent_id']._loaded_options = None
+  _globals['_REPORTAGENTSAMPLEREQUEST'].fields_by_name['agent_id']._serialized_options = b'\222\265\030\005\010\001\020\200\001'
+  _globals['_REPORTAGENTSAMPLEREQUEST'].fields_by_name['sample']._loaded_options = None
+  _globals['_REPORTAGENTSAMPLEREQUEST'].fields_by_name['sample']._serialized_options = b'\222\265\030\002\010\001'
   _globals['_AGENTSERVICE'].methods_by_name['SpawnAgent']._loaded_options = None
   _globals['_AGENTSERVICE'].methods_by_name['SpawnAgent']._serialized_options = b'\210\265\030\001'
   _globals['_AGENTSERVICE'].methods_by_name['GetAgent']._loaded_options = None
@@ -100,44 +105,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTSERVICE'].methods_by_name['GetCircuitState']._serialized_options = b'\210\265\030\002'
   _globals['_AGENTSERVICE'].methods_by_name['ReplayAgent']._loaded_options = None
   _globals['_AGENTSERVICE'].methods_by_name['ReplayAgent']._serialized_options = b'\210\265\030\002'
-  _globals['_SPAWNAGENTREQUEST']._serialized_start=184
-  _globals['_SPAWNAGENTREQUEST']._serialized_end=808
-  _globals['_SPAWNAGENTREQUEST_LABELSENTRY']._serialized_start=763
-  _globals['_SPAWNAGENTREQUEST_LABELSENTRY']._serialized_end=808
-  _globals['_SPAWNAGENTRESPONSE']._serialized_start=810
-  _globals['_SPAWNAGENTRESPONSE']._serialized_end=862
-  _globals['_GETAGENTREQUEST']._serialized_start=864
-  _globals['_GETAGENTREQUEST']._serialized_end=904
-  _globals['_GETAGENTRESPONSE']._serialized_start=906
-  _globals['_GETAGENTRESPONSE']._serialized_end=956
-  _globals['_LISTAGENTSREQUEST']._serialized_start=959
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1111
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1113
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1191
-  _globals['_TERMINATEAGENTREQUEST']._serialized_start=1193
-  _globals['_TERMINATEAGENTREQUEST']._serialized_end=1313
-  _globals['_TERMINATEAGENTRESPONSE']._serialized_start=1315
-  _globals['_TERMINATEAGENTRESPONSE']._serialized_end=1371
-  _globals['_WATCHAGENTSREQUEST']._serialized_start=1373
-  _globals['_WATCHAGENTSREQUEST']._serialized_end=1444
-  _globals['_WATCHAGENTSRESPONSE']._serialized_start=1446
-  _globals['_WATCHAGENTSRESPONSE']._serialized_end=1499
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1502
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1647
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=1649
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=1735
-  _globals['_GETCIRCUITSTATEREQUEST']._serialized_start=1737
-  _globals['_GETCIRCUITSTATEREQUEST']._serialized_end=1790
-  _globals['_GETCIRCUITSTATERESPONSE']._serialized_start=1793
-  _globals['_GETCIRCUITSTATERESPONSE']._serialized_end=2254
-  _globals['_GETCIRCUITSTATERESPONSE_STATE']._serialized_start=2169
-  _globals['_GETCIRCUITSTATERESPONSE_STATE']._serialized_end=2254
-  _globals['_REPLAYAGENTREQUEST']._serialized_start=2256
-  _globals['_REPLAYAGENTREQUEST']._serialized_end=2344
-  _globals['_REPLAYAGENTRESPONSE']._serialized_start=2346
-  _globals['_REPLAYAGENTRESPONSE']._serialized_end=2410
-  _globals['_AGENTREPLAYSTATE']._serialized_start=2413
-  _globals['_AGENTREPLAYSTATE']._serialized_end=2654
-  _globals['_AGENTSERVICE']._serialized_start=2657
-  _globals['_AGENTSERVICE']._serialized_end=3344
+  _globals['_AGENTSERVICE'].methods_by_name['ReportAgentSample']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['ReportAgentSample']._serialized_options = b'\210\265\030\001'
+  _globals['_SPAWNAGENTREQUEST']._serialized_start=207
+  _globals['_SPAWNAGENTREQUEST']._serialized_end=831
+  _globals['_SPAWNAGENTREQUEST_LABELSENTRY']._serialized_start=786
+  _globals['_SPAWNAGENTREQUEST_LABELSENTRY']._serialized_end=831
+  _globals['_SPAWNAGENTRESPONSE']._serialized_start=833
+  _globals['_SPAWNAGENTRESPONSE']._serialized_end=885
+  _globals['_GETAGENTREQUEST']._serialized_start=887
+  _globals['_GETAGENTREQUEST']._serialized_end=927
+  _globals['_GETAGENTRESPONSE']._serialized_start=929
+  _globals['_GETAGENTRESPONSE']._serialized_end=979
+  _globals['_LISTAGENTSREQUEST']._serialized_start=982
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1134
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1136
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1214
+  _globals['_TERMINATEAGENTREQUEST']._serialized_start=1216
+  _globals['_TERMINATEAGENTREQUEST']._serialized_end=1336
+  _globals['_TERMINATEAGENTRESPONSE']._serialized_start=1338
+  _globals['_TERMINATEAGENTRESPONSE']._serialized_end=1394
+  _globals['_WATCHAGENTSREQUEST']._serialized_start=1396
+  _globals['_WATCHAGENTSREQUEST']._serialized_end=1467
+  _globals['_WATCHAGENTSRESPONSE']._serialized_start=1469
+  _globals['_WATCHAGENTSRESPONSE']._serialized_end=1522
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1525
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1670
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=1672
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=1758
+  _globals['_GETCIRCUITSTATEREQUEST']._serialized_start=1760
+  _globals['_GETCIRCUITSTATEREQUEST']._serialized_end=1813
+  _globals['_GETCIRCUITSTATERESPONSE']._serialized_start=1816
+  _globals['_GETCIRCUITSTATERESPONSE']._serialized_end=2277
+  _globals['_GETCIRCUITSTATERESPONSE_STATE']._serialized_start=2192
+  _globals['_GETCIRCUITSTATERESPONSE_STATE']._serialized_end=2277
+  _globals['_REPLAYAGENTREQUEST']._serialized_start=2279
+  _globals['_REPLAYAGENTREQUEST']._serialized_end=2367
+  _globals['_REPLAYAGENTRESPONSE']._serialized_start=2369
+  _globals['_REPLAYAGENTRESPONSE']._serialized_end=2433
+  _globals['_AGENTREPLAYSTATE']._serialized_start=2436
+  _globals['_AGENTREPLAYSTATE']._serialized_end=2677
+  _globals['_REPORTAGENTSAMPLEREQUEST']._serialized_start=2679
+  _globals['_REPORTAGENTSAMPLEREQUEST']._serialized_end=2776
+  _globals['_REPORTAGENTSAMPLERESPONSE']._serialized_start=2778
+  _globals['_REPORTAGENTSAMPLERESPONSE']._serialized_end=2805
+  _globals['_AGENTSERVICE']._serialized_start=2808
+  _globals['_AGENTSERVICE']._serialized_end=3595
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from godel_grpc._proto.godel.v1 import agent_pb2 as _agent_pb2
+from godel_grpc._proto.godel.v1 import sample_pb2 as _sample_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -680,3 +681,50 @@ class AgentReplayState(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentReplayState: _TypeAlias = AgentReplayState  # noqa: Y015
+
+@_typing.final
+class ReportAgentSampleRequest(_message.Message):
+    """Request of AgentService.ReportAgentSample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """Required. Id of the agent the sample is of."""
+    @_builtins.property
+    def sample(self) -> _sample_pb2.Sample:
+        """Required. The sample, as the monitor took it; its `agent_id`, when set, must equal
+        the request's.
+        """
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        sample: _sample_pb2.Sample | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sample", b"sample"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "sample", b"sample"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportAgentSampleRequest: _TypeAlias = ReportAgentSampleRequest  # noqa: Y015
+
+@_typing.final
+class ReportAgentSampleResponse(_message.Message):
+    """Response of AgentService.ReportAgentSample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportAgentSampleResponse: _TypeAlias = ReportAgentSampleResponse  # noqa: Y015

@@ -76,6 +76,11 @@ class AgentServiceStub:
                 request_serializer=godel_dot_v1_dot_agent__service__pb2.ReplayAgentRequest.SerializeToString,
                 response_deserializer=godel_dot_v1_dot_agent__service__pb2.ReplayAgentResponse.FromString,
                 _registered_method=True)
+        self.ReportAgentSample = channel.unary_unary(
+                '/godel.v1.AgentService/ReportAgentSample',
+                request_serializer=godel_dot_v1_dot_agent__service__pb2.ReportAgentSampleRequest.SerializeToString,
+                response_deserializer=godel_dot_v1_dot_agent__service__pb2.ReportAgentSampleResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -154,6 +159,16 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportAgentSample(self, request, context):
+        """Takes one resource sample of an agent's process from its monitor sidecar. The
+        latest sample shows in GetAgent and in the per-agent gauges of /metrics while the
+        agent is connected; samples are not recorded as events. NOT_FOUND if the agent is
+        unknown; INVALID_ARGUMENT if the sample names another agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +211,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReplayAgent,
                     request_deserializer=godel_dot_v1_dot_agent__service__pb2.ReplayAgentRequest.FromString,
                     response_serializer=godel_dot_v1_dot_agent__service__pb2.ReplayAgentResponse.SerializeToString,
+            ),
+            'ReportAgentSample': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportAgentSample,
+                    request_deserializer=godel_dot_v1_dot_agent__service__pb2.ReportAgentSampleRequest.FromString,
+                    response_serializer=godel_dot_v1_dot_agent__service__pb2.ReportAgentSampleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +436,33 @@ class AgentService:
             '/godel.v1.AgentService/ReplayAgent',
             godel_dot_v1_dot_agent__service__pb2.ReplayAgentRequest.SerializeToString,
             godel_dot_v1_dot_agent__service__pb2.ReplayAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportAgentSample(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/godel.v1.AgentService/ReportAgentSample',
+            godel_dot_v1_dot_agent__service__pb2.ReportAgentSampleRequest.SerializeToString,
+            godel_dot_v1_dot_agent__service__pb2.ReportAgentSampleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,12 @@ class AgentServiceStub:
     NOT_FOUND if the agent is unknown or not yet registered at that event; OUT_OF_RANGE
     if the event id is past the end of the log.
     """
+    ReportAgentSample: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ReportAgentSampleRequest, _agent_service_pb2.ReportAgentSampleResponse]
+    """Takes one resource sample of an agent's process from its monitor sidecar. The
+    latest sample shows in GetAgent and in the per-agent gauges of /metrics while the
+    agent is connected; samples are not recorded as events. NOT_FOUND if the agent is
+    unknown; INVALID_ARGUMENT if the sample names another agent.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -116,6 +122,12 @@ class AgentServiceAsyncStub(AgentServiceStub):
     before that event plus the agent's later events up to it. Changes nothing.
     NOT_FOUND if the agent is unknown or not yet registered at that event; OUT_OF_RANGE
     if the event id is past the end of the log.
+    """
+    ReportAgentSample: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ReportAgentSampleRequest, _agent_service_pb2.ReportAgentSampleResponse]  # type: ignore[assignment]
+    """Takes one resource sample of an agent's process from its monitor sidecar. The
+    latest sample shows in GetAgent and in the per-agent gauges of /metrics while the
+    agent is connected; samples are not recorded as events. NOT_FOUND if the agent is
+    unknown; INVALID_ARGUMENT if the sample names another agent.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -206,6 +218,18 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         before that event plus the agent's later events up to it. Changes nothing.
         NOT_FOUND if the agent is unknown or not yet registered at that event; OUT_OF_RANGE
         if the event id is past the end of the log.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportAgentSample(
+        self,
+        request: _agent_service_pb2.ReportAgentSampleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.ReportAgentSampleResponse, _abc.Awaitable[_agent_service_pb2.ReportAgentSampleResponse]]:
+        """Takes one resource sample of an agent's process from its monitor sidecar. The
+        latest sample shows in GetAgent and in the per-agent gauges of /metrics while the
+        agent is connected; samples are not recorded as events. NOT_FOUND if the agent is
+        unknown; INVALID_ARGUMENT if the sample names another agent.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,7 @@ from godel_grpc._proto.godel.v1 import convoy_pb2 as _convoy_pb2
 from godel_grpc._proto.godel.v1 import queue_pb2 as _queue_pb2
 from godel_grpc._proto.godel.v1 import saga_pb2 as _saga_pb2
 from godel_grpc._proto.godel.v1 import task_pb2 as _task_pb2
+from godel_grpc._proto.godel.v1 import workflow_pb2 as _workflow_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -64,6 +65,9 @@ class Event(_message.Message):
     QUEUE_DELETED_FIELD_NUMBER: _builtins.int
     BULKHEAD_CREATED_FIELD_NUMBER: _builtins.int
     BULKHEAD_DELETED_FIELD_NUMBER: _builtins.int
+    WORKFLOW_CREATED_FIELD_NUMBER: _builtins.int
+    WORKFLOW_CHANGED_FIELD_NUMBER: _builtins.int
+    WORKFLOW_DELETED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Global position in the event log, starting at 1 and increasing by one per event."""
     stream: _builtins.str
@@ -174,6 +178,20 @@ class Event(_message.Message):
     def bulkhead_deleted(self) -> Global___BulkheadDeleted:
         """A bulkhead was deleted; its waiting tasks were cancelled and its agents released."""
 
+    @_builtins.property
+    def workflow_created(self) -> Global___WorkflowCreated:
+        """A workflow was created, PENDING."""
+
+    @_builtins.property
+    def workflow_changed(self) -> Global___WorkflowChanged:
+        """A workflow or one of its stages moved on (started, a stage started or ended, an
+        undo ran, the workflow ended).
+        """
+
+    @_builtins.property
+    def workflow_deleted(self) -> Global___WorkflowDeleted:
+        """A workflow was deleted."""
+
     def __init__(
         self,
         *,
@@ -207,12 +225,15 @@ class Event(_message.Message):
         queue_deleted: Global___QueueDeleted | None = ...,
         bulkhead_created: Global___BulkheadCreated | None = ...,
         bulkhead_deleted: Global___BulkheadDeleted | None = ...,
+        workflow_created: Global___WorkflowCreated | None = ...,
+        workflow_changed: Global___WorkflowChanged | None = ...,
+        workflow_deleted: Global___WorkflowDeleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "workflow_changed", b"workflow_changed", "workflow_created", b"workflow_created", "workflow_deleted", b"workflow_deleted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type", "workflow_changed", b"workflow_changed", "workflow_created", b"workflow_created", "workflow_deleted", b"workflow_deleted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "agent_circuit_changed", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted", "queue_created", "queue_deleted", "bulkhead_created", "bulkhead_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "agent_circuit_changed", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted", "queue_created", "queue_deleted", "bulkhead_created", "bulkhead_deleted", "workflow_created", "workflow_changed", "workflow_deleted"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1032,3 +1053,78 @@ class BulkheadDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BulkheadDeleted: _TypeAlias = BulkheadDeleted  # noqa: Y015
+
+@_typing.final
+class WorkflowCreated(_message.Message):
+    """Payload of "workflow.created"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workflow(self) -> _workflow_pb2.Workflow:
+        """The workflow as created: id, name, patterns, stage definitions, labels and creation
+        time, in state PENDING.
+        """
+
+    def __init__(
+        self,
+        *,
+        workflow: _workflow_pb2.Workflow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowCreated: _TypeAlias = WorkflowCreated  # noqa: Y015
+
+@_typing.final
+class WorkflowChanged(_message.Message):
+    """Payload of "workflow.changed": the whole workflow after the change. A workflow changes
+    a handful of times per stage, so recording it whole keeps its history readable and
+    its replay trivial (the latest one is the workflow).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workflow(self) -> _workflow_pb2.Workflow:
+        """The workflow after the change, output-only fields included."""
+
+    def __init__(
+        self,
+        *,
+        workflow: _workflow_pb2.Workflow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowChanged: _TypeAlias = WorkflowChanged  # noqa: Y015
+
+@_typing.final
+class WorkflowDeleted(_message.Message):
+    """Payload of "workflow.deleted"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    """The workflow's id."""
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowDeleted: _TypeAlias = WorkflowDeleted  # noqa: Y015

@@ -205,8 +205,11 @@ class WorkflowPatterns(_message.Message):
     default settings. Empty means the agents' own settings.
     """
     isolation: _builtins.str
-    """"bulkhead": each stage runs in its own partition with its own agents, so that one
-    stage cannot starve another. Empty means stages share pools by role.
+    """"bulkhead": each stage runs in a partition of its own: its tasks target the role
+    "<workflow id>.<role>", which only the agents the workflow started for that stage
+    serve, so one stage (or another workflow) cannot take its agents or its queue.
+    Empty means a stage's tasks target its plain role, which any agent of that role
+    may serve beside the ones the workflow started.
     """
     def __init__(
         self,
@@ -277,6 +280,7 @@ class WorkflowStage(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     COMPENSATE_FIELD_NUMBER: _builtins.int
+    EXEC_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     COMPENSATION_STATE_FIELD_NUMBER: _builtins.int
     RESOURCE_ID_FIELD_NUMBER: _builtins.int
@@ -284,6 +288,7 @@ class WorkflowStage(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    COMPENSATION_TASK_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Name of the stage, unique within the workflow, for example "design". At
     most 128 characters.
@@ -306,8 +311,16 @@ class WorkflowStage(_message.Message):
     role: _builtins.str
     """Role of the stage's agents. Empty means the stage's name. At most 128 characters."""
     compensate: _builtins.str
-    """Action that undoes the stage's work under the "saga" transaction pattern. A saga
-    stage undoes its own steps; for others, empty means nothing to undo.
+    """Action that undoes the stage's work under the "saga" transaction pattern: one task
+    with this action runs on the stage's agents, with the stage's output as payload. A
+    saga stage's steps compensate with this action, or "<role>.undo" when empty; for
+    other stages, empty means nothing to undo.
+    """
+    exec: _builtins.str
+    """Command each of the stage's agents runs for every task (any CLI: an AI coding
+    agent, a script; it reads the task as JSON on stdin and writes its output as JSON
+    on stdout). Empty means the coordinator's default (`godel serve --agent-exec`). At
+    most 4,096 characters.
     """
     state: Global___WorkflowStage.State.ValueType
     """Output only. Current lifecycle state."""
@@ -315,6 +328,11 @@ class WorkflowStage(_message.Message):
     """Output only. Undoing of the stage's work, when the workflow compensates."""
     resource_id: _builtins.str
     """Output only. Id of the convoy, swarm or saga (per `pattern`) the stage runs as."""
+    compensation_task_id: _builtins.str
+    """Output only. Id of the task that undid a convoy or swarm stage's work (its
+    `compensate` action); empty when none ran. A saga stage is undone by its saga
+    (`resource_id`).
+    """
     @_builtins.property
     def output(self) -> _struct_pb2.Struct:
         """Output only. Result of a SUCCEEDED stage, passed on to the next stage."""
@@ -342,6 +360,7 @@ class WorkflowStage(_message.Message):
         task: _builtins.str = ...,
         role: _builtins.str = ...,
         compensate: _builtins.str = ...,
+        exec: _builtins.str = ...,
         state: Global___WorkflowStage.State.ValueType = ...,
         compensation_state: _saga_pb2.CompensationState.ValueType = ...,
         resource_id: _builtins.str = ...,
@@ -349,10 +368,11 @@ class WorkflowStage(_message.Message):
         error: _task_pb2.TaskError | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        compensation_task_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "compensate", b"compensate", "compensation_state", b"compensation_state", "end_time", b"end_time", "error", b"error", "max_agents", b"max_agents", "min_agents", b"min_agents", "name", b"name", "output", b"output", "pattern", b"pattern", "resource_id", b"resource_id", "role", b"role", "start_time", b"start_time", "state", b"state", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "compensate", b"compensate", "compensation_state", b"compensation_state", "compensation_task_id", b"compensation_task_id", "end_time", b"end_time", "error", b"error", "exec", b"exec", "max_agents", b"max_agents", "min_agents", b"min_agents", "name", b"name", "output", b"output", "pattern", b"pattern", "resource_id", b"resource_id", "role", b"role", "start_time", b"start_time", "state", b"state", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

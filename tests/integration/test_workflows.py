@@ -1,0 +1,142 @@
+"""Workflows end to end: a real coordinator spawns real agent processes for each stage,
+runs the stages as real convoys and sagas, hands outputs on, and undoes finished stages
+in reverse when a later one fails."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from godel_grpc._proto.godel.v1 import agent_pb2, saga_pb2, task_pb2, workflow_pb2
+from godel_grpc.client import Client, RPCError
+from godel_grpc.server import RunningServer
+
+pytestmark = pytest.mark.integration
+
+Workflow = workflow_pb2.Workflow
+Stage = workflow_pb2.WorkflowStage
+Compensation = saga_pb2.CompensationState
+
+
+async def test_stages_run_in_order_on_their_own_agents_and_hand_outputs_on(
+    server: RunningServer, client: Client
+) -> None:
+    handle = await client.workflows.create(
+        {
+            "name": "release",
+            "patterns": {
+                "coordination": "convoy",
+                "transaction": "saga",
+                "resilience": "circuit-breaker",
+                "isolation": "bulkhead",
+            },
+            "stages": [
+                {"name": "design", "pattern": "convoy", "agents": 2},
+                {"name": "verify", "pattern": "saga", "agents": 1},
+            ],
+        }
+    )
+    assert handle.workflow.state == Workflow.STATE_PENDING
+    await handle.start({"ticket": "T-1"})
+    done = await asyncio.wait_for(handle.wait(), 90)
+
+    assert done.state == Workflow.STATE_SUCCEEDED, done
+    design, verify = done.stages
+    assert [design.state, verify.state] == [Stage.STATE_SUCCEEDED, Stage.STATE_SUCCEEDED]
+    # Each design agent got the workflow's input; verify got design's output.
+    design_output = json_format.MessageToDict(design.output)
+    assert sorted(design_output) == ["design-1", "design-2"]
+    for node in design_output.values():
+        assert node["echo"]["input"] == {"ticket": "T-1"}
+    verify_output = json_format.MessageToDict(verify.output)
+    assert verify_output["verify"]["echo"]["input"] == design_output
+    # The stages ran as a real convoy and a real saga.
+    convoy = await client.convoys.get(design.resource_id)
+    assert len(convoy.agents) == 2 and convoy.agents[0].role == f"{done.id}.design"
+    saga = await client.sagas.get(verify.resource_id)
+    assert saga.steps[0].action == f"{done.id}.verify"
+    # Isolation: each stage's tasks ran on the agents started for that stage only, and
+    # resilience gave those agents a breaker.
+    ran_on = {node.agent_id for node in convoy.agents}
+    agents = {agent.id: agent for agent in await client.agents.list()}
+    assert all(agents[agent_id].role == f"{done.id}.design" for agent_id in ran_on)
+    assert all(agents[agent_id].options.circuit_breaker.enabled for agent_id in ran_on)
+    # The workflow's agents are stopped once it ends.
+    mine = [a for a in agents.values() if a.role.startswith(f"{done.id}.")]
+    assert len(mine) == 3
+    for _ in range(100):
+        states = {(await client.agents.get(a.id)).state for a in mine}
+        if states == {agent_pb2.Agent.STATE_TERMINATED}:
+            break
+        await asyncio.sleep(0.1)
+    assert states == {agent_pb2.Agent.STATE_TERMINATED}
+
+
+async def test_a_failed_stage_undoes_the_finished_ones_last_first(
+    server: RunningServer, client: Client
+) -> None:
+    handle = await client.workflows.create(
+        {
+            "name": "undo-me",
+            "patterns": {"transaction": "saga"},
+            "stages": [
+                {"name": "design", "pattern": "convoy", "compensate": "undo-design"},
+                {"name": "implement", "pattern": "convoy", "compensate": "undo-implement"},
+                {"name": "verify", "pattern": "saga", "exec": "exit 3"},
+            ],
+        }
+    )
+    await handle.start()
+    done = await asyncio.wait_for(handle.wait(), 90)
+
+    assert done.state == Workflow.STATE_FAILED, done
+    design, implement, verify = done.stages
+    assert verify.state == Stage.STATE_FAILED and verify.error.message
+    assert done.error.message == verify.error.message
+    assert [design.state, implement.state] == [Stage.STATE_SUCCEEDED] * 2
+    assert design.compensation_state == Compensation.COMPENSATION_STATE_SUCCEEDED
+    assert implement.compensation_state == Compensation.COMPENSATION_STATE_SUCCEEDED
+    assert done.compensation_state == Compensation.COMPENSATION_STATE_SUCCEEDED
+    undo_design = await client.tasks.get(design.compensation_task_id)
+    undo_implement = await client.tasks.get(implement.compensation_task_id)
+    assert undo_design.action == "undo-design" and undo_implement.action == "undo-implement"
+    assert {undo_design.state, undo_implement.state} == {task_pb2.Task.STATE_SUCCEEDED}
+    # Last first: implement's undo had ended before design's was submitted.
+    assert undo_implement.end_time.ToNanoseconds() <= undo_design.create_time.ToNanoseconds()
+    # The undo saw what the stage had produced.
+    assert json_format.MessageToDict(undo_design.output)["echo"]["undo"] == "design"
+
+
+async def test_bad_workflows_and_bad_starts_get_clear_errors(client: Client) -> None:
+    with pytest.raises(RPCError) as refused:
+        await client.workflows.create(
+            {
+                "name": "bad",
+                "stages": [
+                    {"name": "a", "pattern": "convoy", "minAgents": 2},
+                    {"name": "a", "pattern": "saga"},
+                ],
+            }
+        )
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    paths = {field for field, _ in refused.value.field_violations}
+    assert paths == {"stages[0].min_agents", "stages[1].name"}
+
+    with pytest.raises(RPCError) as unknown:
+        await client.workflows.start("w-404")
+    assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+
+    handle = await client.workflows.create(
+        {"name": "twice", "stages": [{"name": "only", "pattern": "convoy"}]}
+    )
+    await handle.start()
+    with pytest.raises(RPCError) as again:
+        await handle.start()
+    assert again.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    await handle.delete()
+    with pytest.raises(RPCError) as gone:
+        await handle.get()
+    assert gone.value.code == grpc.StatusCode.NOT_FOUND
