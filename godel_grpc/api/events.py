@@ -12,6 +12,7 @@ from godel_grpc._proto.godel.v1 import event_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import event_service_pb2_grpc as pb_grpc
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.core.paging import NOT_A_TOKEN
+from godel_grpc.core.upgrade import decode
 from godel_grpc.errors import FieldViolation, InvalidArgument, NotFound
 from godel_grpc.store.base import StoredEvent
 
@@ -20,12 +21,9 @@ _SUBSCRIBE_BATCH = 1000
 
 
 def to_api_event(stored: StoredEvent) -> event_pb2.Event:
-    """The recorded event as the API shows it, position and stream version filled in."""
-    event = event_pb2.Event.FromString(stored.data)
-    event.id = stored.position
-    event.stream_version = stored.stream_version
-    event.type = stored.type
-    return event
+    """The recorded event as the API shows it, position and stream version filled in,
+    upgraded to the current schema version."""
+    return decode(stored)
 
 
 class EventServicer(pb_grpc.EventServiceServicer):

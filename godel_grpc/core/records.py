@@ -149,16 +149,20 @@ class AgentRecord:
     __slots__ = (
         "actions",
         "capacity",
+        "circuit",
         "connect_time",
         "create_time",
+        "event_count",
         "id",
         "in_flight",
         "labels",
         "last_seen",
         "name",
+        "position",
         "queues",
         "resume_token_sha256",
         "role",
+        "running",
         "state",
         "tasks_completed",
         "tasks_failed",
@@ -182,6 +186,13 @@ class AgentRecord:
         self.create_time = create_time
         self.connect_time = 0.0
         self.last_seen = 0.0
+        self.running: set[str] = set()
+        """Tasks leased to the agent whose attempt has not ended (`agent_fold`)."""
+        self.circuit = "CLOSED"
+        self.event_count = 0
+        """The agent's own events folded so far."""
+        self.position = 0
+        """Log position of the last of them, when known."""
 
     def pools(self) -> list[str]:
         """The pools this agent serves."""
