@@ -150,13 +150,17 @@ class SpawnedAgents:
     def overlay(self, agent: Agent) -> Agent:
         """The agent with the runtime's view of it, when it was spawned."""
         handle = self.runtime.get(agent.id)
-        return self.show(handle) if handle is not None else agent
+        return self.show(handle, agent) if handle is not None else agent
 
-    def show(self, handle: AgentHandle) -> Agent:
-        """A spawned agent as the API shows it."""
+    def show(self, handle: AgentHandle, registered: Agent | None = None) -> Agent:
+        """A spawned agent as the API shows it; `registered` is the coordinator's view
+        of it to lay the runtime's over (default: as of now)."""
         launch = handle.launch
         record = self.coordinator.state.agents.get(launch.agent_id)
-        if record is None:
+        if registered is not None:
+            agent = Agent()
+            agent.CopyFrom(registered)
+        elif record is None:
             agent = Agent(
                 id=launch.agent_id,
                 name=launch.name,
