@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
 import grpc
@@ -136,13 +137,15 @@ async def test_replay_at_random_event_ids_equals_the_live_state(
 
 async def wait_until(condition: Any, timeout: float = 60.0) -> None:
     """Waits for `condition()` to hold, failing after `timeout` seconds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
 
 
 async def wait_until_async(fetch: Any, timeout: float = 30.0) -> None:
     """Waits for `await fetch()` to return something, failing after `timeout` seconds."""
-    async with asyncio.timeout(timeout):
-        while await fetch() is None:
-            await asyncio.sleep(0.02)
+    deadline = time.monotonic() + timeout
+    while await fetch() is None:
+        assert time.monotonic() < deadline, "nothing came in time"
+        await asyncio.sleep(0.02)
