@@ -19,6 +19,8 @@ import grpc
 import pytest
 
 from godel_grpc._proto.godel.v1 import agent_pb2
+from godel_grpc._proto.godel.v1 import event_service_pb2 as event_pb
+from godel_grpc._proto.godel.v1 import event_service_pb2_grpc as event_grpc
 from godel_grpc.client import Client, RPCError, task_request
 from godel_grpc.core.agent_history import snapshot_name
 from godel_grpc.server import RunningServer
@@ -88,6 +90,8 @@ async def test_replay_at_random_event_ids_equals_the_live_state(
     recorded = {event.id: comparable(agent) for event, agent in zip(events, live, strict=True)}
     assert live[-1].tasks_completed == 499 and live[-1].tasks_failed == 49
     assert max(a.in_flight for a in live) > 1  # states mid-flight are among them
+    # And its events page and filter by type and id range
+    await check_listing(server, spawned.id, events)
     # And its ten snapshots are written
     store = server.coordinator.store
     await wait_until_async(lambda: store.load_snapshot(snapshot_name(spawned.id, 10)))
@@ -149,3 +153,30 @@ async def wait_until_async(fetch: Any, timeout: float = 30.0) -> None:
     while await fetch() is None:
         assert time.monotonic() < deadline, "nothing came in time"
         await asyncio.sleep(0.02)
+
+
+async def check_listing(server: RunningServer, agent_id: str, events: list[Any]) -> None:
+    """ListAgentEvents: pages of a filtered id range hold exactly the matching events."""
+    stub = event_grpc.EventServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
+    low, high = events[200].id, events[700].id
+    wanted = [e.id for e in events if low < e.id <= high and e.type == "task.attempt_failed"]
+    got: list[int] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await stub.ListAgentEvents(
+            event_pb.ListAgentEventsRequest(
+                agent_id=agent_id,
+                types=["task.attempt_failed"],
+                after_id=low,
+                up_to_id=high,
+                page_size=7,
+                page_token=token,
+            )
+        )
+        got += [e.id for e in page.events]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert got == wanted and len(wanted) > 7 and pages == -(-len(wanted) // 7)

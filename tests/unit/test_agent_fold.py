@@ -15,6 +15,7 @@ from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
 from godel_grpc.api.interceptor import _translate
 from godel_grpc.core import agent_fold, events, upgrade
 from godel_grpc.core.records import Agent
+from godel_grpc.core.state import CoordinatorState
 from godel_grpc.store.base import NO_STREAM, NewEvent, StoredEvent, WrongExpectedVersion
 from godel_grpc.store.sqlite import SqliteEventStore
 
@@ -157,3 +158,26 @@ async def test_a_conflicting_writer_gets_aborted_with_the_versions(tmp_path: Pat
         "expected_version": "0",
         "actual_version": "1",
     }
+
+
+def test_the_coordinator_snapshot_keeps_agents_counters() -> None:
+    # Given a coordinator state where an agent ran tasks, one of them still running
+    state = CoordinatorState()
+    state.apply(registered())
+    for n in range(3):
+        submitted = events.task_submitted_new(f"t-{n}")
+        submitted.task_submitted.task.role = "worker"
+        state.apply(submitted)
+    for step in [("connect", 0), ("lease", 0), ("lease", 1), ("lease", 2)]:
+        state.apply(agent_event(step))
+    state.apply(agent_event(("succeed", 0)))
+    state.apply(agent_event(("fail", 1)))
+    before = state.agents[AGENT].to_proto()
+    assert (before.in_flight, before.tasks_completed, before.tasks_failed) == (1, 2, 1)
+    # When it is rebuilt from its snapshot (as on a restart)
+    snapshot = event_pb2.CoordinatorSnapshot.FromString(state.to_snapshot().SerializeToString())
+    rebuilt = CoordinatorState.from_snapshot(snapshot)
+    # Then the agent is as it was, counters included, and goes on folding alike
+    assert rebuilt.agents[AGENT].to_proto() == before
+    rebuilt.apply(agent_event(("succeed", 2)))
+    assert rebuilt.agents[AGENT].in_flight == 0
