@@ -719,6 +719,9 @@ class Coordinator:
                 )
                 self.metrics.results.labels("succeeded").inc()
             self.state.apply(event)
+            # Journalled as applied (it joins the same write): a breaker transition
+            # a later result causes is recorded after this one, as it happened.
+            self.journal.record([event])
             batch.append(event)
             if task.state == Task.STATE_QUEUED:
                 self._retry_later(task)
@@ -734,6 +737,7 @@ class Coordinator:
                 task.id, attempt_id, session.agent_id, "released by agent", lost=False
             )
             self.state.apply(event)
+            self.journal.record([event])
             batch.append(event)
             self.metrics.requeued.labels("released").inc()
             self._enqueue(task)
@@ -764,7 +768,6 @@ class Coordinator:
             for listener in self.state.agent_listeners:  # no event: tell WatchAgents
                 listener(agent)
         if batch:
-            self.journal.record(batch)
             self.run_pattern_actions()
             self._schedule_dispatch()
             self._lease_ended.set()
