@@ -1,8 +1,8 @@
 """Event-sourced agents: snapshots every `snapshotInterval` of an agent's events, and
 replay of its state as of any event id.
 
-Snapshots are built from the log, not from memory: a tail per event-sourced agent reads
-the agent's durable events (so each has its position) and folds them with `agent_fold`,
+Snapshots are built from the log, not from memory: one tail reads the durable events
+(so each has its position) and folds those of event-sourced agents with `agent_fold`,
 the function the live state uses. Every `interval`-th event it saves the state under
 `agent/<id>/snapshot/<k>` (k = events folded / interval) through the store's snapshot
 table. Snapshots are derived data, so they stay out of the log: subscribers and
@@ -24,7 +24,7 @@ from godel_grpc.core import agent_fold
 from godel_grpc.core.records import AgentRecord
 from godel_grpc.core.upgrade import decode
 from godel_grpc.errors import NotFound, OutOfRange
-from godel_grpc.store.base import EventStore
+from godel_grpc.store.base import EventStore, StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -54,61 +54,76 @@ class Replayed:
 
 
 class AgentHistory:
-    """Snapshot tails of event-sourced agents and replays of any agent."""
+    """Snapshots of event-sourced agents and replays of any agent."""
 
     def __init__(self, store: EventStore) -> None:
         self._store = store
-        self._tails: dict[str, asyncio.Task[None]] = {}
+        self._tail: asyncio.Task[None] | None = None
+        self._folds: dict[str, AgentRecord | None] = {}
         self.intervals: dict[str, int] = {}
         """Agent id → snapshot interval, for the agents whose snapshots are written."""
 
-    def enable(self, agent_id: str, interval: int, after: int) -> None:
-        """Starts writing snapshots of a new agent every `interval` of its events.
+    async def enable(self, agent_id: str, interval: int) -> None:
+        """Starts writing snapshots of an agent every `interval` of its events. Call it
+        before the agent has any event (before its process is started).
 
         Args:
-            agent_id: the agent, which has no event at or before `after`.
+            agent_id: the agent.
             interval: events per snapshot; 0 means `DEFAULT_SNAPSHOT_INTERVAL`.
-            after: a log position before the agent's first event.
         """
-        interval = interval or DEFAULT_SNAPSHOT_INTERVAL
-        self.intervals[agent_id] = interval
-        self._tails[agent_id] = asyncio.get_running_loop().create_task(
-            self._tail(agent_id, interval, after), name=f"snapshots {agent_id}"
-        )
+        self.intervals[agent_id] = interval or DEFAULT_SNAPSHOT_INTERVAL
+        self._folds[agent_id] = None
+        if self._tail is None:
+            after = await self._store.last_position()
+            self._tail = asyncio.get_running_loop().create_task(
+                self._run(after), name="agent snapshots"
+            )
+
+    def disable(self, agent_id: str) -> None:
+        """Stops writing the agent's snapshots (those written stay)."""
+        self.intervals.pop(agent_id, None)
+        self._folds.pop(agent_id, None)
 
     async def close(self) -> None:
-        """Stops every tail (snapshots not written yet are written by no one: replay
-        then reads a little more)."""
-        for task in self._tails.values():
-            task.cancel()
-        for task in self._tails.values():
+        """Stops the tail (snapshots not written yet are written by no one: replay then
+        reads a little more)."""
+        if self._tail is not None:
+            self._tail.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tails.clear()
+                await self._tail
+            self._tail = None
 
-    async def _tail(self, agent_id: str, interval: int, after: int) -> None:
+    async def _run(self, after: int) -> None:
+        """One tail of the log for every event-sourced agent: it reads each event once
+        and decodes only those of the agents it snapshots."""
         store = self._store
-        agent: AgentRecord | None = None
         position = after
         try:
             while True:
                 last = await store.last_position()
                 while position < last:
-                    batch = await store.read(position, _READ_BATCH, agent_id=agent_id, up_to=last)
+                    batch = await store.read(position, _READ_BATCH, up_to=last)
                     for stored in batch:
-                        agent = agent_fold.fold(agent, decode(stored))
-                        if agent is not None and agent.event_count % interval == 0:
-                            data = agent_fold.to_snapshot(agent).SerializeToString()
-                            number = agent.event_count // interval
-                            await store.save_snapshot(
-                                snapshot_name(agent_id, number), stored.position, data
-                            )
+                        if stored.agent_id in self._folds:
+                            await self._fold(stored)
                     position = batch[-1].position if len(batch) == _READ_BATCH else last
                 await store.wait_for_position(position)
         except asyncio.CancelledError:
             raise
         except Exception:  # a store failure stops snapshots, never the coordinator
-            log.exception("agent snapshots stopped", extra={"agent_id": agent_id})
+            log.exception("agent snapshots stopped")
+
+    async def _fold(self, stored: StoredEvent) -> None:
+        agent_id = stored.agent_id
+        agent = agent_fold.fold(self._folds[agent_id], decode(stored))
+        self._folds[agent_id] = agent
+        interval = self.intervals[agent_id]
+        if agent is not None and agent.event_count % interval == 0:
+            await self._store.save_snapshot(
+                snapshot_name(agent_id, agent.event_count // interval),
+                stored.position,
+                agent_fold.to_snapshot(agent).SerializeToString(),
+            )
 
     async def _snapshot_at_or_below(
         self, agent_id: str, up_to: int

@@ -85,18 +85,16 @@ class SpawnedAgents:
         )
         self._options[agent_id] = _options(request)
         self._created[agent_id] = time.time()
-        # Taken before the process exists: none of the agent's events can precede it.
-        before = await self.coordinator.store.last_position()
+        history = self.coordinator.agent_history
+        if request.event_sourcing.enabled:  # before the process exists, so before its events
+            await history.enable(agent_id, request.event_sourcing.snapshot_interval)
         self.coordinator.spawned_ids[name] = agent_id
         try:
             handle = await self.runtime.spawn(launch)
         except SpawnFailed as exc:
             del self.coordinator.spawned_ids[name]
+            history.disable(agent_id)
             raise FailedPrecondition(str(exc), subject="sidecars", reason="SPAWN_FAILED") from exc
-        if request.event_sourcing.enabled:
-            self.coordinator.agent_history.enable(
-                agent_id, request.event_sourcing.snapshot_interval, before
-            )
         return self.show(handle)
 
     async def terminate(self, request: agent_service_pb2.TerminateAgentRequest) -> Agent:
