@@ -1,7 +1,8 @@
 """A subscription survives a coordinator crash: the client's subscribe reconnects on
 UNAVAILABLE and resumes after the last event it delivered, so a subscriber consuming
 10,000 events while they are appended ends with exactly those events, in order, though
-the coordinator process was SIGKILLed and restarted in the middle."""
+the coordinator process was SIGKILLed and restarted in the middle (and later stopped
+with SIGTERM and started again)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.integration
 TOTAL = 10_000
 BATCH = 100
 KILL_AFTER_BATCHES = 30
+STOP_AFTER_BATCHES = 60
 
 
 async def test_subscriber_gets_every_event_once_across_a_coordinator_kill(
@@ -46,7 +48,9 @@ async def test_subscriber_gets_every_event_once_across_a_coordinator_kill(
                     await submit_until_accepted(client, batch)
                     if start // BATCH + 1 == KILL_AFTER_BATCHES:
                         assert len(seen) < TOTAL  # the subscriber is mid-stream
-                        await asyncio.to_thread(restart, coordinator)
+                        await asyncio.to_thread(restart, coordinator, graceful=False)
+                    if start // BATCH + 1 == STOP_AFTER_BATCHES:  # and a drained stop
+                        await asyncio.to_thread(restart, coordinator, graceful=True)
 
             consumer = asyncio.create_task(consume())
             await produce()
@@ -64,16 +68,20 @@ async def test_subscriber_gets_every_event_once_across_a_coordinator_kill(
                 if len(again) == TOTAL:
                     break
             assert again == ids
-            starts = [e async for e in first(client, ["coordinator.started"], 2)]
-            assert [e.coordinator_started.epoch for e in starts] == [1, 2]  # it did restart
+            starts = [e async for e in first(client, ["coordinator.started"], 3)]
+            assert [e.coordinator_started.epoch for e in starts] == [1, 2, 3]  # it restarted
     finally:
         coordinator.stop()
 
 
-def restart(coordinator: CoordinatorProcess) -> None:
-    """SIGKILLs the coordinator and starts it again on the same port and data."""
+def restart(coordinator: CoordinatorProcess, graceful: bool) -> None:
+    """SIGKILLs (or SIGTERMs) the coordinator and starts it again on the same port and
+    data."""
     port = coordinator.port
-    coordinator.kill()
+    if graceful:
+        assert coordinator.terminate() == 0
+    else:
+        coordinator.kill()
     coordinator.start(port=port)
 
 
