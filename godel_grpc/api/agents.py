@@ -15,7 +15,7 @@ from godel_grpc._proto.godel.v1 import agent_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as pb_grpc
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.core.records import AgentRecord
-from godel_grpc.errors import FailedPrecondition
+from godel_grpc.errors import FailedPrecondition, Unavailable
 from godel_grpc.runtime.base import Runtime
 from godel_grpc.runtime.spawned import SpawnedAgents
 
@@ -69,8 +69,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self, request: pb.WatchAgentsRequest, context: Context
     ) -> AsyncIterator[pb.WatchAgentsResponse]:
         """Every matching agent as it is now, then the agent again after each change
-        (each of its events, and draining), until the caller cancels. An agent that
-        changes while the first list is sent may come twice; each message is whole."""
+        (each of its events, and draining), until the caller cancels; UNAVAILABLE when
+        the coordinator stops. An agent that changes while the first list is sent may
+        come twice; each message is whole."""
         wanted = set(request.agent_ids)
 
         def matches(agent: agent_pb2.Agent) -> bool:
@@ -78,10 +79,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 not wanted or agent.id in wanted
             )
 
-        updates: asyncio.Queue[agent_pb2.Agent] = asyncio.Queue()
+        updates: asyncio.Queue[agent_pb2.Agent | None] = asyncio.Queue()
 
-        def changed(record: AgentRecord) -> None:  # the state as of this change
-            updates.put_nowait(record.to_proto())
+        def changed(record: AgentRecord | None) -> None:  # the state as of this change
+            updates.put_nowait(None if record is None else record.to_proto())
 
         listeners = self._coordinator.state.agent_listeners
         listeners.append(changed)  # before the first list, so no change falls between
@@ -97,8 +98,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                         yield pb.WatchAgentsResponse(agent=agent)
                 if not token:
                     break
-            while not self._coordinator.stopping:
-                agent = self._shown(await updates.get())
+            while True:
+                update = await updates.get()
+                if update is None or self._coordinator.stopping:
+                    raise Unavailable("the coordinator is shutting down; watch again")
+                agent = self._shown(update)
                 if matches(agent):
                     yield pb.WatchAgentsResponse(agent=agent)
         finally:

@@ -210,6 +210,8 @@ class Coordinator:
         for watchers in self._watchers.values():
             for queue in watchers:
                 queue.put_nowait(None)
+        for listener in list(self.state.agent_listeners):
+            listener(None)  # WatchAgents streams end
         await self.journal.flush()
         if self.journal.idle and (self.fatal is None or not self.fatal.done()):
             await self._snapshot()

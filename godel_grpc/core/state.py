@@ -47,8 +47,9 @@ class CoordinatorState:
         self.epoch = 0
         self.position = 0
         self.task_counts: Counter[int] = Counter()
-        self.agent_listeners: list[Callable[[AgentRecord], None]] = []
-        """Called with an agent's record after each of its events is folded (WatchAgents)."""
+        self.agent_listeners: list[Callable[[AgentRecord | None], None]] = []
+        """Called with an agent's record after each of its events is folded, and with
+        None when the coordinator stops (WatchAgents)."""
 
     # -- folding ---------------------------------------------------------------------
 
