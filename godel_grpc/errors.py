@@ -182,3 +182,36 @@ class Unimplemented(GodelError):
 
     code = grpc.StatusCode.UNIMPLEMENTED
     reason = "UNIMPLEMENTED"
+
+
+class OutOfRange(GodelError):
+    """A position or offset past the end of what exists (for example an event id past
+    the end of the log); unlike INVALID_ARGUMENT, the same request may succeed later."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    reason = "OUT_OF_RANGE"
+
+    def __init__(self, message: str, *, subject: str) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+    def details(self) -> list[Message]:
+        request = error_details_pb2.BadRequest()
+        request.field_violations.add(field=self.subject, description=self.message)
+        return [request]
+
+
+class Aborted(GodelError):
+    """A concurrent writer changed the stream first (optimistic concurrency): the
+    append's expected stream version did not match. Read the stream again and retry."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "WRONG_EXPECTED_VERSION"
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream!r} is at version {actual}, the writer expected {expected}",
+            stream=stream,
+            expected_version=str(expected),
+            actual_version=str(actual),
+        )

@@ -1,16 +1,21 @@
-"""AgentService: spawning and terminating (through the runtime) and the agent queries;
-the RPCs not served yet answer UNIMPLEMENTED."""
+"""AgentService: spawning and terminating (through the runtime), the agent queries,
+WatchAgents (a subscription query) and ReplayAgent; the RPCs not served yet answer
+UNIMPLEMENTED."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
+from godel_grpc._proto.godel.v1 import agent_pb2
 from godel_grpc._proto.godel.v1 import agent_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as pb_grpc
 from godel_grpc.core.coordinator import Coordinator
-from godel_grpc.errors import FailedPrecondition
+from godel_grpc.core.records import AgentRecord
+from godel_grpc.errors import FailedPrecondition, Unavailable
 from godel_grpc.runtime.base import Runtime
 from godel_grpc.runtime.spawned import SpawnedAgents
 
@@ -68,3 +73,70 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         lister = self._spawned.list if self._spawned is not None else self._coordinator.list_agents
         agents, token = lister(request.page_size, request.page_token, request.state, request.role)
         return pb.ListAgentsResponse(agents=agents, next_page_token=token)
+
+    def _shown(self, agent: agent_pb2.Agent) -> agent_pb2.Agent:
+        """The agent as GetAgent shows it (spawned agents with the runtime's view)."""
+        return self._spawned.overlay(agent) if self._spawned is not None else agent
+
+    async def WatchAgents(
+        self, request: pb.WatchAgentsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchAgentsResponse]:
+        """Every matching agent as it is now, then the agent again after each change
+        (each of its events, and draining), until the caller cancels; UNAVAILABLE when
+        the coordinator stops. An agent that changes while the first list is sent may
+        come twice; each message is whole."""
+        wanted = set(request.agent_ids)
+
+        def matches(agent: agent_pb2.Agent) -> bool:
+            return (not request.role or agent.role == request.role) and (
+                not wanted or agent.id in wanted
+            )
+
+        updates: asyncio.Queue[agent_pb2.Agent | None] = asyncio.Queue()
+
+        def changed(record: AgentRecord | None) -> None:  # the state as of this change
+            updates.put_nowait(None if record is None else record.to_proto())
+
+        listeners = self._coordinator.state.agent_listeners
+        listeners.append(changed)  # before the first list, so no change falls between
+        try:
+            lister = (
+                self._spawned.list if self._spawned is not None else self._coordinator.list_agents
+            )
+            token = ""
+            while True:
+                agents, token = lister(1000, token, 0, request.role)
+                for agent in agents:
+                    if matches(agent):
+                        yield pb.WatchAgentsResponse(agent=agent)
+                if not token:
+                    break
+            while True:
+                update = await updates.get()
+                if update is None or self._coordinator.stopping:
+                    raise Unavailable("the coordinator is shutting down; watch again")
+                agent = self._shown(update)
+                if matches(agent):
+                    yield pb.WatchAgentsResponse(agent=agent)
+        finally:
+            listeners.remove(changed)
+
+    async def ReplayAgent(
+        self, request: pb.ReplayAgentRequest, context: Context
+    ) -> pb.ReplayAgentResponse:
+        """The agent's state as of an event id, rebuilt from the log (snapshot at or
+        below it plus the agent's later events), by the fold the live state uses."""
+        replayed = await self._coordinator.agent_history.replay(
+            request.agent_id, request.up_to_event_id
+        )
+        state = pb.AgentReplayState(
+            agent=replayed.agent.to_proto(),
+            up_to_event_id=replayed.up_to,
+            event_count=replayed.agent.event_count,
+            snapshot_position=replayed.snapshot_position,
+            events_read=replayed.events_read,
+            circuit_state=replayed.agent.circuit,
+        )
+        if replayed.time:
+            state.time.FromNanoseconds(int(replayed.time * 1e9))
+        return pb.ReplayAgentResponse(state=state)

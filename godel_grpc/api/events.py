@@ -12,20 +12,18 @@ from godel_grpc._proto.godel.v1 import event_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import event_service_pb2_grpc as pb_grpc
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.core.paging import NOT_A_TOKEN
-from godel_grpc.errors import FieldViolation, InvalidArgument, NotFound
-from godel_grpc.store.base import StoredEvent
+from godel_grpc.core.upgrade import decode
+from godel_grpc.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from godel_grpc.store.base import StoreClosed, StoredEvent
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _SUBSCRIBE_BATCH = 1000
 
 
 def to_api_event(stored: StoredEvent) -> event_pb2.Event:
-    """The recorded event as the API shows it, position and stream version filled in."""
-    event = event_pb2.Event.FromString(stored.data)
-    event.id = stored.position
-    event.stream_version = stored.stream_version
-    event.type = stored.type
-    return event
+    """The recorded event as the API shows it, position and stream version filled in,
+    upgraded to the current schema version."""
+    return decode(stored)
 
 
 class EventServicer(pb_grpc.EventServiceServicer):
@@ -69,11 +67,24 @@ class EventServicer(pb_grpc.EventServiceServicer):
         while True:
             last = await store.last_position()
             while position < last:
-                batch = await store.read(
-                    position, _SUBSCRIBE_BATCH, stream=stream, types=types, up_to=last
-                )
+                try:
+                    batch = await store.read(
+                        position, _SUBSCRIBE_BATCH, stream=stream, types=types, up_to=last
+                    )
+                except StoreClosed:
+                    raise _going_away() from None
                 for stored in batch:
                     yield pb.SubscribeEventsResponse(event=to_api_event(stored), live=caught_up)
                 position = batch[-1].position if len(batch) == _SUBSCRIBE_BATCH else last
+            if self._coordinator.stopping:
+                # Caught up with what this process wrote: the subscriber resumes from
+                # here on the next coordinator (the client's subscribe does so itself).
+                raise _going_away()
             caught_up = True
             await store.wait_for_position(position)
+
+
+def _going_away() -> Unavailable:
+    return Unavailable(
+        "the coordinator is shutting down; subscribe again after the last event received"
+    )

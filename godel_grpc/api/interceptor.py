@@ -20,12 +20,14 @@ from google.protobuf.message import Message
 from godel_grpc.api.validation import validate
 from godel_grpc.errors import (
     DETAILS_METADATA_KEY,
+    Aborted,
     FieldViolation,
     GodelError,
     InvalidArgument,
     Unimplemented,
 )
 from godel_grpc.metrics import CoordinatorMetrics
+from godel_grpc.store.base import WrongExpectedVersion
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,8 @@ def _translate(method: str, exc: Exception) -> GodelError:
     """The error a caller should see for `exc`."""
     if isinstance(exc, GodelError):
         return exc
+    if isinstance(exc, WrongExpectedVersion):
+        return Aborted(exc.stream, exc.expected, exc.actual)
     if isinstance(exc, NotImplementedError):
         return Unimplemented(f"{method} is not available on this coordinator yet")
     log.error("unexpected error in %s", method, exc_info=exc)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -46,6 +48,31 @@ DEFAULT_TIMEOUT = 30.0
 TERMINAL_STATES = frozenset(
     {task_pb2.Task.STATE_SUCCEEDED, task_pb2.Task.STATE_FAILED, task_pb2.Task.STATE_CANCELLED}
 )
+
+
+RECONNECT_FOR = 60.0
+"""Seconds a resuming stream keeps trying to reach a coordinator before giving up."""
+
+
+class _Backoff:
+    """Waits between reconnects: 0.1 s doubling to 2 s, for at most `limit` seconds
+    since the last success."""
+
+    def __init__(self, limit: float) -> None:
+        self._limit = limit
+        self.reset()
+
+    def reset(self) -> None:
+        self._delay = 0.1
+        self._since = time.monotonic()
+
+    async def wait(self) -> bool:
+        """Sleeps before the next attempt; False once the time is up."""
+        if time.monotonic() - self._since >= self._limit:
+            return False
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, 2.0)
+        return True
 
 
 def _translated(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -214,6 +241,59 @@ class Agents:
         )
 
     @_translated
+    async def spawn(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> agent_pb2.Agent:
+        """Starts an agent through the coordinator's runtime, from the seed's spawn
+        object (camelCase JSON, `{"role": "worker", "eventSourcing": {...}}`) and/or
+        snake_case keywords; returns it in state STARTING."""
+        request = agent_pb.SpawnAgentRequest()
+        if spec is not None:
+            json_format.ParseDict(dict(spec), request)
+        if fields:
+            json_format.ParseDict(fields, request)
+        response = await self._stub.SpawnAgent(request, timeout=self._timeout)
+        return response.agent
+
+    @_translated
+    async def terminate(self, agent_id: str, reason: str = "") -> agent_pb2.Agent:
+        """Stops a spawned agent and its sidecars."""
+        response = await self._stub.TerminateAgent(
+            agent_pb.TerminateAgentRequest(id=agent_id, reason=reason), timeout=self._timeout
+        )
+        return response.agent
+
+    @_translated
+    async def replay(
+        self, agent: str | Sequence[event_pb2.Event], up_to_event_id: int = 0
+    ) -> agent_pb.AgentReplayState:
+        """The agent's state as of event `up_to_event_id` (0: the latest), rebuilt from
+        the log. `agent` is its id, or, as in the seed, the events `events.get_for_agent`
+        returned (their agent is the one replayed)."""
+        if not isinstance(agent, str):
+            ids = {event.agent_id for event in agent}
+            if len(ids) != 1:
+                raise ValueError("replay needs the events of exactly one agent")
+            (agent,) = ids
+        response = await self._stub.ReplayAgent(
+            agent_pb.ReplayAgentRequest(agent_id=agent, up_to_event_id=up_to_event_id),
+            timeout=self._timeout,
+        )
+        return response.state
+
+    async def watch(
+        self, role: str = "", agent_ids: Sequence[str] = ()
+    ) -> AsyncIterator[agent_pb2.Agent]:
+        """Every matching agent as it is now, then each agent again on every change,
+        until the caller stops iterating."""
+        call = self._stub.WatchAgents(agent_pb.WatchAgentsRequest(role=role, agent_ids=agent_ids))
+        try:
+            async for response in call:
+                yield response.agent
+        except grpc.aio.AioRpcError as error:
+            raise RPCError.from_aio(error) from None
+        finally:
+            call.cancel()
+
+    @_translated
     async def list(self, role: str = "") -> list[agent_pb2.Agent]:
         """Every registered agent (all pages), optionally of one role."""
         return await _every_page(
@@ -246,17 +326,37 @@ class Events:
         )
 
     async def subscribe(
-        self, after_id: int = 0, types: Sequence[str] = ()
+        self,
+        after_id: int = 0,
+        types: Sequence[str] = (),
+        stream: str = "",
+        *,
+        reconnect_for: float = RECONNECT_FOR,
     ) -> AsyncIterator[event_pb.SubscribeEventsResponse]:
-        """Every event after `after_id`: recorded ones first, then live ones."""
-        call = self._stub.SubscribeEvents(
-            event_pb.SubscribeEventsRequest(after_id=after_id, types=types)
-        )
-        try:
-            async for response in call:
-                yield response
-        except grpc.aio.AioRpcError as error:
-            raise RPCError.from_aio(error) from None
+        """Every event after `after_id`: recorded ones first, then live ones.
+
+        When the coordinator goes away (UNAVAILABLE: restart, failover, dropped
+        connection) the subscription reconnects by itself and resumes after the last
+        event it delivered, so the caller sees every event once, in order. It gives up
+        with the RPCError after `reconnect_for` seconds without reaching a coordinator.
+        """
+        position = after_id
+        retry = _Backoff(reconnect_for)
+        while True:
+            call = self._stub.SubscribeEvents(
+                event_pb.SubscribeEventsRequest(after_id=position, types=types, stream=stream)
+            )
+            try:
+                async for response in call:
+                    retry.reset()
+                    position = response.event.id
+                    yield response
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or not await retry.wait():
+                    raise RPCError.from_aio(error) from None
+            finally:
+                call.cancel()
 
 
 class ConvoyHandle:

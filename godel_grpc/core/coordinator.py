@@ -36,6 +36,7 @@ from godel_grpc._proto.godel.v1 import (
 )
 from godel_grpc.core import bulkheads as bulkhead_labels
 from godel_grpc.core import events
+from godel_grpc.core.agent_history import AgentHistory
 from godel_grpc.core.breakers import BreakerBook
 from godel_grpc.core.bulkheads import BulkheadManager
 from godel_grpc.core.convoys import ConvoyManager
@@ -49,6 +50,7 @@ from godel_grpc.core.sagas import SagaManager
 from godel_grpc.core.scheduler import Scheduler
 from godel_grpc.core.session import AgentSession
 from godel_grpc.core.state import CoordinatorState
+from godel_grpc.core.upgrade import decode
 from godel_grpc.core.workflows import WorkflowManager
 from godel_grpc.errors import (
     AlreadyExists,
@@ -105,6 +107,8 @@ class Coordinator:
             self._circuit_changed,
         )
         self.journal = Journal(store, self._on_written, self._on_journal_failed)
+        self.agent_history = AgentHistory(store)
+        """Snapshots of event-sourced agents and ReplayAgent."""
         self.sessions: dict[str, AgentSession] = {}
         self.spawned_ids: dict[str, str] = {}
         """Name → id promised by SpawnAgent; the hello with that name gets that id."""
@@ -184,9 +188,7 @@ class Coordinator:
             if not batch:
                 break
             for stored in batch:
-                event = event_pb2.Event.FromString(stored.data)
-                event.id = stored.position
-                self.state.apply(event)
+                self.state.apply(decode(stored))
             position = batch[-1].position
             replayed += len(batch)
         return replayed
@@ -212,10 +214,13 @@ class Coordinator:
         for watchers in self._watchers.values():
             for queue in watchers:
                 queue.put_nowait(None)
+        for listener in list(self.state.agent_listeners):
+            listener(None)  # WatchAgents streams end
         await self.journal.flush()
         if self.journal.idle and (self.fatal is None or not self.fatal.done()):
             await self._snapshot()
         await self.journal.close()
+        await self.agent_history.close()
         await self.store.close()
 
     async def _snapshot(self) -> None:
@@ -722,6 +727,9 @@ class Coordinator:
                 )
                 self.metrics.results.labels("succeeded").inc()
             self.state.apply(event)
+            # Journalled as applied (it joins the same write): a breaker transition
+            # a later result causes is recorded after this one, as it happened.
+            self.journal.record([event])
             batch.append(event)
             if task.state == Task.STATE_QUEUED:
                 self._retry_later(task)
@@ -737,6 +745,7 @@ class Coordinator:
                 task.id, attempt_id, session.agent_id, "released by agent", lost=False
             )
             self.state.apply(event)
+            self.journal.record([event])
             batch.append(event)
             self.metrics.requeued.labels("released").inc()
             self._enqueue(task)
@@ -764,8 +773,9 @@ class Coordinator:
             session.draining = True
             agent.state = Agent.STATE_DRAINING
             self.scheduler.remove_agent(session.agent_id)
+            for listener in self.state.agent_listeners:  # no event: tell WatchAgents
+                listener(agent)
         if batch:
-            self.journal.record(batch)
             self.run_pattern_actions()
             self._schedule_dispatch()
             self._lease_ended.set()

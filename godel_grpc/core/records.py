@@ -149,16 +149,20 @@ class AgentRecord:
     __slots__ = (
         "actions",
         "capacity",
+        "circuit",
         "connect_time",
         "create_time",
+        "event_count",
         "id",
         "in_flight",
         "labels",
         "last_seen",
         "name",
+        "position",
         "queues",
         "resume_token_sha256",
         "role",
+        "running",
         "sample",
         "state",
         "tasks_completed",
@@ -186,6 +190,13 @@ class AgentRecord:
         self.sample: sample_pb2.Sample | None = None
         """Latest sample from the agent's monitor sidecar; in memory only, and dropped
         when the link ends, so it never describes a process that is gone."""
+        self.running: set[str] = set()
+        """Tasks leased to the agent whose attempt has not ended (`agent_fold`)."""
+        self.circuit = "CLOSED"
+        self.event_count = 0
+        """The agent's own events folded so far."""
+        self.position = 0
+        """Log position of the last of them, when known."""
 
     def pools(self) -> list[str]:
         """The pools this agent serves."""

@@ -8,10 +8,12 @@ the same function, so recovered state is the live state by construction.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Protocol
 
 from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
-from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord
+from godel_grpc.core import agent_fold
+from godel_grpc.core.records import AgentRecord, Task, TaskRecord
 
 
 class EventObserver(Protocol):
@@ -45,6 +47,9 @@ class CoordinatorState:
         self.epoch = 0
         self.position = 0
         self.task_counts: Counter[int] = Counter()
+        self.agent_listeners: list[Callable[[AgentRecord | None], None]] = []
+        """Called with an agent's record after each of its events is folded, and with
+        None when the coordinator stops (WatchAgents)."""
 
     # -- folding ---------------------------------------------------------------------
 
@@ -54,6 +59,12 @@ class CoordinatorState:
         handler = _HANDLERS.get(kind or "")
         if handler is not None:
             handler(self, event)
+        if event.agent_id:
+            agent = self.agents.get(event.agent_id)
+            if agent is not None:
+                agent_fold.apply(agent, event)
+                for listener in self.agent_listeners:
+                    listener(agent)
         for observer in self.observers:
             observer.observe(event)
         if event.id:
@@ -95,18 +106,6 @@ class CoordinatorState:
         task.agent_id = leased.agent_id
         task.start_time = event.time.ToNanoseconds() / 1e9
         task.progress = None
-        agent = self.agents.get(leased.agent_id)
-        if agent is not None:
-            agent.in_flight += 1
-
-    def _release_agent_slot(self, agent_id: str, failed: bool) -> None:
-        agent = self.agents.get(agent_id)
-        if agent is None:
-            return
-        agent.in_flight = max(0, agent.in_flight - 1)
-        agent.tasks_completed += 1
-        if failed:
-            agent.tasks_failed += 1
 
     def _on_task_succeeded(self, event: event_pb2.Event) -> None:
         succeeded = event.task_succeeded
@@ -116,7 +115,6 @@ class CoordinatorState:
         self._set_task_state(task, Task.STATE_SUCCEEDED)
         task.output = succeeded.output
         task.end_time = event.time.ToNanoseconds() / 1e9
-        self._release_agent_slot(task.agent_id, failed=False)
 
     def _on_task_attempt_failed(self, event: event_pb2.Event) -> None:
         failed = event.task_attempt_failed
@@ -130,7 +128,6 @@ class CoordinatorState:
             task.end_time = event.time.ToNanoseconds() / 1e9
         else:
             self._set_task_state(task, Task.STATE_QUEUED)
-        self._release_agent_slot(task.agent_id, failed=True)
 
     def _on_task_requeued(self, event: event_pb2.Event) -> None:
         requeued = event.task_requeued
@@ -140,19 +137,12 @@ class CoordinatorState:
         if requeued.lost:
             task.failures += 1
         self._set_task_state(task, Task.STATE_QUEUED)
-        agent = self.agents.get(task.agent_id)
-        if agent is not None:
-            agent.in_flight = max(0, agent.in_flight - 1)
 
     def _on_task_cancelled(self, event: event_pb2.Event) -> None:
         cancelled = event.task_cancelled
         task = self.tasks.get(cancelled.task_id)
         if task is None:  # ended and evicted; nothing left to change
             return
-        if task.state == Task.STATE_RUNNING:
-            agent = self.agents.get(task.agent_id)
-            if agent is not None:
-                agent.in_flight = max(0, agent.in_flight - 1)
         self._set_task_state(task, Task.STATE_CANCELLED)
         task.error = task_pb2.TaskError(
             code=cancelled.code or "CANCELLED", message=cancelled.reason
@@ -160,34 +150,14 @@ class CoordinatorState:
         task.end_time = event.time.ToNanoseconds() / 1e9
 
     def _on_agent_registered(self, event: event_pb2.Event) -> None:
-        registered = event.agent_registered
-        agent = AgentRecord(
-            registered.agent_id,
-            registered.name,
-            registered.role,
-            event.time.ToNanoseconds() / 1e9,
-        )
-        agent.actions = list(registered.actions)
-        agent.queues = list(registered.queues)
-        agent.capacity = registered.capacity
-        agent.labels = dict(registered.labels)
-        agent.version = registered.version
-        agent.resume_token_sha256 = registered.resume_token_sha256
+        # Agents' own fields (state, counters, circuit) are folded by `agent_fold` in
+        # `apply`, the function ReplayAgent uses too.
+        self._add_agent(agent_fold.register(event))
+
+    def _add_agent(self, agent: AgentRecord) -> None:
         self.agents[agent.id] = agent
         if agent.resume_token_sha256:
             self.agents_by_token[agent.resume_token_sha256] = agent.id
-
-    def _on_agent_connected(self, event: event_pb2.Event) -> None:
-        connected = event.agent_connected
-        agent = self.agents[connected.agent_id]
-        agent.state = Agent.STATE_READY
-        agent.capacity = connected.capacity
-        agent.connect_time = event.time.ToNanoseconds() / 1e9
-        agent.last_seen = agent.connect_time
-
-    def _on_agent_disconnected(self, event: event_pb2.Event) -> None:
-        agent = self.agents[event.agent_disconnected.agent_id]
-        agent.state = Agent.STATE_DISCONNECTED
 
     # -- snapshots -------------------------------------------------------------------
 
@@ -201,6 +171,7 @@ class CoordinatorState:
             task_counts={Task.State.Name(s): n for s, n in self.task_counts.items() if n},  # type: ignore[arg-type]
         )
         snapshot.tasks.extend(task.to_proto() for task in self.tasks.values() if not task.terminal)
+        snapshot.agent_states.extend(agent_fold.to_snapshot(a) for a in self.agents.values())
         for agent in self.agents.values():
             snapshot.agents.add(
                 agent_id=agent.id,
@@ -226,10 +197,13 @@ class CoordinatorState:
         state.idempotency.update(snapshot.idempotency_keys)
         for name, count in snapshot.task_counts.items():
             state.task_counts[Task.State.Value(name)] = count
-        for registered in snapshot.agents:
-            event = event_pb2.Event()
-            event.agent_registered.CopyFrom(registered)
-            state._on_agent_registered(event)
+        for folded in snapshot.agent_states:
+            state._add_agent(agent_fold.from_snapshot(folded))
+        if not snapshot.agent_states:  # written before agents' states were kept
+            for registered in snapshot.agents:
+                event = event_pb2.Event()
+                event.agent_registered.CopyFrom(registered)
+                state._on_agent_registered(event)
         for proto in snapshot.tasks:
             spec = task_pb2.Task()
             spec.CopyFrom(proto)
@@ -247,8 +221,9 @@ class CoordinatorState:
             task.failures = proto.failed_attempts
             state.tasks[task.id] = task
             agent = state.agents.get(task.agent_id)
-            if agent is not None and task.state == Task.STATE_RUNNING:
-                agent.in_flight += 1
+            if agent is not None and task.state == Task.STATE_RUNNING and not snapshot.agent_states:
+                agent.running.add(task.id)
+                agent.in_flight = len(agent.running)
         return state
 
 
@@ -277,6 +252,4 @@ _HANDLERS = {
     "task_requeued": CoordinatorState._on_task_requeued,
     "task_cancelled": CoordinatorState._on_task_cancelled,
     "agent_registered": CoordinatorState._on_agent_registered,
-    "agent_connected": CoordinatorState._on_agent_connected,
-    "agent_disconnected": CoordinatorState._on_agent_disconnected,
 }

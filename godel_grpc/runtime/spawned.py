@@ -85,11 +85,15 @@ class SpawnedAgents:
         )
         self._options[agent_id] = _options(request)
         self._created[agent_id] = time.time()
+        history = self.coordinator.agent_history
+        if request.event_sourcing.enabled:  # before the process exists, so before its events
+            await history.enable(agent_id, request.event_sourcing.snapshot_interval)
         self.coordinator.spawned_ids[name] = agent_id
         try:
             handle = await self.runtime.spawn(launch)
         except SpawnFailed as exc:
             del self.coordinator.spawned_ids[name]
+            history.disable(agent_id)
             raise FailedPrecondition(str(exc), subject="sidecars", reason="SPAWN_FAILED") from exc
         return self.show(handle)
 
@@ -144,13 +148,17 @@ class SpawnedAgents:
     def overlay(self, agent: Agent) -> Agent:
         """The agent with the runtime's view of it, when it was spawned."""
         handle = self.runtime.get(agent.id)
-        return self.show(handle) if handle is not None else agent
+        return self.show(handle, agent) if handle is not None else agent
 
-    def show(self, handle: AgentHandle) -> Agent:
-        """A spawned agent as the API shows it."""
+    def show(self, handle: AgentHandle, registered: Agent | None = None) -> Agent:
+        """A spawned agent as the API shows it; `registered` is the coordinator's view
+        of it to lay the runtime's over (default: as of now)."""
         launch = handle.launch
         record = self.coordinator.state.agents.get(launch.agent_id)
-        if record is None:
+        if registered is not None:
+            agent = Agent()
+            agent.CopyFrom(registered)
+        elif record is None:
             agent = Agent(
                 id=launch.agent_id,
                 name=launch.name,

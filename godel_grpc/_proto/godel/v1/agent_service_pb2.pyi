@@ -636,6 +636,7 @@ class AgentReplayState(_message.Message):
     EVENTS_READ_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     MEMORY_FIELD_NUMBER: _builtins.int
+    CIRCUIT_STATE_FIELD_NUMBER: _builtins.int
     up_to_event_id: _builtins.int
     """Id of the last event of the log taken into account (the requested one, or the
     latest when none was requested).
@@ -650,6 +651,10 @@ class AgentReplayState(_message.Message):
     """Number of events read and applied on top of the snapshot."""
     score: _builtins.float
     """The agent's reflex score at that point, 0 to 5; 0 before any feedback."""
+    circuit_state: _builtins.str
+    """The agent's circuit breaker at that point: "CLOSED", "OPEN" or "HALF_OPEN", as
+    its last "agent.circuit_changed" event left it; "CLOSED" before any change.
+    """
     @_builtins.property
     def agent(self) -> _agent_pb2.Agent:
         """The agent resource as it was after the last event applied."""
@@ -673,10 +678,11 @@ class AgentReplayState(_message.Message):
         events_read: _builtins.int = ...,
         score: _builtins.float = ...,
         memory: _struct_pb2.Struct | None = ...,
+        circuit_state: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "memory", b"memory", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "event_count", b"event_count", "events_read", b"events_read", "memory", b"memory", "score", b"score", "snapshot_position", b"snapshot_position", "time", b"time", "up_to_event_id", b"up_to_event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "circuit_state", b"circuit_state", "event_count", b"event_count", "events_read", b"events_read", "memory", b"memory", "score", b"score", "snapshot_position", b"snapshot_position", "time", b"time", "up_to_event_id", b"up_to_event_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -124,8 +124,9 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchAgents(self, request, context):
-        """Streams every matching agent as it is now, then each agent again on every change,
-        until the caller cancels. INVALID_ARGUMENT for malformed filters.
+        """Streams every matching agent as it is now, then each agent again on every change
+        (each of its events, and draining), until the caller cancels. INVALID_ARGUMENT for
+        malformed filters; UNAVAILABLE when the coordinator stops (watch again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,8 +53,9 @@ class AgentServiceStub:
     NOT_FOUND if the id is unknown; FAILED_PRECONDITION if it is already TERMINATED.
     """
     WatchAgents: _grpc.UnaryStreamMultiCallable[_agent_service_pb2.WatchAgentsRequest, _agent_service_pb2.WatchAgentsResponse]
-    """Streams every matching agent as it is now, then each agent again on every change,
-    until the caller cancels. INVALID_ARGUMENT for malformed filters.
+    """Streams every matching agent as it is now, then each agent again on every change
+    (each of its events, and draining), until the caller cancels. INVALID_ARGUMENT for
+    malformed filters; UNAVAILABLE when the coordinator stops (watch again).
     """
     SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.SubmitFeedbackRequest, _agent_service_pb2.SubmitFeedbackResponse]
     """Records a rating of an agent's work (reflex pattern). With the agent's feedback loop
@@ -104,8 +105,9 @@ class AgentServiceAsyncStub(AgentServiceStub):
     NOT_FOUND if the id is unknown; FAILED_PRECONDITION if it is already TERMINATED.
     """
     WatchAgents: _aio.UnaryStreamMultiCallable[_agent_service_pb2.WatchAgentsRequest, _agent_service_pb2.WatchAgentsResponse]  # type: ignore[assignment]
-    """Streams every matching agent as it is now, then each agent again on every change,
-    until the caller cancels. INVALID_ARGUMENT for malformed filters.
+    """Streams every matching agent as it is now, then each agent again on every change
+    (each of its events, and draining), until the caller cancels. INVALID_ARGUMENT for
+    malformed filters; UNAVAILABLE when the coordinator stops (watch again).
     """
     SubmitFeedback: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.SubmitFeedbackRequest, _agent_service_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
     """Records a rating of an agent's work (reflex pattern). With the agent's feedback loop
@@ -182,8 +184,9 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_service_pb2.WatchAgentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_service_pb2.WatchAgentsResponse], _abc.AsyncIterator[_agent_service_pb2.WatchAgentsResponse]]:
-        """Streams every matching agent as it is now, then each agent again on every change,
-        until the caller cancels. INVALID_ARGUMENT for malformed filters.
+        """Streams every matching agent as it is now, then each agent again on every change
+        (each of its events, and draining), until the caller cancels. INVALID_ARGUMENT for
+        malformed filters; UNAVAILABLE when the coordinator stops (watch again).
         """
 
     @_abc_1.abstractmethod

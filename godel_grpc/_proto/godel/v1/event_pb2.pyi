@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from godel_grpc._proto.godel.v1 import agent_pb2 as _agent_pb2
 from godel_grpc._proto.godel.v1 import bulkhead_pb2 as _bulkhead_pb2
 from godel_grpc._proto.godel.v1 import convoy_pb2 as _convoy_pb2
 from godel_grpc._proto.godel.v1 import queue_pb2 as _queue_pb2
@@ -906,6 +907,7 @@ class CoordinatorSnapshot(_message.Message):
     IDEMPOTENCY_KEYS_FIELD_NUMBER: _builtins.int
     TASK_COUNTS_FIELD_NUMBER: _builtins.int
     PATTERN_EVENTS_FIELD_NUMBER: _builtins.int
+    AGENT_STATES_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """The position of the last event folded into this snapshot."""
     epoch: _builtins.int
@@ -938,6 +940,12 @@ class CoordinatorSnapshot(_message.Message):
         in log order; replaying them rebuilds those resources.
         """
 
+    @_builtins.property
+    def agent_states(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentSnapshot]:
+        """Every registered agent's folded state (counters, running tasks, circuit), as of
+        this position. When present it replaces `agents`, which older snapshots carry alone.
+        """
+
     def __init__(
         self,
         *,
@@ -949,14 +957,78 @@ class CoordinatorSnapshot(_message.Message):
         idempotency_keys: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         task_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         pattern_events: _abc.Iterable[Global___Event] | None = ...,
+        agent_states: _abc.Iterable[Global___AgentSnapshot] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "epoch", b"epoch", "extensions", b"extensions", "idempotency_keys", b"idempotency_keys", "pattern_events", b"pattern_events", "position", b"position", "task_counts", b"task_counts", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_states", b"agent_states", "agents", b"agents", "epoch", b"epoch", "extensions", b"extensions", "idempotency_keys", b"idempotency_keys", "pattern_events", b"pattern_events", "position", b"position", "task_counts", b"task_counts", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CoordinatorSnapshot: _TypeAlias = CoordinatorSnapshot  # noqa: Y015
+
+@_typing.final
+class AgentSnapshot(_message.Message):
+    """One agent's state as the fold of its own events (the events indexed under its id),
+    written every `snapshotInterval` of those events for event-sourced agents, and inside
+    the coordinator's snapshot for every agent. Storage format; not sent over the API.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    RUNNING_TASK_IDS_FIELD_NUMBER: _builtins.int
+    QUEUES_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
+    CIRCUIT_STATE_FIELD_NUMBER: _builtins.int
+    EVENT_COUNT_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    resume_token_sha256: _builtins.str
+    """SHA-256 of its resume token, hex-encoded."""
+    circuit_state: _builtins.str
+    """Its circuit breaker's state after the last "agent.circuit_changed": "CLOSED",
+    "OPEN" or "HALF_OPEN". "CLOSED" before any change.
+    """
+    event_count: _builtins.int
+    """Number of the agent's own events folded, "agent.registered" included."""
+    position: _builtins.int
+    """Id (log position) of the last event folded; 0 when not known yet (live state ahead
+    of the log).
+    """
+    @_builtins.property
+    def agent(self) -> _agent_pb2.Agent:
+        """The agent resource as folded: identity, state, counters and times. Liveness that
+        no event records (last heartbeat, pid, spawn options) is not part of it.
+        """
+
+    @_builtins.property
+    def running_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the tasks leased to the agent whose attempt has not ended; `agent.in_flight`
+        is their number.
+        """
+
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Backpressure queues the agent serves."""
+
+    def __init__(
+        self,
+        *,
+        agent: _agent_pb2.Agent | None = ...,
+        running_task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        queues: _abc.Iterable[_builtins.str] | None = ...,
+        resume_token_sha256: _builtins.str = ...,
+        circuit_state: _builtins.str = ...,
+        event_count: _builtins.int = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "circuit_state", b"circuit_state", "event_count", b"event_count", "position", b"position", "queues", b"queues", "resume_token_sha256", b"resume_token_sha256", "running_task_ids", b"running_task_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentSnapshot: _TypeAlias = AgentSnapshot  # noqa: Y015
 
 @_typing.final
 class QueueCreated(_message.Message):

@@ -62,7 +62,8 @@ class EventServiceServicer:
     def SubscribeEvents(self, request, context):
         """Streams every event after a position: first the recorded ones (catch-up), then new
         ones as they are recorded (live), with no gap and no duplicate across the switch.
-        A subscriber that reconnects with the last id it saw resumes exactly after it.
+        A subscriber that reconnects with the last id it saw resumes exactly after it; the
+        stream ends with UNAVAILABLE when the coordinator stops, which is the cue to do so.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

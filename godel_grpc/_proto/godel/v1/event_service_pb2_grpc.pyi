@@ -40,7 +40,8 @@ class EventServiceStub:
     SubscribeEvents: _grpc.UnaryStreamMultiCallable[_event_service_pb2.SubscribeEventsRequest, _event_service_pb2.SubscribeEventsResponse]
     """Streams every event after a position: first the recorded ones (catch-up), then new
     ones as they are recorded (live), with no gap and no duplicate across the switch.
-    A subscriber that reconnects with the last id it saw resumes exactly after it.
+    A subscriber that reconnects with the last id it saw resumes exactly after it; the
+    stream ends with UNAVAILABLE when the coordinator stops, which is the cue to do so.
     """
 
 @_typing.type_check_only
@@ -55,7 +56,8 @@ class EventServiceAsyncStub(EventServiceStub):
     SubscribeEvents: _aio.UnaryStreamMultiCallable[_event_service_pb2.SubscribeEventsRequest, _event_service_pb2.SubscribeEventsResponse]  # type: ignore[assignment]
     """Streams every event after a position: first the recorded ones (catch-up), then new
     ones as they are recorded (live), with no gap and no duplicate across the switch.
-    A subscriber that reconnects with the last id it saw resumes exactly after it.
+    A subscriber that reconnects with the last id it saw resumes exactly after it; the
+    stream ends with UNAVAILABLE when the coordinator stops, which is the cue to do so.
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -79,7 +81,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_event_service_pb2.SubscribeEventsResponse], _abc.AsyncIterator[_event_service_pb2.SubscribeEventsResponse]]:
         """Streams every event after a position: first the recorded ones (catch-up), then new
         ones as they are recorded (live), with no gap and no duplicate across the switch.
-        A subscriber that reconnects with the last id it saw resumes exactly after it.
+        A subscriber that reconnects with the last id it saw resumes exactly after it; the
+        stream ends with UNAVAILABLE when the coordinator stops, which is the cue to do so.
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
