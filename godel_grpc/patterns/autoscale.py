@@ -1,10 +1,10 @@
 """A swarm's autoscaler: how many agents it should run, given its load. Pure policy.
 
 The metric is the swarm's queue depth (tasks waiting plus tasks running); the load is
-that metric divided by (target × agents). Above `scale_up_threshold` the swarm should
+that metric divided by (target * agents). Above `scale_up_threshold` the swarm should
 grow, below `scale_down_threshold` shrink, and in between it holds. When it moves, it
 aims for the fewest agents that bring the load to at most the up threshold
-(``ceil(metric / (target × up))``), so a swarm that just shrank is not at once loaded
+(``ceil(metric / (target * up))``), so a swarm that just shrank is not at once loaded
 enough to grow again.
 
 Beyond the seed's four numbers, it damps changes the way Kubernetes' HPA does:
@@ -170,7 +170,7 @@ class Decision:
 
 
 def load_of(policy: ScalePolicy, metric: float, agents: int) -> float:
-    """Metric per (target × agents); with no agents, infinite for any work and 0 for
+    """Metric per (target * agents); with no agents, infinite for any work and 0 for
     none."""
     if agents <= 0:
         return math.inf if metric > 0 else 0.0
@@ -222,7 +222,7 @@ class Autoscaler:
                 observation,
                 _finite(load),
                 BOUNDS,
-                f"{agents} agents is outside {bound} {limit}: {agents} → {target}",
+                f"{agents} agents is outside {bound} {limit}: {agents} -> {target}",
             )
         if self.last_change is not None and now - self.last_change < policy.cooldown:
             return None
@@ -290,11 +290,11 @@ class Autoscaler:
         text = (
             f"queue depth {observation.metric} ({observation.queued} queued, "
             f"{observation.in_flight} in flight) is load {_finite(load):.2f} of {agents} "
-            f"agents × target {policy.target:g}, {side}"
+            f"agents * target {policy.target:g}, {side}"
         )
         if window:
             text += f" for {window:g}s"
-        text += f": {agents} → {capped}"
+        text += f": {agents} -> {capped}"
         if capped != wanted:
             text += f" (capped from {wanted} per {policy.scale_period:g}s)"
         return text

@@ -7,6 +7,7 @@ sizes stay in bounds and respect cooldown, caps and stabilisation windows.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from hypothesis import given, settings
@@ -217,7 +218,7 @@ def test_properties_bounds_cooldown_caps_and_windows(
             assert decision.to_agents >= max(window)
     loads = [d for d in given_run.decisions if d.trigger == LOAD]
     # Cooldown between load-driven changes.
-    for earlier, later in zip(loads, loads[1:], strict=False):
+    for earlier, later in itertools.pairwise(loads):
         assert later.time - earlier.time >= policy.cooldown
     # Caps: within any period, added (removed) agents stay within the cap.
     for decision in loads:
