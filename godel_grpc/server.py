@@ -31,6 +31,7 @@ from godel_grpc.api.interceptor import BoundaryInterceptor
 from godel_grpc.api.queues import QueueServicer
 from godel_grpc.api.reflection_pool import MethodAwarePool
 from godel_grpc.api.sagas import SagaServicer
+from godel_grpc.api.swarms import SwarmServicer
 from godel_grpc.api.tasks import TaskServicer
 from godel_grpc.config import ServeConfig
 from godel_grpc.core.bulkhead_commands import BulkheadCommands
@@ -38,6 +39,7 @@ from godel_grpc.core.convoy_commands import ConvoyCommands
 from godel_grpc.core.coordinator import Coordinator, CoordinatorSettings
 from godel_grpc.core.queue_commands import QueueCommands
 from godel_grpc.core.saga_commands import SagaCommands
+from godel_grpc.core.swarm_commands import SwarmCommands
 from godel_grpc.metrics import CoordinatorMetrics
 from godel_grpc.runtime.local import LocalRuntime
 from godel_grpc.store.factory import open_store
@@ -82,10 +84,13 @@ class RunningServer:
     registry: CollectorRegistry
     _metrics_server: Any = field(default=None, repr=False)
     runtime: LocalRuntime | None = None
+    swarms: SwarmCommands | None = None
 
     async def stop(self, grace: float) -> None:
         """Stops taking calls, drains agents and in-flight RPCs, then flushes the log."""
         await self.health.enter_graceful_shutdown()
+        if self.swarms is not None:  # no scaling while everything stops
+            await self.swarms.stop()
         try:
             await self.coordinator.stop(grace)
         finally:  # no spawned process outlives the coordinator, even a failed one
@@ -114,6 +119,7 @@ async def start_server(
     )
     await coordinator.start()
     runtime = LocalRuntime(config.data_dir / "agents", default_exec=config.agent_exec)
+    swarms = SwarmCommands(coordinator, runtime)
     server = grpc.aio.server(
         interceptors=[BoundaryInterceptor(metrics)],
         options=[
@@ -135,6 +141,7 @@ async def start_server(
         "SagaService": SagaServicer(SagaCommands(coordinator)),
         "QueueService": QueueServicer(QueueCommands(coordinator)),
         "BulkheadService": BulkheadServicer(BulkheadCommands(coordinator)),
+        "SwarmService": SwarmServicer(swarms),
     }
     names = []
     for service, base, add in api_services():
@@ -150,6 +157,7 @@ async def start_server(
         raise OSError(f"could not listen on {config.listen}")
     await server.start()
     runtime.coordinator_address = f"127.0.0.1:{port}"  # spawned agents dial loopback
+    swarms.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_server = None
@@ -178,6 +186,7 @@ async def start_server(
         registry,
         metrics_server,
         runtime,
+        swarms,
     )
 
 
@@ -205,5 +214,7 @@ async def serve(config: ServeConfig) -> int:
 
 async def runtime_close(running: RunningServer) -> None:
     """Stops spawned processes at once when the coordinator dies of a store failure."""
+    if running.swarms is not None:
+        await running.swarms.stop()
     if running.runtime is not None:
         await running.runtime.close(0.0)
