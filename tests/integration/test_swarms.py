@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from godel_grpc._proto.godel.v1 import agent_pb2, swarm_pb2, task_pb2
 from godel_grpc.client import Client, RPCError
 from godel_grpc.server import RunningServer
-from tests.support import coordinator_process, grpcurl_json
+from tests.support import coordinator_process, grpcurl_json, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -186,6 +187,15 @@ async def test_swarm_grows_under_load_and_shrinks_without_interrupting_tasks(
                 if s.name.endswith("_total")
             }
             assert events[("up", "load")] >= 1 and events[("down", "load")] >= 1
+            checked = await asyncio.to_thread(
+                subprocess.run,
+                [require_tool("promtool"), "check", "metrics"],
+                input=text,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def _scrape(port: int) -> str:
@@ -259,3 +269,31 @@ async def test_bad_swarms_are_refused_with_the_right_status(
     with pytest.raises(RPCError) as gone:
         await empty.get()
     assert gone.value.code.name == "NOT_FOUND"
+
+
+async def test_delete_drains_busy_agents_and_cancels_waiting_tasks(tmp_path: Path) -> None:
+    # Given a swarm of two agents, each running a 1.5 s task, with two more waiting,
+    with coordinator_process(tmp_path / "data") as coordinator:
+        async with Client(coordinator.address) as client:
+            swarm = await client.swarms.create(
+                name="slow",
+                minAgents=2,
+                maxAgents=2,
+                agentTemplate={"exec": "sleep 1.5", "capacity": 1},
+            )
+            tasks = [await swarm.submit({"title": f"slow {i}"}) for i in range(4)]
+            await until(swarm.get, lambda s: s.in_flight == 2, 30, "two tasks running")
+            # when the swarm is deleted,
+            await swarm.delete()
+            ended = await asyncio.gather(*(client.tasks.wait(t.id, timeout=30) for t in tasks))
+            # then the running tasks finish on their agents, the waiting ones are
+            # cancelled, and the agents stop once idle.
+            states = sorted(Task.State.Name(t.state) for t in ended)
+            assert states == ["STATE_CANCELLED"] * 2 + ["STATE_SUCCEEDED"] * 2
+            assert all(t.attempts == 1 for t in ended if t.state == Task.STATE_SUCCEEDED)
+            await until(
+                lambda: live_swarm_agents(client, "slow"),
+                lambda agents: not agents,
+                30,
+                "agents stopped after their work",
+            )
