@@ -99,7 +99,7 @@ async def test_seed_swarm_and_task_through_grpcurl(tmp_path: Path) -> None:
             await until(
                 lambda: live_swarm_agents(client, "processing-swarm"),
                 lambda agents: not agents,
-                30,
+                60,
                 "agents stopped after delete",
             )
 
@@ -161,7 +161,7 @@ async def test_swarm_grows_under_load_and_shrinks_without_interrupting_tasks(
             await until(
                 lambda: live_swarm_agents(client, "burst"),
                 lambda agents: len(agents) == 2,
-                30,
+                60,
                 "only 2 agent processes left",
             )
 
@@ -294,6 +294,41 @@ async def test_delete_drains_busy_agents_and_cancels_waiting_tasks(tmp_path: Pat
             await until(
                 lambda: live_swarm_agents(client, "slow"),
                 lambda agents: not agents,
-                30,
+                60,
                 "agents stopped after their work",
             )
+
+
+async def test_scale_down_drains_busy_agents_instead_of_killing_them(tmp_path: Path) -> None:
+    # Given a swarm that grows to 4 agents for 16 one-second tasks, and shrinks as soon
+    # as the load falls under its down threshold (so while the last tasks still run),
+    with coordinator_process(tmp_path / "data") as coordinator:
+        async with Client(coordinator.address) as client:
+            swarm = await client.swarms.create(
+                {
+                    "name": "tail",
+                    "minAgents": 1,
+                    "maxAgents": 4,
+                    "scalePolicy": {
+                        "target": 4,
+                        "scaleUpThreshold": 0.8,
+                        "scaleDownThreshold": 0.3,
+                        "cooldown": 0.1,
+                        "scaleDownStabilizationWindow": 0.01,
+                    },
+                    "agentTemplate": {"exec": "sleep 1", "capacity": 1},
+                }
+            )
+            # when the tasks run down,
+            tasks = await asyncio.gather(*(swarm.submit({"title": f"t{i}"}) for i in range(16)))
+            ended = await asyncio.gather(*(client.tasks.wait(t.id, timeout=60) for t in tasks))
+            shown = await until(
+                swarm.get,
+                lambda s: s.current_agents == 1 and s.draining_agents == 0,
+                30,
+                "back to one agent",
+            )
+            # then it shrank while agents were busy, and still every task ran once.
+            downs = [e for e in shown.scale_events if e.to_agents < e.from_agents]
+            assert any(e.in_flight > 0 for e in downs), list(shown.scale_events)
+            assert all(t.state == Task.STATE_SUCCEEDED and t.attempts == 1 for t in ended)
