@@ -9,19 +9,22 @@ deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from godel_grpc._proto.godel.v1 import agent_pb2, swarm_pb2, task_pb2
 from godel_grpc.client import Client, RPCError
 from godel_grpc.server import RunningServer
-from tests.support import coordinator_process, grpcurl_json, require_tool
+from tests.support import CoordinatorProcess, grpcurl_json, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +43,20 @@ SEED_SWARM = """{
     "scaleDownThreshold": 0.3
   }
 }"""
+
+
+@contextmanager
+def swarm_coordinator(data_dir: Path) -> Iterator[CoordinatorProcess]:
+    """A coordinator process that is always stopped with SIGTERM, so that its runtime
+    stops the swarm agents it spawned (SIGKILL would orphan them)."""
+    process = CoordinatorProcess(data_dir)
+    try:
+        yield process.start()
+    finally:
+        if process.proc is not None and process.proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.terminate(timeout=60)
+        process.stop()
 
 
 async def until(
@@ -67,7 +84,7 @@ async def live_swarm_agents(client: Client, swarm: str) -> list[Agent]:
 async def test_seed_swarm_and_task_through_grpcurl(tmp_path: Path) -> None:
     # Given a real coordinator process, when the seed's swarm and a task in the seed's
     # shape go through grpcurl verbatim,
-    with coordinator_process(tmp_path / "data") as coordinator:
+    with swarm_coordinator(tmp_path / "data") as coordinator:
         created = await grpcurl_json(
             coordinator.address, "godel.v1.SwarmService/CreateSwarm", SEED_SWARM
         )
@@ -109,7 +126,7 @@ async def test_swarm_grows_under_load_and_shrinks_without_interrupting_tasks(
 ) -> None:
     # Given a swarm of 2 to 8 agents at 10 tasks per agent, whose agents run a 200 ms
     # command per task,
-    with coordinator_process(tmp_path / "data") as coordinator:
+    with swarm_coordinator(tmp_path / "data") as coordinator:
         async with Client(coordinator.address) as client:
             swarm = await client.swarms.create(
                 {
@@ -207,15 +224,17 @@ def _scrape(port: int) -> str:
 
 async def test_swarm_survives_a_restart_and_comes_back_to_min(tmp_path: Path) -> None:
     # Given a swarm with one agent, a finished task and a waiting one,
-    with coordinator_process(tmp_path / "data") as coordinator:
+    with swarm_coordinator(tmp_path / "data") as coordinator:
         async with Client(coordinator.address) as client:
             swarm = await client.swarms.create(
                 name="durable", minAgents=1, maxAgents=1, agentTemplate={"role": "echoer"}
             )
             first = await swarm.submit({"title": "before"})
             await client.tasks.wait(first.id, timeout=60)
+            pids = [a.pid for a in await live_swarm_agents(client, "durable")]
         # when the coordinator stops (its agents stop with it) and starts again,
         assert coordinator.terminate() == 0
+        assert pids and not [p for p in pids if psutil.pid_exists(p)]
         coordinator.start()
         async with Client(coordinator.address) as client:
             # then the swarm is still there and is brought back to one agent,
@@ -273,7 +292,7 @@ async def test_bad_swarms_are_refused_with_the_right_status(
 
 async def test_delete_drains_busy_agents_and_cancels_waiting_tasks(tmp_path: Path) -> None:
     # Given a swarm of two agents, each running a 1.5 s task, with two more waiting,
-    with coordinator_process(tmp_path / "data") as coordinator:
+    with swarm_coordinator(tmp_path / "data") as coordinator:
         async with Client(coordinator.address) as client:
             swarm = await client.swarms.create(
                 name="slow",
@@ -302,7 +321,7 @@ async def test_delete_drains_busy_agents_and_cancels_waiting_tasks(tmp_path: Pat
 async def test_scale_down_drains_busy_agents_instead_of_killing_them(tmp_path: Path) -> None:
     # Given a swarm that grows to 4 agents for 16 one-second tasks, and shrinks as soon
     # as the load falls under its down threshold (so while the last tasks still run),
-    with coordinator_process(tmp_path / "data") as coordinator:
+    with swarm_coordinator(tmp_path / "data") as coordinator:
         async with Client(coordinator.address) as client:
             swarm = await client.swarms.create(
                 {
