@@ -161,6 +161,34 @@ class _BulkheadCollector(Collector):
         yield rejected
 
 
+SwarmRow = tuple[str, int, int, int]
+"""(swarm, current agents, desired agents, draining agents)."""
+
+
+class _SwarmCollector(Collector):
+    """Reads every swarm's size at scrape time.
+
+    Labels are swarm names, bounded by the swarms that exist; a deleted swarm's series
+    disappear with it.
+    """
+
+    def __init__(self, rows: Callable[[], Iterable[SwarmRow]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        agents = GaugeMetricFamily(
+            "godel_swarm_agents",
+            "Agents of a swarm, by state: current (taking work), desired (what the "
+            "autoscaler aims for), draining (finishing their tasks before they stop).",
+            labels=["swarm", "state"],
+        )
+        for swarm, current, desired, draining in self._rows():
+            agents.add_metric([swarm, "current"], current)
+            agents.add_metric([swarm, "desired"], desired)
+            agents.add_metric([swarm, "draining"], draining)
+        yield agents
+
+
 class CoordinatorMetrics:
     """Every metric the coordinator exports."""
 
@@ -246,6 +274,14 @@ class CoordinatorMetrics:
             registry=registry,
         )
 
+        self.swarm_scale_events = Counter(
+            "godel_swarm_scale_events",
+            "Swarm scale decisions carried out, by direction (up, down) and trigger "
+            "(load: the scale policy; bounds: a size outside minAgents..maxAgents).",
+            ["direction", "trigger"],
+            registry=registry,
+        )
+
     def watch_task_states(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Exports task counts by state, read from `counts` at scrape time."""
         self.registry.register(
@@ -280,3 +316,7 @@ class CoordinatorMetrics:
         """Exports bulkhead partitions (`godel_bulkhead_tasks`,
         `godel_bulkhead_rejected_total`), read from `rows` at scrape time."""
         self.registry.register(_BulkheadCollector(rows))
+
+    def watch_swarms(self, rows: Callable[[], Iterable[SwarmRow]]) -> None:
+        """Exports swarm sizes (`godel_swarm_agents`), read from `rows` at scrape time."""
+        self.registry.register(_SwarmCollector(rows))

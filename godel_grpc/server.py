@@ -31,6 +31,7 @@ from godel_grpc.api.interceptor import BoundaryInterceptor
 from godel_grpc.api.queues import QueueServicer
 from godel_grpc.api.reflection_pool import MethodAwarePool
 from godel_grpc.api.sagas import SagaServicer
+from godel_grpc.api.swarms import SwarmServicer
 from godel_grpc.api.tasks import TaskServicer
 from godel_grpc.api.workflows import WorkflowServicer
 from godel_grpc.config import ServeConfig
@@ -39,6 +40,7 @@ from godel_grpc.core.convoy_commands import ConvoyCommands
 from godel_grpc.core.coordinator import Coordinator, CoordinatorSettings
 from godel_grpc.core.queue_commands import QueueCommands
 from godel_grpc.core.saga_commands import SagaCommands
+from godel_grpc.core.swarm_commands import SwarmCommands
 from godel_grpc.core.workflow_commands import WorkflowCommands
 from godel_grpc.core.workflow_stages import StageRunner
 from godel_grpc.metrics import CoordinatorMetrics
@@ -87,12 +89,15 @@ class RunningServer:
     _metrics_server: Any = field(default=None, repr=False)
     runtime: LocalRuntime | None = None
     workflows: WorkflowCommands | None = None
+    swarms: SwarmCommands | None = None
 
     async def stop(self, grace: float) -> None:
         """Stops taking calls, drains agents and in-flight RPCs, then flushes the log."""
         await self.health.enter_graceful_shutdown()
         if self.workflows is not None:
             await self.workflows.close()
+        if self.swarms is not None:  # no scaling while everything stops
+            await self.swarms.stop()
         try:
             await self.coordinator.stop(grace)
         finally:  # no spawned process outlives the coordinator, even a failed one
@@ -121,6 +126,7 @@ async def start_server(
     )
     await coordinator.start()
     runtime = LocalRuntime(config.data_dir / "agents", default_exec=config.agent_exec)
+    swarms = SwarmCommands(coordinator, runtime)
     server = grpc.aio.server(
         interceptors=[BoundaryInterceptor(metrics)],
         options=[
@@ -134,7 +140,9 @@ async def start_server(
     spawned = SpawnedAgents(coordinator, runtime)
     convoys = ConvoyCommands(coordinator)
     sagas = SagaCommands(coordinator)
-    workflows = WorkflowCommands(coordinator, StageRunner(coordinator, convoys, sagas, spawned))
+    workflows = WorkflowCommands(
+        coordinator, StageRunner(coordinator, convoys, sagas, swarms, spawned)
+    )
     implemented: dict[str, Any] = {
         "TaskService": TaskServicer(coordinator),
         "AgentLinkService": AgentLinkServicer(coordinator),
@@ -147,6 +155,7 @@ async def start_server(
         "WorkflowService": WorkflowServicer(workflows),
         "QueueService": QueueServicer(QueueCommands(coordinator)),
         "BulkheadService": BulkheadServicer(BulkheadCommands(coordinator)),
+        "SwarmService": SwarmServicer(swarms),
     }
     names = []
     for service, base, add in api_services():
@@ -163,6 +172,7 @@ async def start_server(
     await server.start()
     runtime.coordinator_address = f"127.0.0.1:{port}"  # spawned agents dial loopback
     workflows.resume()
+    swarms.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_server = None
@@ -192,6 +202,7 @@ async def start_server(
         metrics_server,
         runtime,
         workflows,
+        swarms,
     )
 
 
@@ -219,5 +230,7 @@ async def serve(config: ServeConfig) -> int:
 
 async def runtime_close(running: RunningServer) -> None:
     """Stops spawned processes at once when the coordinator dies of a store failure."""
+    if running.swarms is not None:
+        await running.swarms.stop()
     if running.runtime is not None:
         await running.runtime.close(0.0)

@@ -36,6 +36,7 @@ from godel_grpc._proto.godel.v1 import (
 )
 from godel_grpc.core import bulkheads as bulkhead_labels
 from godel_grpc.core import events
+from godel_grpc.core import swarms as swarm_labels
 from godel_grpc.core.agent_history import AgentHistory
 from godel_grpc.core.breakers import BreakerBook
 from godel_grpc.core.bulkheads import BulkheadManager
@@ -50,6 +51,7 @@ from godel_grpc.core.sagas import SagaManager
 from godel_grpc.core.scheduler import Scheduler
 from godel_grpc.core.session import AgentSession
 from godel_grpc.core.state import CoordinatorState
+from godel_grpc.core.swarms import SwarmManager
 from godel_grpc.core.upgrade import decode
 from godel_grpc.core.workflows import WorkflowManager
 from godel_grpc.errors import (
@@ -133,6 +135,7 @@ class Coordinator:
         metrics.watch_queues(lambda: self.queues.metric_rows())
         metrics.watch_bulkheads(lambda: self.bulkheads.metric_rows())
         metrics.watch_agent_samples(self.sample_rows)
+        metrics.watch_swarms(lambda: self.swarms.metric_rows())
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -509,12 +512,14 @@ class Coordinator:
         self.queues = QueueManager(self.state.tasks)
         self.bulkheads = BulkheadManager(self.state.tasks)
         self.workflows = WorkflowManager()
+        self.swarms = SwarmManager(self.state.tasks)
         self.managers: list[PatternManager] = [
             self.convoys,
             self.sagas,
             self.queues,
             self.bulkheads,
             self.workflows,
+            self.swarms,
         ]
         self.state.observers[:] = self.managers
 
@@ -872,9 +877,12 @@ class Coordinator:
         )
 
     def _pools_of(self, agent: AgentRecord) -> list[str]:
-        """The pools an agent serves: only its partitions' when it joined any (so no
-        other work takes capacity a partition counts on), else its role, actions and
-        queues."""
+        """The pools an agent serves: a swarm agent only its swarm's; only its
+        partitions' when it joined any (so no other work takes capacity a partition
+        counts on), else its role, actions and queues."""
+        swarm = self.swarms.pools_of(agent.id)
+        if swarm is not None:
+            return swarm
         partitions = self.bulkheads.pools_of(agent.id)
         return partitions if partitions is not None else agent.pools()
 
@@ -888,6 +896,19 @@ class Coordinator:
         free = self.scheduler.free_slots(agent_id)
         self.scheduler.add_agent(agent_id, self._pools_of(agent), free)
         self._schedule_dispatch()
+
+    def drain_agent(self, agent_id: str) -> bool:
+        """Gives a connected agent no more work and asks it to finish what it runs and
+        disconnect (the link's drain). Returns False when it has no open link."""
+        session = self.sessions.get(agent_id)
+        if session is None:
+            return False
+        if not session.draining:
+            session.draining = True
+            self.state.agents[agent_id].state = Agent.STATE_DRAINING
+            self.scheduler.remove_agent(agent_id)
+            session.send_drain()
+        return True
 
     def require_serving(self, roles: Iterable[str] = (), actions: Iterable[str] = ()) -> None:
         """Fail fast: raises FailedPrecondition unless every role and action has a
@@ -1085,6 +1106,9 @@ def _assignment(task: TaskRecord) -> link_pb2.TaskAssignment:
     elif target == "partition":  # likewise for a bulkhead partition
         role = spec.labels.get(bulkhead_labels.ROLE_LABEL, "")
         action = spec.labels.get(bulkhead_labels.ACTION_LABEL, "")
+    elif target == "swarm":  # and for a swarm
+        role = spec.labels.get(swarm_labels.ROLE_LABEL, "")
+        action = spec.labels.get(swarm_labels.ACTION_LABEL, "")
     assignment = link_pb2.TaskAssignment(
         task_id=task.id,
         attempt_id=task.attempt_id,

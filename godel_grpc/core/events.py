@@ -17,6 +17,7 @@ from godel_grpc._proto.godel.v1 import (
     event_pb2,
     queue_pb2,
     saga_pb2,
+    swarm_pb2,
     task_pb2,
     workflow_pb2,
 )
@@ -295,4 +296,54 @@ def workflow_changed(workflow: workflow_pb2.Workflow) -> event_pb2.Event:
 def workflow_deleted(workflow_id: str) -> event_pb2.Event:
     event = _event(workflow_stream(workflow_id))
     event.workflow_deleted.workflow_id = workflow_id
+    return event
+
+
+def swarm_stream(swarm_id: str) -> str:
+    """Name of a swarm's stream."""
+    return f"swarm/{swarm_id}"
+
+
+def swarm_created(swarm: swarm_pb2.Swarm) -> event_pb2.Event:
+    event = _event(swarm_stream(swarm.id))
+    created = event.swarm_created.swarm
+    created.CopyFrom(swarm)
+    created.create_time.CopyFrom(event.time)
+    return event
+
+
+def swarm_deleted(swarm_id: str) -> event_pb2.Event:
+    event = _event(swarm_stream(swarm_id))
+    event.swarm_deleted.swarm_id = swarm_id
+    return event
+
+
+def swarm_scaled(swarm_id: str, decision: swarm_pb2.SwarmScaleEvent) -> event_pb2.Event:
+    event = _event(swarm_stream(swarm_id))
+    event.swarm_scaled.swarm_id = swarm_id
+    event.swarm_scaled.decision.CopyFrom(decision)
+    return event
+
+
+def swarm_agent_started(swarm_id: str, agent_id: str, name: str) -> event_pb2.Event:
+    event = _event(swarm_stream(swarm_id), agent_id)
+    event.swarm_agent_started.swarm_id = swarm_id
+    event.swarm_agent_started.agent_id = agent_id
+    event.swarm_agent_started.name = name
+    return event
+
+
+def swarm_agent_draining(swarm_id: str, agent_id: str, reason: str) -> event_pb2.Event:
+    event = _event(swarm_stream(swarm_id), agent_id)
+    event.swarm_agent_draining.swarm_id = swarm_id
+    event.swarm_agent_draining.agent_id = agent_id
+    event.swarm_agent_draining.reason = reason
+    return event
+
+
+def swarm_agent_stopped(swarm_id: str, agent_id: str, reason: str) -> event_pb2.Event:
+    event = _event(swarm_stream(swarm_id), agent_id)
+    event.swarm_agent_stopped.swarm_id = swarm_id
+    event.swarm_agent_stopped.agent_id = agent_id
+    event.swarm_agent_stopped.reason = reason
     return event

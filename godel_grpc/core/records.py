@@ -131,8 +131,8 @@ class TaskRecord:
 
 
 def pool_of(spec: task_pb2.Task) -> str:
-    """The pool a task targets: `role:NAME`, `action:NAME`, `queue:NAME` or
-    `partition:BULKHEAD/PARTITION`."""
+    """The pool a task targets: `role:NAME`, `action:NAME`, `queue:NAME`,
+    `partition:BULKHEAD/PARTITION` or `swarm:ID`."""
     target = spec.WhichOneof("target")
     if target == "action":
         return f"action:{spec.action}"
@@ -140,6 +140,8 @@ def pool_of(spec: task_pb2.Task) -> str:
         return f"queue:{spec.queue}"
     if target == "partition":
         return f"partition:{spec.partition}"
+    if target == "swarm":
+        return f"swarm:{spec.swarm}"
     return f"role:{spec.role}"
 
 

@@ -14,9 +14,9 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from godel_grpc._proto.godel.v1 import (
     saga_pb2,
@@ -25,7 +25,7 @@ from godel_grpc._proto.godel.v1 import (
 )
 from godel_grpc.core import events
 from godel_grpc.core.paging import page_of
-from godel_grpc.core.workflow_stages import ABANDON_GRACE, Outcome, StageRunner
+from godel_grpc.core.workflow_stages import ABANDON_GRACE, Outcome, StageRunner, stage_input
 from godel_grpc.core.workflows import WorkflowManager, WorkflowRecord
 from godel_grpc.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from godel_grpc.patterns import workflow as policy
@@ -275,12 +275,7 @@ class WorkflowCommands:
 
     async def _start_stage(self, workflow: Workflow, index: int) -> None:
         stage = workflow.stages[index]
-        given: dict[str, Any] = (
-            json_format.MessageToDict(workflow.input)
-            if index == 0
-            else json_format.MessageToDict(workflow.stages[index - 1].output)
-        )
-        resource_id = await self._stages.start(workflow, stage, given)
+        resource_id = await self._stages.start(workflow, stage, stage_input(workflow, stage))
         stage.resource_id = resource_id
         stage.state = Stage.STATE_RUNNING
         stage.start_time.CopyFrom(_now())
@@ -290,7 +285,7 @@ class WorkflowCommands:
     async def _finish_stage(self, workflow: Workflow, index: int) -> bool:
         stage = workflow.stages[index]
         await self._stages.ensure_agents(workflow, stage)
-        outcome = await self._stages.wait(stage)
+        outcome = await self._stages.wait(workflow, stage)
         if outcome is None:
             return False
         self._ended(stage, outcome)

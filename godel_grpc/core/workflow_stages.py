@@ -1,8 +1,12 @@
 """How one workflow stage runs through its pattern: its agents, its resource, its undo.
 
-A stage gets agents of its own, started through the runtime when the stage first needs
-them, and runs as a real convoy or saga (a swarm stage as a swarm), created through the
-same commands the API uses, so GetConvoy / GetSaga show a stage's work like any other.
+A stage gets agents of its own and runs as a real convoy, swarm or saga, created through
+the same commands the API uses, so GetConvoy / GetSwarm / GetSaga show a stage's work
+like any other. A convoy or saga stage's agents are started through the runtime when the
+stage first needs them; a swarm stage's agents are its swarm's, which scales them.
+
+A swarm stage splits its task into as many parts as its swarm may have agents (one
+task per part), so the swarm has something to scale on; its output holds each part's.
 
 Everything a stage creates is labelled with its workflow and stage and found again by
 those labels before anything new is created, so a coordinator that restarts between
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
@@ -26,12 +30,15 @@ from godel_grpc._proto.godel.v1 import (
     convoy_service_pb2,
     saga_pb2,
     saga_service_pb2,
+    swarm_pb2,
+    swarm_service_pb2,
     task_pb2,
     task_service_pb2,
     workflow_pb2,
 )
 from godel_grpc.core.convoy_commands import ConvoyCommands
 from godel_grpc.core.saga_commands import SagaCommands
+from godel_grpc.core.swarm_commands import SwarmCommands
 
 if TYPE_CHECKING:
     from godel_grpc.core.coordinator import Coordinator
@@ -44,6 +51,7 @@ AGENT_STOP_GRACE = 10.0
 ABANDON_GRACE = 1.0
 """Seconds a deleted workflow's agents get: their work is being thrown away."""
 
+T = TypeVar("T")
 Stage = workflow_pb2.WorkflowStage
 Workflow = workflow_pb2.Workflow
 
@@ -69,6 +77,14 @@ def undo_action(workflow: Workflow, stage: Stage) -> str:
     if stage.compensate:
         return stage.compensate
     return f"{stage_role(workflow, stage)}.undo" if stage.pattern == "saga" else ""
+
+
+def stage_input(workflow: Workflow, stage: Stage) -> dict[str, Any]:
+    """What a stage works on: the workflow's input for the first stage, the output of
+    the stage before it for the others."""
+    index = next(i for i, s in enumerate(workflow.stages) if s.name == stage.name)
+    given = workflow.input if index == 0 else workflow.stages[index - 1].output
+    return json_format.MessageToDict(given)
 
 
 def stage_payload(workflow: Workflow, stage: Stage, given: dict[str, Any]) -> struct_pb2.Struct:
@@ -97,11 +113,13 @@ class StageRunner:
         coordinator: Coordinator,
         convoys: ConvoyCommands,
         sagas: SagaCommands,
+        swarms: SwarmCommands,
         spawned: SpawnedAgents | None,
     ) -> None:
         self._coordinator = coordinator
         self._convoys = convoys
         self._sagas = sagas
+        self._swarms = swarms
         self._spawned = spawned
         self._agents: dict[tuple[str, str], list[str]] = {}
         """Agents started for (workflow id, stage name) by this coordinator process."""
@@ -158,6 +176,12 @@ class StageRunner:
                 return
 
         await asyncio.gather(*(stop(agent_id) for agent_id in ids))
+        for record in list(self._coordinator.swarms.swarms.values()):
+            if record.swarm.labels.get(WORKFLOW_LABEL) == workflow_id:
+                try:  # drains its agents: running parts (an undo, say) still finish
+                    await self._swarms.delete(record.swarm.id)
+                except Exception:  # already gone
+                    continue
 
     # -- running a stage ---------------------------------------------------------------
 
@@ -169,15 +193,15 @@ class StageRunner:
             return await self._start_convoy(workflow, stage, given)
         if stage.pattern == "saga":
             return await self._start_saga(workflow, stage, given)
-        raise NotImplementedError(f"stage pattern {stage.pattern!r}")
+        return await self._start_swarm(workflow, stage, given)
 
-    async def wait(self, stage: Stage) -> Outcome | None:
+    async def wait(self, workflow: Workflow, stage: Stage) -> Outcome | None:
         """Waits for the stage's resource to end; None when the coordinator stops first."""
         if stage.pattern == "convoy":
             return await self._last(self._convoys.watch(stage.resource_id), _convoy_outcome)
         if stage.pattern == "saga":
             return await self._last(self._sagas.watch(stage.resource_id), _saga_outcome)
-        raise NotImplementedError(f"stage pattern {stage.pattern!r}")
+        return await self._wait_swarm(workflow, stage)
 
     async def stop(self, stage: Stage) -> None:
         """Stops a running stage's resource without undoing anything (DeleteWorkflow)."""
@@ -186,6 +210,8 @@ class StageRunner:
                 await self._convoys.cancel(stage.resource_id, "workflow deleted")
             elif stage.pattern == "saga":
                 await self._sagas.delete(stage.resource_id)
+            else:
+                await self._swarms.delete(stage.resource_id)
         except Exception:  # already ended or gone
             return
 
@@ -197,19 +223,27 @@ class StageRunner:
         if stage.pattern == "saga":
             await self._sagas.compensate(stage.resource_id, f"workflow {workflow.id} failed")
             return ""
+        payload: dict[str, Any] = {
+            "undo": stage.name,
+            "output": json_format.MessageToDict(stage.output),
+            "workflow": {"id": workflow.id, "name": workflow.name},
+        }
+        title = f"{workflow.name}: undo {stage.name}"
+        key = f"{workflow.id}/{stage.name}/undo"
+        if stage.pattern == "swarm":  # its swarm's agents undo it
+            undo = swarm_service_pb2.SubmitSwarmTaskRequest(
+                swarm_id=stage.resource_id,
+                title=title,
+                action=undo_action(workflow, stage),
+                idempotency_key=key,
+            )
+            undo.payload.update(payload)
+            return (await self._swarms.submit(undo)).id
         await self.ensure_agents(workflow, stage)
         request = task_service_pb2.SubmitTaskRequest(
-            title=f"{workflow.name}: undo {stage.name}",
-            action=undo_action(workflow, stage),
-            idempotency_key=f"{workflow.id}/{stage.name}/undo",
+            title=title, action=undo_action(workflow, stage), idempotency_key=key
         )
-        request.payload.update(
-            {
-                "undo": stage.name,
-                "output": json_format.MessageToDict(stage.output),
-                "workflow": {"id": workflow.id, "name": workflow.name},
-            }
-        )
+        request.payload.update(payload)
         request.labels.update(labels_of(workflow, stage))
         tasks = await self._coordinator.submit_tasks([request])
         return tasks[0].id
@@ -281,7 +315,82 @@ class StageRunner:
             await self._sagas.execute(found.id, execution, manual_compensation=False)
         return found.id
 
-    async def _last(self, updates: Any, outcome: Callable[[Any], Outcome]) -> Outcome | None:
+    async def _start_swarm(self, workflow: Workflow, stage: Stage, given: dict[str, Any]) -> str:
+        mine = labels_of(workflow, stage)
+        found = next(
+            (
+                record.swarm
+                for record in self._coordinator.swarms.swarms.values()
+                if dict(record.swarm.labels) == mine
+            ),
+            None,
+        )
+        if found is None:
+            most = max(stage.max_agents, stage.min_agents, 1)
+            request = swarm_service_pb2.CreateSwarmRequest(
+                name=f"{workflow.id}.{stage.name}",
+                min_agents=stage.min_agents,
+                max_agents=most,
+                # One part per agent: the swarm grows toward one agent per waiting part.
+                scale_policy=swarm_pb2.SwarmScalePolicy(
+                    metric="queue_depth",
+                    target=1,
+                    scale_up_threshold=0.8,
+                    scale_down_threshold=0.3,
+                    cooldown=1,
+                ),
+                agent_template=swarm_pb2.SwarmAgentTemplate(
+                    role=stage_role(workflow, stage), exec=stage.exec, capacity=1
+                ),
+            )
+            request.labels.update(mine)
+            found = await self._swarms.create(request)
+        await self._swarm_parts(workflow, stage, found.id, given)
+        return found.id
+
+    async def _swarm_parts(
+        self, workflow: Workflow, stage: Stage, swarm_id: str, given: dict[str, Any]
+    ) -> list[str]:
+        """Submits the stage's parts, or finds them: each has an idempotency key, so
+        asking again after a restart returns the tasks submitted before."""
+        parts = max(stage.max_agents, stage.min_agents, 1)
+        ids: list[str] = []
+        for index in range(parts):
+            request = swarm_service_pb2.SubmitSwarmTaskRequest(
+                swarm_id=swarm_id,
+                title=f"{stage.task or stage.name} (part {index + 1} of {parts})",
+                idempotency_key=f"{workflow.id}/{stage.name}/part-{index + 1}",
+            )
+            request.payload.CopyFrom(stage_payload(workflow, stage, given))
+            request.payload.update({"part": index + 1, "parts": parts})
+            ids.append((await self._swarms.submit(request)).id)
+        return ids
+
+    async def _wait_swarm(self, workflow: Workflow, stage: Stage) -> Outcome | None:
+        ids = await self._swarm_parts(
+            workflow, stage, stage.resource_id, stage_input(workflow, stage)
+        )
+        ended: list[task_pb2.Task] = []
+        for task_id in ids:
+            last = await self._last(self._coordinator.watch_task(task_id), lambda task: task)
+            if last is None:
+                return None
+            ended.append(last)
+        output = {
+            f"part-{index + 1}": json_format.MessageToDict(task.output)
+            for index, task in enumerate(ended)
+        }
+        broken = next((t for t in ended if t.state != task_pb2.Task.STATE_SUCCEEDED), None)
+        if broken is None:
+            return Outcome(Stage.STATE_SUCCEEDED, output)
+        state = (
+            Stage.STATE_CANCELLED
+            if broken.state == task_pb2.Task.STATE_CANCELLED
+            else Stage.STATE_FAILED
+        )
+        return Outcome(state, output, broken.error)
+
+    async def _last(self, updates: Any, outcome: Callable[[Any], T]) -> T | None:
         last = None
         async for update in updates:
             last = update

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 
@@ -189,6 +190,46 @@ async def _saga_chapter(client: Client) -> int:
     return failed + int(undone.state != undone.STATE_COMPENSATED)
 
 
+def _example(name: str) -> Any:
+    """A module of examples/, which the demo runs as chapters (from the repository)."""
+    import importlib
+
+    return importlib.import_module(f"examples.{name}")
+
+
+def _indent(line: str) -> None:
+    _say("  " + line)
+
+
+async def _swarm_chapter(client: Client) -> int:
+    """The seed's elastic swarm (section 3), from examples/swarm.py."""
+    _say("\n── swarm (seed section 3) ──")
+    return 0 if await _example("swarm").run(client, say=_indent) else 1
+
+
+async def _event_sourcing_chapter(client: Client) -> int:
+    """The seed's event-sourced agent (section 6), from examples/event_sourcing.py."""
+    _say("\n── event sourcing (seed section 6) ──")
+    return 0 if await _example("event_sourcing").run(client, say=_indent) else 1
+
+
+async def _sidecar_chapter(client: Client, data_dir: Path) -> int:
+    """The seed's agent with logger and monitor sidecars (section 10)."""
+    _say("\n── sidecars (seed section 10) ──")
+    return 0 if await _example("sidecars").run(client, data_dir, say=_indent) else 1
+
+
+async def _workflow_chapter(client: Client) -> int:
+    """The seed's combined workflow, then the same with its verify stage failing."""
+    _say("\n── combined workflow (seed: Combining Patterns) ──")
+    example = _example("workflow")
+    done = await example.run(client, example.ENTERPRISE_FEATURE, say=_indent)
+    failed = int(done.state != done.STATE_SUCCEEDED)
+    _say("  … and again with every verify agent failing:")
+    undone = await example.run(client, example.failing_verify(), say=_indent)
+    return failed + int(undone.state != undone.STATE_FAILED or not undone.compensation_state)
+
+
 async def run_demo(keep: bool = False) -> int:
     """Runs the demo; returns the exit code."""
     work = Path(tempfile.mkdtemp(prefix="godel-demo-"))
@@ -220,8 +261,17 @@ async def run_demo(keep: bool = False) -> int:
             failed = await _tasks_chapter(client)
             failed += await _convoy_chapter(client)
             failed += await _saga_chapter(client)
+            failed += await _swarm_chapter(client)
+            failed += await _event_sourcing_chapter(client)
+            failed += await _sidecar_chapter(client, work / "data")
+            failed += await _workflow_chapter(client)
             agents = await client.agents.list()
-            _say("▶ agents: " + ", ".join(f"{a.name} ran {a.tasks_completed}" for a in agents))
+            busiest = sorted(agents, key=lambda a: -a.tasks_completed)[:5]
+            _say(
+                f"▶ {len(agents)} agents took part and completed "
+                f"{sum(a.tasks_completed for a in agents)} tasks; busiest: "
+                + ", ".join(f"{a.name} ({a.tasks_completed})" for a in busiest)
+            )
         elapsed = time.monotonic() - started
         _say(
             f"▶ done in {elapsed:.1f} s: "

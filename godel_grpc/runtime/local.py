@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -357,6 +358,7 @@ class LocalRuntime(Runtime):
         with _append(handle.directory / f"{kind}.stderr.log") as stderr:
             try:
                 proc = await asyncio.create_subprocess_exec(
+                    *DIE_WITH_PARENT,
                     *argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE if announce else asyncio.subprocess.DEVNULL,
@@ -485,3 +487,19 @@ def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
+
+
+def _die_with_parent_prefix() -> tuple[str, ...]:
+    """A command prefix that makes the kernel send the child SIGTERM when the coordinator
+    dies, so that a coordinator killed with SIGKILL (which cannot stop its children)
+    leaves no agent or sidecar behind. util-linux's `setpriv` sets that and then execs
+    the command (same pid); setting it from Python between fork and exec is not safe in
+    a process with threads. Without `setpriv`, only the coordinator's own shutdown
+    stops its children."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not sys.platform.startswith("linux"):
+        return ()
+    return (setpriv, "--pdeathsig", "TERM", "--")
+
+
+DIE_WITH_PARENT = _die_with_parent_prefix()

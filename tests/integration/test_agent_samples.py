@@ -82,4 +82,3 @@ async def test_monitor_samples_reach_get_agent_and_metrics_and_leave_with_the_ag
         gone = await client.agents.get(agent.id)
         assert not gone.HasField("latest_sample")
         assert 'agent="sampled-1"' not in scrape(server)
-

@@ -185,7 +185,12 @@ async def test_seed_sidecars_spawn_logs_and_terminate(
     assert set(kinds) == {"agent", "logger", "monitor"} and kinds["agent"] == spawned.pid
     # And three real processes run, the monitor watching the agent
     assert all(_alive(pid) for pid in kinds.values())
-    assert str(spawned.pid) in psutil.Process(kinds["monitor"]).cmdline()
+
+    # (once the monitor's own program runs: it starts behind a launcher that execs it)
+    async def watching() -> bool:
+        return str(spawned.pid) in psutil.Process(kinds["monitor"]).cmdline()
+
+    await until(watching, "the monitor to run with the agent's pid")
     # And the agent becomes READY under the id SpawnAgent returned, and runs a task
     agent = await ready(client, spawned.id)
     assert agent.pid == spawned.pid and agent.options.sidecars[0].name == "logger"

@@ -5,6 +5,7 @@ in reverse when a later one fails."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -13,6 +14,7 @@ from google.protobuf import json_format
 from godel_grpc._proto.godel.v1 import agent_pb2, saga_pb2, task_pb2, workflow_pb2
 from godel_grpc.client import Client, RPCError
 from godel_grpc.server import RunningServer
+from tests.support import grpcurl_json
 
 pytestmark = pytest.mark.integration
 
@@ -139,4 +141,52 @@ async def test_bad_workflows_and_bad_starts_get_clear_errors(client: Client) -> 
     await handle.delete()
     with pytest.raises(RPCError) as gone:
         await handle.get()
+    assert gone.value.code == grpc.StatusCode.NOT_FOUND
+
+
+SEED_WORKFLOW = """{
+  "name": "enterprise-feature",
+  "patterns": {
+    "coordination": "convoy",
+    "transaction": "saga",
+    "resilience": "circuit-breaker",
+    "isolation": "bulkhead"
+  },
+  "stages": [
+    {"name": "design", "pattern": "convoy", "agents": 2},
+    {"name": "implement", "pattern": "swarm", "minAgents": 3, "maxAgents": 10},
+    {"name": "verify", "pattern": "saga", "agents": 2}
+  ]
+}"""
+
+
+async def test_the_seed_workflow_from_grpcurl_runs_end_to_end(
+    server: RunningServer, client: Client
+) -> None:
+    address = f"127.0.0.1:{server.port}"
+    created = await grpcurl_json(address, "godel.v1.WorkflowService/CreateWorkflow", SEED_WORKFLOW)
+    workflow_id = created["workflow"]["id"]
+    await grpcurl_json(
+        address,
+        "godel.v1.WorkflowService/StartWorkflow",
+        json.dumps({"id": workflow_id, "input": {"feature": "single sign-on"}}),
+    )
+    done = Workflow()
+    async for update in client.workflows.watch(workflow_id, timeout=120):
+        done = update
+    assert done.state == Workflow.STATE_SUCCEEDED, done
+    design, implement, verify = done.stages
+    assert [s.state for s in done.stages] == [Stage.STATE_SUCCEEDED] * 3
+    # The swarm stage split its work into maxAgents parts, each done by a swarm agent
+    # of the stage's own role, and it handed all of them to verify.
+    parts = json_format.MessageToDict(implement.output)
+    assert sorted(parts) == sorted(f"part-{i}" for i in range(1, 11))
+    assert all(part["agent"].startswith(f"{workflow_id}.implement") for part in parts.values())
+    assert all(
+        part["echo"]["input"] == json_format.MessageToDict(design.output) for part in parts.values()
+    )
+    assert json_format.MessageToDict(verify.output)["verify-1"]["echo"]["input"] == parts
+    # Once the workflow ended, its swarm is gone and its agents are stopping.
+    with pytest.raises(RPCError) as gone:
+        await client.swarms.get(implement.resource_id)
     assert gone.value.code == grpc.StatusCode.NOT_FOUND

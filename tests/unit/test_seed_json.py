@@ -125,6 +125,46 @@ def test_swarm_seed_parses_into_create_swarm_request() -> None:
     assert request.scale_policy.scale_down_threshold == pytest.approx(0.3)
 
 
+def test_swarm_task_in_the_seed_shape_parses_into_submit_swarm_task_request() -> None:
+    # `swarm.submit(task)`: the swarm's id beside the task's own fields.
+    text = """
+    {"swarmId": "sw-1-1", "title": "Process record 42", "priority": "high"}
+    """
+    request = _parse(text, swarm_service_pb2.SubmitSwarmTaskRequest())
+
+    assert request.swarm_id == "sw-1-1"
+    assert request.title == "Process record 42"
+    assert request.priority == "high"
+
+
+def test_swarm_with_the_options_beyond_the_seed_parses() -> None:
+    text = """
+    {
+      "name": "processing-swarm",
+      "minAgents": 2,
+      "maxAgents": 20,
+      "scalePolicy": {
+        "metric": "queue_depth",
+        "target": 10,
+        "scaleUpThreshold": 0.8,
+        "scaleDownThreshold": 0.3,
+        "cooldown": 30,
+        "scaleUpStabilizationWindow": 0,
+        "scaleDownStabilizationWindow": 120,
+        "maxScaleUpAgents": 4,
+        "maxScaleDownAgents": 2,
+        "scalePeriod": 60
+      },
+      "agentTemplate": {"role": "processor", "exec": "claude -p", "capacity": 2}
+    }
+    """
+    request = _parse(text, swarm_service_pb2.CreateSwarmRequest())
+
+    assert request.scale_policy.scale_down_stabilization_window == 120
+    assert request.scale_policy.max_scale_up_agents == 4
+    assert request.agent_template.exec == "claude -p"
+
+
 def test_circuit_breaker_seed_parses_into_spawn_agent_request() -> None:
     text = """
     {

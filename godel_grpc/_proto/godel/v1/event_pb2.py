@@ -27,13 +27,14 @@ from godel_grpc._proto.godel.v1 import bulkhead_pb2 as godel_dot_v1_dot_bulkhead
 from godel_grpc._proto.godel.v1 import convoy_pb2 as godel_dot_v1_dot_convoy__pb2
 from godel_grpc._proto.godel.v1 import queue_pb2 as godel_dot_v1_dot_queue__pb2
 from godel_grpc._proto.godel.v1 import saga_pb2 as godel_dot_v1_dot_saga__pb2
+from godel_grpc._proto.godel.v1 import swarm_pb2 as godel_dot_v1_dot_swarm__pb2
 from godel_grpc._proto.godel.v1 import task_pb2 as godel_dot_v1_dot_task__pb2
 from godel_grpc._proto.godel.v1 import workflow_pb2 as godel_dot_v1_dot_workflow__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14godel/v1/event.proto\x12\x08godel.v1\x1a\x14godel/v1/agent.proto\x1a\x17godel/v1/bulkhead.proto\x1a\x15godel/v1/convoy.proto\x1a\x14godel/v1/queue.proto\x1a\x13godel/v1/saga.proto\x1a\x13godel/v1/task.proto\x1a\x17godel/v1/workflow.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x0c\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x16\n\x0estream_version\x18\x03 \x01(\x03\x12\x0c\n\x04type\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x16\n\x0eschema_version\x18\x07 \x01(\x05\x12;\n\x13\x63oordinator_started\x18\n \x01(\x0b\x32\x1c.godel.v1.CoordinatorStartedH\x00\x12\x31\n\x0etask_submitted\x18\x0b \x01(\x0b\x32\x17.godel.v1.TaskSubmittedH\x00\x12+\n\x0btask_leased\x18\x0c \x01(\x0b\x32\x14.godel.v1.TaskLeasedH\x00\x12\x31\n\x0etask_succeeded\x18\r \x01(\x0b\x32\x17.godel.v1.TaskSucceededH\x00\x12:\n\x13task_attempt_failed\x18\x0e \x01(\x0b\x32\x1b.godel.v1.TaskAttemptFailedH\x00\x12/\n\rtask_requeued\x18\x0f \x01(\x0b\x32\x16.godel.v1.TaskRequeuedH\x00\x12\x31\n\x0etask_cancelled\x18\x10 \x01(\x0b\x32\x17.godel.v1.TaskCancelledH\x00\x12\x35\n\x10\x61gent_registered\x18\x11 \x01(\x0b\x32\x19.godel.v1.AgentRegisteredH\x00\x12\x33\n\x0f\x61gent_connected\x18\x12 \x01(\x0b\x32\x18.godel.v1.AgentConnectedH\x00\x12\x39\n\x12\x61gent_disconnected\x18\x13 \x01(\x0b\x32\x1b.godel.v1.AgentDisconnectedH\x00\x12>\n\x15\x61gent_circuit_changed\x18\x14 \x01(\x0b\x32\x1d.godel.v1.AgentCircuitChangedH\x00\x12\x31\n\x0e\x63onvoy_created\x18\x1e \x01(\x0b\x32\x17.godel.v1.ConvoyCreatedH\x00\x12\x31\n\x0e\x63onvoy_started\x18\x1f \x01(\x0b\x32\x17.godel.v1.ConvoyStartedH\x00\x12\x35\n\x10\x63onvoy_cancelled\x18  \x01(\x0b\x32\x19.godel.v1.ConvoyCancelledH\x00\x12\x31\n\x0e\x63onvoy_deleted\x18! \x01(\x0b\x32\x17.godel.v1.ConvoyDeletedH\x00\x12-\n\x0csaga_created\x18( \x01(\x0b\x32\x15.godel.v1.SagaCreatedH\x00\x12/\n\rsaga_executed\x18) \x01(\x0b\x32\x16.godel.v1.SagaExecutedH\x00\x12J\n\x1bsaga_compensation_requested\x18* \x01(\x0b\x32#.godel.v1.SagaCompensationRequestedH\x00\x12-\n\x0csaga_deleted\x18+ \x01(\x0b\x32\x15.godel.v1.SagaDeletedH\x00\x12/\n\rqueue_created\x18< \x01(\x0b\x32\x16.godel.v1.QueueCreatedH\x00\x12/\n\rqueue_deleted\x18= \x01(\x0b\x32\x16.godel.v1.QueueDeletedH\x00\x12\x35\n\x10\x62ulkhead_created\x18\x46 \x01(\x0b\x32\x19.godel.v1.BulkheadCreatedH\x00\x12\x35\n\x10\x62ulkhead_deleted\x18G \x01(\x0b\x32\x19.godel.v1.BulkheadDeletedH\x00\x12\x35\n\x10workflow_created\x18\x64 \x01(\x0b\x32\x19.godel.v1.WorkflowCreatedH\x00\x12\x35\n\x10workflow_changed\x18\x65 \x01(\x0b\x32\x19.godel.v1.WorkflowChangedH\x00\x12\x35\n\x10workflow_deleted\x18\x66 \x01(\x0b\x32\x19.godel.v1.WorkflowDeletedH\x00\x42\t\n\x07payload\"4\n\x12\x43oordinatorStarted\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\t\"-\n\rTaskSubmitted\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\"T\n\nTaskLeased\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"]\n\rTaskSucceeded\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\'\n\x06output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"k\n\x11TaskAttemptFailed\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.godel.v1.TaskError\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\"Q\n\x0cTaskRequeued\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04lost\x18\x04 \x01(\x08\">\n\rTaskCancelled\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"\x86\x02\n\x0f\x41gentRegistered\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12\x35\n\x06labels\x18\x06 \x03(\x0b\x32%.godel.v1.AgentRegistered.LabelsEntry\x12\x1b\n\x13resume_token_sha256\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x0e\n\x06queues\x18\t \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0e\x41gentConnected\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07resumed\x18\x02 \x01(\x08\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\"5\n\x11\x41gentDisconnected\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"]\n\x13\x41gentCircuitChanged\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"1\n\rConvoyCreated\x12 \n\x06\x63onvoy\x18\x01 \x01(\x0b\x32\x10.godel.v1.Convoy\"\"\n\rConvoyStarted\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\"4\n\x0f\x43onvoyCancelled\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\rConvoyDeleted\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\"+\n\x0bSagaCreated\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"d\n\x0cSagaExecuted\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1b\n\x13manual_compensation\x18\x03 \x01(\x08\"<\n\x19SagaCompensationRequested\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1e\n\x0bSagaDeleted\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"\xe4\x04\n\x13\x43oordinatorSnapshot\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x1d\n\x05tasks\x18\x02 \x03(\x0b\x32\x0e.godel.v1.Task\x12)\n\x06\x61gents\x18\x03 \x03(\x0b\x32\x19.godel.v1.AgentRegistered\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x41\n\nextensions\x18\x05 \x03(\x0b\x32-.godel.v1.CoordinatorSnapshot.ExtensionsEntry\x12L\n\x10idempotency_keys\x18\x06 \x03(\x0b\x32\x32.godel.v1.CoordinatorSnapshot.IdempotencyKeysEntry\x12\x42\n\x0btask_counts\x18\x07 \x03(\x0b\x32-.godel.v1.CoordinatorSnapshot.TaskCountsEntry\x12\'\n\x0epattern_events\x18\x08 \x03(\x0b\x32\x0f.godel.v1.Event\x12-\n\x0c\x61gent_states\x18\t \x03(\x0b\x32\x17.godel.v1.AgentSnapshot\x1aJ\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x1a\x36\n\x14IdempotencyKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fTaskCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xb4\x01\n\rAgentSnapshot\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\x12\x18\n\x10running_task_ids\x18\x02 \x03(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\x1b\n\x13resume_token_sha256\x18\x04 \x01(\t\x12\x15\n\rcircuit_state\x18\x05 \x01(\t\x12\x13\n\x0b\x65vent_count\x18\x06 \x01(\x03\x12\x10\n\x08position\x18\x07 \x01(\x03\".\n\x0cQueueCreated\x12\x1e\n\x05queue\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Queue\" \n\x0cQueueDeleted\x12\x10\n\x08queue_id\x18\x01 \x01(\t\"7\n\x0f\x42ulkheadCreated\x12$\n\x08\x62ulkhead\x18\x01 \x01(\x0b\x32\x12.godel.v1.Bulkhead\"&\n\x0f\x42ulkheadDeleted\x12\x13\n\x0b\x62ulkhead_id\x18\x01 \x01(\t\"7\n\x0fWorkflowCreated\x12$\n\x08workflow\x18\x01 \x01(\x0b\x32\x12.godel.v1.Workflow\"7\n\x0fWorkflowChanged\x12$\n\x08workflow\x18\x01 \x01(\x0b\x32\x12.godel.v1.Workflow\"&\n\x0fWorkflowDeleted\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14godel/v1/event.proto\x12\x08godel.v1\x1a\x14godel/v1/agent.proto\x1a\x17godel/v1/bulkhead.proto\x1a\x15godel/v1/convoy.proto\x1a\x14godel/v1/queue.proto\x1a\x13godel/v1/saga.proto\x1a\x14godel/v1/swarm.proto\x1a\x13godel/v1/task.proto\x1a\x17godel/v1/workflow.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x0e\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x16\n\x0estream_version\x18\x03 \x01(\x03\x12\x0c\n\x04type\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x16\n\x0eschema_version\x18\x07 \x01(\x05\x12;\n\x13\x63oordinator_started\x18\n \x01(\x0b\x32\x1c.godel.v1.CoordinatorStartedH\x00\x12\x31\n\x0etask_submitted\x18\x0b \x01(\x0b\x32\x17.godel.v1.TaskSubmittedH\x00\x12+\n\x0btask_leased\x18\x0c \x01(\x0b\x32\x14.godel.v1.TaskLeasedH\x00\x12\x31\n\x0etask_succeeded\x18\r \x01(\x0b\x32\x17.godel.v1.TaskSucceededH\x00\x12:\n\x13task_attempt_failed\x18\x0e \x01(\x0b\x32\x1b.godel.v1.TaskAttemptFailedH\x00\x12/\n\rtask_requeued\x18\x0f \x01(\x0b\x32\x16.godel.v1.TaskRequeuedH\x00\x12\x31\n\x0etask_cancelled\x18\x10 \x01(\x0b\x32\x17.godel.v1.TaskCancelledH\x00\x12\x35\n\x10\x61gent_registered\x18\x11 \x01(\x0b\x32\x19.godel.v1.AgentRegisteredH\x00\x12\x33\n\x0f\x61gent_connected\x18\x12 \x01(\x0b\x32\x18.godel.v1.AgentConnectedH\x00\x12\x39\n\x12\x61gent_disconnected\x18\x13 \x01(\x0b\x32\x1b.godel.v1.AgentDisconnectedH\x00\x12>\n\x15\x61gent_circuit_changed\x18\x14 \x01(\x0b\x32\x1d.godel.v1.AgentCircuitChangedH\x00\x12\x31\n\x0e\x63onvoy_created\x18\x1e \x01(\x0b\x32\x17.godel.v1.ConvoyCreatedH\x00\x12\x31\n\x0e\x63onvoy_started\x18\x1f \x01(\x0b\x32\x17.godel.v1.ConvoyStartedH\x00\x12\x35\n\x10\x63onvoy_cancelled\x18  \x01(\x0b\x32\x19.godel.v1.ConvoyCancelledH\x00\x12\x31\n\x0e\x63onvoy_deleted\x18! \x01(\x0b\x32\x17.godel.v1.ConvoyDeletedH\x00\x12-\n\x0csaga_created\x18( \x01(\x0b\x32\x15.godel.v1.SagaCreatedH\x00\x12/\n\rsaga_executed\x18) \x01(\x0b\x32\x16.godel.v1.SagaExecutedH\x00\x12J\n\x1bsaga_compensation_requested\x18* \x01(\x0b\x32#.godel.v1.SagaCompensationRequestedH\x00\x12-\n\x0csaga_deleted\x18+ \x01(\x0b\x32\x15.godel.v1.SagaDeletedH\x00\x12/\n\rswarm_created\x18\x32 \x01(\x0b\x32\x16.godel.v1.SwarmCreatedH\x00\x12/\n\rswarm_deleted\x18\x33 \x01(\x0b\x32\x16.godel.v1.SwarmDeletedH\x00\x12-\n\x0cswarm_scaled\x18\x34 \x01(\x0b\x32\x15.godel.v1.SwarmScaledH\x00\x12:\n\x13swarm_agent_started\x18\x35 \x01(\x0b\x32\x1b.godel.v1.SwarmAgentStartedH\x00\x12<\n\x14swarm_agent_draining\x18\x36 \x01(\x0b\x32\x1c.godel.v1.SwarmAgentDrainingH\x00\x12:\n\x13swarm_agent_stopped\x18\x37 \x01(\x0b\x32\x1b.godel.v1.SwarmAgentStoppedH\x00\x12/\n\rqueue_created\x18< \x01(\x0b\x32\x16.godel.v1.QueueCreatedH\x00\x12/\n\rqueue_deleted\x18= \x01(\x0b\x32\x16.godel.v1.QueueDeletedH\x00\x12\x35\n\x10\x62ulkhead_created\x18\x46 \x01(\x0b\x32\x19.godel.v1.BulkheadCreatedH\x00\x12\x35\n\x10\x62ulkhead_deleted\x18G \x01(\x0b\x32\x19.godel.v1.BulkheadDeletedH\x00\x12\x35\n\x10workflow_created\x18\x64 \x01(\x0b\x32\x19.godel.v1.WorkflowCreatedH\x00\x12\x35\n\x10workflow_changed\x18\x65 \x01(\x0b\x32\x19.godel.v1.WorkflowChangedH\x00\x12\x35\n\x10workflow_deleted\x18\x66 \x01(\x0b\x32\x19.godel.v1.WorkflowDeletedH\x00\x42\t\n\x07payload\"4\n\x12\x43oordinatorStarted\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\t\"-\n\rTaskSubmitted\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\"T\n\nTaskLeased\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"]\n\rTaskSucceeded\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\'\n\x06output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"k\n\x11TaskAttemptFailed\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.godel.v1.TaskError\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\"Q\n\x0cTaskRequeued\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04lost\x18\x04 \x01(\x08\">\n\rTaskCancelled\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"\x86\x02\n\x0f\x41gentRegistered\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12\x35\n\x06labels\x18\x06 \x03(\x0b\x32%.godel.v1.AgentRegistered.LabelsEntry\x12\x1b\n\x13resume_token_sha256\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x0e\n\x06queues\x18\t \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0e\x41gentConnected\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07resumed\x18\x02 \x01(\x08\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\"5\n\x11\x41gentDisconnected\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"]\n\x13\x41gentCircuitChanged\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"1\n\rConvoyCreated\x12 \n\x06\x63onvoy\x18\x01 \x01(\x0b\x32\x10.godel.v1.Convoy\"\"\n\rConvoyStarted\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\"4\n\x0f\x43onvoyCancelled\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\rConvoyDeleted\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\"+\n\x0bSagaCreated\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"d\n\x0cSagaExecuted\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1b\n\x13manual_compensation\x18\x03 \x01(\x08\"<\n\x19SagaCompensationRequested\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1e\n\x0bSagaDeleted\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"\xe4\x04\n\x13\x43oordinatorSnapshot\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x1d\n\x05tasks\x18\x02 \x03(\x0b\x32\x0e.godel.v1.Task\x12)\n\x06\x61gents\x18\x03 \x03(\x0b\x32\x19.godel.v1.AgentRegistered\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x41\n\nextensions\x18\x05 \x03(\x0b\x32-.godel.v1.CoordinatorSnapshot.ExtensionsEntry\x12L\n\x10idempotency_keys\x18\x06 \x03(\x0b\x32\x32.godel.v1.CoordinatorSnapshot.IdempotencyKeysEntry\x12\x42\n\x0btask_counts\x18\x07 \x03(\x0b\x32-.godel.v1.CoordinatorSnapshot.TaskCountsEntry\x12\'\n\x0epattern_events\x18\x08 \x03(\x0b\x32\x0f.godel.v1.Event\x12-\n\x0c\x61gent_states\x18\t \x03(\x0b\x32\x17.godel.v1.AgentSnapshot\x1aJ\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x1a\x36\n\x14IdempotencyKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fTaskCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xb4\x01\n\rAgentSnapshot\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Agent\x12\x18\n\x10running_task_ids\x18\x02 \x03(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\x1b\n\x13resume_token_sha256\x18\x04 \x01(\t\x12\x15\n\rcircuit_state\x18\x05 \x01(\t\x12\x13\n\x0b\x65vent_count\x18\x06 \x01(\x03\x12\x10\n\x08position\x18\x07 \x01(\x03\".\n\x0cQueueCreated\x12\x1e\n\x05queue\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Queue\" \n\x0cQueueDeleted\x12\x10\n\x08queue_id\x18\x01 \x01(\t\"7\n\x0f\x42ulkheadCreated\x12$\n\x08\x62ulkhead\x18\x01 \x01(\x0b\x32\x12.godel.v1.Bulkhead\"&\n\x0f\x42ulkheadDeleted\x12\x13\n\x0b\x62ulkhead_id\x18\x01 \x01(\t\"7\n\x0fWorkflowCreated\x12$\n\x08workflow\x18\x01 \x01(\x0b\x32\x12.godel.v1.Workflow\"7\n\x0fWorkflowChanged\x12$\n\x08workflow\x18\x01 \x01(\x0b\x32\x12.godel.v1.Workflow\"&\n\x0fWorkflowDeleted\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\".\n\x0cSwarmCreated\x12\x1e\n\x05swarm\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Swarm\" \n\x0cSwarmDeleted\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\"L\n\x0bSwarmScaled\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x19.godel.v1.SwarmScaleEvent\"E\n\x11SwarmAgentStarted\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"H\n\x12SwarmAgentDraining\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"G\n\x11SwarmAgentStopped\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,70 +49,82 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COORDINATORSNAPSHOT_IDEMPOTENCYKEYSENTRY']._serialized_options = b'8\001'
   _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._loaded_options = None
   _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENT']._serialized_start=257
-  _globals['_EVENT']._serialized_end=1824
-  _globals['_COORDINATORSTARTED']._serialized_start=1826
-  _globals['_COORDINATORSTARTED']._serialized_end=1878
-  _globals['_TASKSUBMITTED']._serialized_start=1880
-  _globals['_TASKSUBMITTED']._serialized_end=1925
-  _globals['_TASKLEASED']._serialized_start=1927
-  _globals['_TASKLEASED']._serialized_end=2011
-  _globals['_TASKSUCCEEDED']._serialized_start=2013
-  _globals['_TASKSUCCEEDED']._serialized_end=2106
-  _globals['_TASKATTEMPTFAILED']._serialized_start=2108
-  _globals['_TASKATTEMPTFAILED']._serialized_end=2215
-  _globals['_TASKREQUEUED']._serialized_start=2217
-  _globals['_TASKREQUEUED']._serialized_end=2298
-  _globals['_TASKCANCELLED']._serialized_start=2300
-  _globals['_TASKCANCELLED']._serialized_end=2362
-  _globals['_AGENTREGISTERED']._serialized_start=2365
-  _globals['_AGENTREGISTERED']._serialized_end=2627
-  _globals['_AGENTREGISTERED_LABELSENTRY']._serialized_start=2582
-  _globals['_AGENTREGISTERED_LABELSENTRY']._serialized_end=2627
-  _globals['_AGENTCONNECTED']._serialized_start=2629
-  _globals['_AGENTCONNECTED']._serialized_end=2698
-  _globals['_AGENTDISCONNECTED']._serialized_start=2700
-  _globals['_AGENTDISCONNECTED']._serialized_end=2753
-  _globals['_AGENTCIRCUITCHANGED']._serialized_start=2755
-  _globals['_AGENTCIRCUITCHANGED']._serialized_end=2848
-  _globals['_CONVOYCREATED']._serialized_start=2850
-  _globals['_CONVOYCREATED']._serialized_end=2899
-  _globals['_CONVOYSTARTED']._serialized_start=2901
-  _globals['_CONVOYSTARTED']._serialized_end=2935
-  _globals['_CONVOYCANCELLED']._serialized_start=2937
-  _globals['_CONVOYCANCELLED']._serialized_end=2989
-  _globals['_CONVOYDELETED']._serialized_start=2991
-  _globals['_CONVOYDELETED']._serialized_end=3025
-  _globals['_SAGACREATED']._serialized_start=3027
-  _globals['_SAGACREATED']._serialized_end=3070
-  _globals['_SAGAEXECUTED']._serialized_start=3072
-  _globals['_SAGAEXECUTED']._serialized_end=3172
-  _globals['_SAGACOMPENSATIONREQUESTED']._serialized_start=3174
-  _globals['_SAGACOMPENSATIONREQUESTED']._serialized_end=3234
-  _globals['_SAGADELETED']._serialized_start=3236
-  _globals['_SAGADELETED']._serialized_end=3266
-  _globals['_COORDINATORSNAPSHOT']._serialized_start=3269
-  _globals['_COORDINATORSNAPSHOT']._serialized_end=3881
-  _globals['_COORDINATORSNAPSHOT_EXTENSIONSENTRY']._serialized_start=3700
-  _globals['_COORDINATORSNAPSHOT_EXTENSIONSENTRY']._serialized_end=3774
-  _globals['_COORDINATORSNAPSHOT_IDEMPOTENCYKEYSENTRY']._serialized_start=3776
-  _globals['_COORDINATORSNAPSHOT_IDEMPOTENCYKEYSENTRY']._serialized_end=3830
-  _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._serialized_start=3832
-  _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._serialized_end=3881
-  _globals['_AGENTSNAPSHOT']._serialized_start=3884
-  _globals['_AGENTSNAPSHOT']._serialized_end=4064
-  _globals['_QUEUECREATED']._serialized_start=4066
-  _globals['_QUEUECREATED']._serialized_end=4112
-  _globals['_QUEUEDELETED']._serialized_start=4114
-  _globals['_QUEUEDELETED']._serialized_end=4146
-  _globals['_BULKHEADCREATED']._serialized_start=4148
-  _globals['_BULKHEADCREATED']._serialized_end=4203
-  _globals['_BULKHEADDELETED']._serialized_start=4205
-  _globals['_BULKHEADDELETED']._serialized_end=4243
-  _globals['_WORKFLOWCREATED']._serialized_start=4245
-  _globals['_WORKFLOWCREATED']._serialized_end=4300
-  _globals['_WORKFLOWCHANGED']._serialized_start=4302
-  _globals['_WORKFLOWCHANGED']._serialized_end=4357
-  _globals['_WORKFLOWDELETED']._serialized_start=4359
-  _globals['_WORKFLOWDELETED']._serialized_end=4397
+  _globals['_EVENT']._serialized_start=279
+  _globals['_EVENT']._serialized_end=2173
+  _globals['_COORDINATORSTARTED']._serialized_start=2175
+  _globals['_COORDINATORSTARTED']._serialized_end=2227
+  _globals['_TASKSUBMITTED']._serialized_start=2229
+  _globals['_TASKSUBMITTED']._serialized_end=2274
+  _globals['_TASKLEASED']._serialized_start=2276
+  _globals['_TASKLEASED']._serialized_end=2360
+  _globals['_TASKSUCCEEDED']._serialized_start=2362
+  _globals['_TASKSUCCEEDED']._serialized_end=2455
+  _globals['_TASKATTEMPTFAILED']._serialized_start=2457
+  _globals['_TASKATTEMPTFAILED']._serialized_end=2564
+  _globals['_TASKREQUEUED']._serialized_start=2566
+  _globals['_TASKREQUEUED']._serialized_end=2647
+  _globals['_TASKCANCELLED']._serialized_start=2649
+  _globals['_TASKCANCELLED']._serialized_end=2711
+  _globals['_AGENTREGISTERED']._serialized_start=2714
+  _globals['_AGENTREGISTERED']._serialized_end=2976
+  _globals['_AGENTREGISTERED_LABELSENTRY']._serialized_start=2931
+  _globals['_AGENTREGISTERED_LABELSENTRY']._serialized_end=2976
+  _globals['_AGENTCONNECTED']._serialized_start=2978
+  _globals['_AGENTCONNECTED']._serialized_end=3047
+  _globals['_AGENTDISCONNECTED']._serialized_start=3049
+  _globals['_AGENTDISCONNECTED']._serialized_end=3102
+  _globals['_AGENTCIRCUITCHANGED']._serialized_start=3104
+  _globals['_AGENTCIRCUITCHANGED']._serialized_end=3197
+  _globals['_CONVOYCREATED']._serialized_start=3199
+  _globals['_CONVOYCREATED']._serialized_end=3248
+  _globals['_CONVOYSTARTED']._serialized_start=3250
+  _globals['_CONVOYSTARTED']._serialized_end=3284
+  _globals['_CONVOYCANCELLED']._serialized_start=3286
+  _globals['_CONVOYCANCELLED']._serialized_end=3338
+  _globals['_CONVOYDELETED']._serialized_start=3340
+  _globals['_CONVOYDELETED']._serialized_end=3374
+  _globals['_SAGACREATED']._serialized_start=3376
+  _globals['_SAGACREATED']._serialized_end=3419
+  _globals['_SAGAEXECUTED']._serialized_start=3421
+  _globals['_SAGAEXECUTED']._serialized_end=3521
+  _globals['_SAGACOMPENSATIONREQUESTED']._serialized_start=3523
+  _globals['_SAGACOMPENSATIONREQUESTED']._serialized_end=3583
+  _globals['_SAGADELETED']._serialized_start=3585
+  _globals['_SAGADELETED']._serialized_end=3615
+  _globals['_COORDINATORSNAPSHOT']._serialized_start=3618
+  _globals['_COORDINATORSNAPSHOT']._serialized_end=4230
+  _globals['_COORDINATORSNAPSHOT_EXTENSIONSENTRY']._serialized_start=4049
+  _globals['_COORDINATORSNAPSHOT_EXTENSIONSENTRY']._serialized_end=4123
+  _globals['_COORDINATORSNAPSHOT_IDEMPOTENCYKEYSENTRY']._serialized_start=4125
+  _globals['_COORDINATORSNAPSHOT_IDEMPOTENCYKEYSENTRY']._serialized_end=4179
+  _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._serialized_start=4181
+  _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._serialized_end=4230
+  _globals['_AGENTSNAPSHOT']._serialized_start=4233
+  _globals['_AGENTSNAPSHOT']._serialized_end=4413
+  _globals['_QUEUECREATED']._serialized_start=4415
+  _globals['_QUEUECREATED']._serialized_end=4461
+  _globals['_QUEUEDELETED']._serialized_start=4463
+  _globals['_QUEUEDELETED']._serialized_end=4495
+  _globals['_BULKHEADCREATED']._serialized_start=4497
+  _globals['_BULKHEADCREATED']._serialized_end=4552
+  _globals['_BULKHEADDELETED']._serialized_start=4554
+  _globals['_BULKHEADDELETED']._serialized_end=4592
+  _globals['_WORKFLOWCREATED']._serialized_start=4594
+  _globals['_WORKFLOWCREATED']._serialized_end=4649
+  _globals['_WORKFLOWCHANGED']._serialized_start=4651
+  _globals['_WORKFLOWCHANGED']._serialized_end=4706
+  _globals['_WORKFLOWDELETED']._serialized_start=4708
+  _globals['_WORKFLOWDELETED']._serialized_end=4746
+  _globals['_SWARMCREATED']._serialized_start=4748
+  _globals['_SWARMCREATED']._serialized_end=4794
+  _globals['_SWARMDELETED']._serialized_start=4796
+  _globals['_SWARMDELETED']._serialized_end=4828
+  _globals['_SWARMSCALED']._serialized_start=4830
+  _globals['_SWARMSCALED']._serialized_end=4906
+  _globals['_SWARMAGENTSTARTED']._serialized_start=4908
+  _globals['_SWARMAGENTSTARTED']._serialized_end=4977
+  _globals['_SWARMAGENTDRAINING']._serialized_start=4979
+  _globals['_SWARMAGENTDRAINING']._serialized_end=5051
+  _globals['_SWARMAGENTSTOPPED']._serialized_start=5053
+  _globals['_SWARMAGENTSTOPPED']._serialized_end=5124
 # @@protoc_insertion_point(module_scope)

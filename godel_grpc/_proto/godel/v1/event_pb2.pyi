@@ -9,6 +9,7 @@ from godel_grpc._proto.godel.v1 import bulkhead_pb2 as _bulkhead_pb2
 from godel_grpc._proto.godel.v1 import convoy_pb2 as _convoy_pb2
 from godel_grpc._proto.godel.v1 import queue_pb2 as _queue_pb2
 from godel_grpc._proto.godel.v1 import saga_pb2 as _saga_pb2
+from godel_grpc._proto.godel.v1 import swarm_pb2 as _swarm_pb2
 from godel_grpc._proto.godel.v1 import task_pb2 as _task_pb2
 from godel_grpc._proto.godel.v1 import workflow_pb2 as _workflow_pb2
 from google.protobuf import descriptor as _descriptor
@@ -62,6 +63,12 @@ class Event(_message.Message):
     SAGA_EXECUTED_FIELD_NUMBER: _builtins.int
     SAGA_COMPENSATION_REQUESTED_FIELD_NUMBER: _builtins.int
     SAGA_DELETED_FIELD_NUMBER: _builtins.int
+    SWARM_CREATED_FIELD_NUMBER: _builtins.int
+    SWARM_DELETED_FIELD_NUMBER: _builtins.int
+    SWARM_SCALED_FIELD_NUMBER: _builtins.int
+    SWARM_AGENT_STARTED_FIELD_NUMBER: _builtins.int
+    SWARM_AGENT_DRAINING_FIELD_NUMBER: _builtins.int
+    SWARM_AGENT_STOPPED_FIELD_NUMBER: _builtins.int
     QUEUE_CREATED_FIELD_NUMBER: _builtins.int
     QUEUE_DELETED_FIELD_NUMBER: _builtins.int
     BULKHEAD_CREATED_FIELD_NUMBER: _builtins.int
@@ -164,6 +171,30 @@ class Event(_message.Message):
         """A caller deleted a saga; its task in flight, if any, is cancelled."""
 
     @_builtins.property
+    def swarm_created(self) -> Global___SwarmCreated:
+        """A swarm was created."""
+
+    @_builtins.property
+    def swarm_deleted(self) -> Global___SwarmDeleted:
+        """A swarm was deleted; its waiting tasks were cancelled and its agents drain."""
+
+    @_builtins.property
+    def swarm_scaled(self) -> Global___SwarmScaled:
+        """A swarm's autoscaler decided a new size, with the metric values behind it."""
+
+    @_builtins.property
+    def swarm_agent_started(self) -> Global___SwarmAgentStarted:
+        """An agent was started for a swarm."""
+
+    @_builtins.property
+    def swarm_agent_draining(self) -> Global___SwarmAgentDraining:
+        """A swarm agent was asked to drain (no new work; it finishes what it runs)."""
+
+    @_builtins.property
+    def swarm_agent_stopped(self) -> Global___SwarmAgentStopped:
+        """A swarm agent's process was stopped or was found gone."""
+
+    @_builtins.property
     def queue_created(self) -> Global___QueueCreated:
         """A backpressure queue was created."""
 
@@ -222,6 +253,12 @@ class Event(_message.Message):
         saga_executed: Global___SagaExecuted | None = ...,
         saga_compensation_requested: Global___SagaCompensationRequested | None = ...,
         saga_deleted: Global___SagaDeleted | None = ...,
+        swarm_created: Global___SwarmCreated | None = ...,
+        swarm_deleted: Global___SwarmDeleted | None = ...,
+        swarm_scaled: Global___SwarmScaled | None = ...,
+        swarm_agent_started: Global___SwarmAgentStarted | None = ...,
+        swarm_agent_draining: Global___SwarmAgentDraining | None = ...,
+        swarm_agent_stopped: Global___SwarmAgentStopped | None = ...,
         queue_created: Global___QueueCreated | None = ...,
         queue_deleted: Global___QueueDeleted | None = ...,
         bulkhead_created: Global___BulkheadCreated | None = ...,
@@ -230,11 +267,11 @@ class Event(_message.Message):
         workflow_changed: Global___WorkflowChanged | None = ...,
         workflow_deleted: Global___WorkflowDeleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "workflow_changed", b"workflow_changed", "workflow_created", b"workflow_created", "workflow_deleted", b"workflow_deleted"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "swarm_agent_draining", b"swarm_agent_draining", "swarm_agent_started", b"swarm_agent_started", "swarm_agent_stopped", b"swarm_agent_stopped", "swarm_created", b"swarm_created", "swarm_deleted", b"swarm_deleted", "swarm_scaled", b"swarm_scaled", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "workflow_changed", b"workflow_changed", "workflow_created", b"workflow_created", "workflow_deleted", b"workflow_deleted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type", "workflow_changed", b"workflow_changed", "workflow_created", b"workflow_created", "workflow_deleted", b"workflow_deleted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "swarm_agent_draining", b"swarm_agent_draining", "swarm_agent_started", b"swarm_agent_started", "swarm_agent_stopped", b"swarm_agent_stopped", "swarm_created", b"swarm_created", "swarm_deleted", b"swarm_deleted", "swarm_scaled", b"swarm_scaled", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type", "workflow_changed", b"workflow_changed", "workflow_created", b"workflow_created", "workflow_deleted", b"workflow_deleted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "agent_circuit_changed", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted", "queue_created", "queue_deleted", "bulkhead_created", "bulkhead_deleted", "workflow_created", "workflow_changed", "workflow_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "agent_circuit_changed", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted", "swarm_created", "swarm_deleted", "swarm_scaled", "swarm_agent_started", "swarm_agent_draining", "swarm_agent_stopped", "queue_created", "queue_deleted", "bulkhead_created", "bulkhead_deleted", "workflow_created", "workflow_changed", "workflow_deleted"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1200,3 +1237,167 @@ class WorkflowDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkflowDeleted: _TypeAlias = WorkflowDeleted  # noqa: Y015
+
+@_typing.final
+class SwarmCreated(_message.Message):
+    """Payload of "swarm.created"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWARM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def swarm(self) -> _swarm_pb2.Swarm:
+        """The swarm as created (definition only, no counters)."""
+
+    def __init__(
+        self,
+        *,
+        swarm: _swarm_pb2.Swarm | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["swarm", b"swarm"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["swarm", b"swarm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwarmCreated: _TypeAlias = SwarmCreated  # noqa: Y015
+
+@_typing.final
+class SwarmDeleted(_message.Message):
+    """Payload of "swarm.deleted"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWARM_ID_FIELD_NUMBER: _builtins.int
+    swarm_id: _builtins.str
+    """The swarm's id."""
+    def __init__(
+        self,
+        *,
+        swarm_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["swarm_id", b"swarm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwarmDeleted: _TypeAlias = SwarmDeleted  # noqa: Y015
+
+@_typing.final
+class SwarmScaled(_message.Message):
+    """Payload of "swarm.scaled"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWARM_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    swarm_id: _builtins.str
+    """The swarm's id."""
+    @_builtins.property
+    def decision(self) -> _swarm_pb2.SwarmScaleEvent:
+        """The decision, with the metric values that caused it."""
+
+    def __init__(
+        self,
+        *,
+        swarm_id: _builtins.str = ...,
+        decision: _swarm_pb2.SwarmScaleEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "swarm_id", b"swarm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwarmScaled: _TypeAlias = SwarmScaled  # noqa: Y015
+
+@_typing.final
+class SwarmAgentStarted(_message.Message):
+    """Payload of "swarm.agent_started"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWARM_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    swarm_id: _builtins.str
+    """The swarm's id."""
+    agent_id: _builtins.str
+    """The agent's id, chosen before its process started."""
+    name: _builtins.str
+    """The agent's name, which its hello carries."""
+    def __init__(
+        self,
+        *,
+        swarm_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "name", b"name", "swarm_id", b"swarm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwarmAgentStarted: _TypeAlias = SwarmAgentStarted  # noqa: Y015
+
+@_typing.final
+class SwarmAgentDraining(_message.Message):
+    """Payload of "swarm.agent_draining"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWARM_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    swarm_id: _builtins.str
+    """The swarm's id."""
+    agent_id: _builtins.str
+    """The agent's id."""
+    reason: _builtins.str
+    """Why, for example "scale down" or "swarm deleted"."""
+    def __init__(
+        self,
+        *,
+        swarm_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "reason", b"reason", "swarm_id", b"swarm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwarmAgentDraining: _TypeAlias = SwarmAgentDraining  # noqa: Y015
+
+@_typing.final
+class SwarmAgentStopped(_message.Message):
+    """Payload of "swarm.agent_stopped"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWARM_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    swarm_id: _builtins.str
+    """The swarm's id."""
+    agent_id: _builtins.str
+    """The agent's id."""
+    reason: _builtins.str
+    """Why, for example "drained", "process exited" or "spawn failed: ..."."""
+    def __init__(
+        self,
+        *,
+        swarm_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "reason", b"reason", "swarm_id", b"swarm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwarmAgentStopped: _TypeAlias = SwarmAgentStopped  # noqa: Y015

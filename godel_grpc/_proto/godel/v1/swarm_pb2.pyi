@@ -66,6 +66,7 @@ class Swarm(_message.Message):
     SCALE_EVENTS_FIELD_NUMBER: _builtins.int
     LAST_SCALE_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DRAINING_AGENTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned identifier."""
     name: _builtins.str
@@ -86,6 +87,10 @@ class Swarm(_message.Message):
     """Output only. Tasks of the swarm that succeeded since it was created."""
     tasks_failed: _builtins.int
     """Output only. Tasks of the swarm that failed since it was created."""
+    draining_agents: _builtins.int
+    """Output only. Agents of the swarm that finish their running tasks and then stop
+    (scale-down or deletion); they take no new work and are not in `current_agents`.
+    """
     @_builtins.property
     def scale_policy(self) -> Global___SwarmScalePolicy:
         """When and how far the swarm scales. Unset means the defaults of SwarmScalePolicy."""
@@ -134,10 +139,11 @@ class Swarm(_message.Message):
         scale_events: _abc.Iterable[Global___SwarmScaleEvent] | None = ...,
         last_scale_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        draining_agents: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_template", b"agent_template", "create_time", b"create_time", "last_scale_time", b"last_scale_time", "scale_policy", b"scale_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids", b"agent_ids", "agent_template", b"agent_template", "create_time", b"create_time", "current_agents", b"current_agents", "desired_agents", b"desired_agents", "id", b"id", "in_flight", b"in_flight", "labels", b"labels", "last_scale_time", b"last_scale_time", "max_agents", b"max_agents", "min_agents", b"min_agents", "name", b"name", "queue_depth", b"queue_depth", "scale_events", b"scale_events", "scale_policy", b"scale_policy", "tasks_completed", b"tasks_completed", "tasks_failed", b"tasks_failed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids", b"agent_ids", "agent_template", b"agent_template", "create_time", b"create_time", "current_agents", b"current_agents", "desired_agents", b"desired_agents", "draining_agents", b"draining_agents", "id", b"id", "in_flight", b"in_flight", "labels", b"labels", "last_scale_time", b"last_scale_time", "max_agents", b"max_agents", "min_agents", b"min_agents", "name", b"name", "queue_depth", b"queue_depth", "scale_events", b"scale_events", "scale_policy", b"scale_policy", "tasks_completed", b"tasks_completed", "tasks_failed", b"tasks_failed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -163,12 +169,12 @@ class SwarmScalePolicy(_message.Message):
     MAX_SCALE_DOWN_AGENTS_FIELD_NUMBER: _builtins.int
     SCALE_PERIOD_FIELD_NUMBER: _builtins.int
     metric: _builtins.str
-    """Metric the swarm scales on: "queue_depth" (tasks waiting for an agent). Empty means
-    "queue_depth".
+    """Metric the swarm scales on: "queue_depth" (the swarm's tasks waiting for an agent
+    plus those running). Empty means "queue_depth".
     """
     target: _builtins.float
-    """Value of the metric per agent the swarm aims for (for queue_depth: waiting tasks per
-    agent), 0 to 1,000,000. 0 means 10.
+    """Value of the metric per agent the swarm aims for (for queue_depth: waiting and
+    running tasks per agent), 0 to 1,000,000. 0 means 10.
     """
     scale_up_threshold: _builtins.float
     """Load, as a fraction of the target from 0 to 1, above which the swarm grows. 0 means
@@ -291,6 +297,11 @@ class SwarmScaleEvent(_message.Message):
     TO_AGENTS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     METRIC_VALUE_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_AGENTS_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
     from_agents: _builtins.int
     """Number of agents before the decision."""
     to_agents: _builtins.int
@@ -299,6 +310,20 @@ class SwarmScaleEvent(_message.Message):
     """Why, in words, for example "load 1.4 above 0.8 for 30s"."""
     metric_value: _builtins.float
     """Value of the scale metric when the decision was taken."""
+    queued: _builtins.int
+    """Tasks of the swarm waiting for an agent when the decision was taken."""
+    in_flight: _builtins.int
+    """Tasks of the swarm running when the decision was taken."""
+    load: _builtins.float
+    """Load when the decision was taken: the metric divided by (target × agents before
+    the decision); 0 when there were no agents.
+    """
+    recommended_agents: _builtins.int
+    """Size the load alone asked for, before stabilisation windows and rate caps."""
+    trigger: _builtins.str
+    """What caused the decision: "load" (the scale policy) or "bounds" (the size was
+    outside min_agents..max_agents, as after a coordinator restart).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the decision was taken."""
@@ -311,10 +336,15 @@ class SwarmScaleEvent(_message.Message):
         to_agents: _builtins.int = ...,
         reason: _builtins.str = ...,
         metric_value: _builtins.float = ...,
+        queued: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
+        load: _builtins.float = ...,
+        recommended_agents: _builtins.int = ...,
+        trigger: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_agents", b"from_agents", "metric_value", b"metric_value", "reason", b"reason", "time", b"time", "to_agents", b"to_agents"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_agents", b"from_agents", "in_flight", b"in_flight", "load", b"load", "metric_value", b"metric_value", "queued", b"queued", "reason", b"reason", "recommended_agents", b"recommended_agents", "time", b"time", "to_agents", b"to_agents", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13godel/v1/task.proto\x12\x08godel.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x07\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x04role\x18\x03 \x01(\tH\x00\x12\x10\n\x06\x61\x63tion\x18\x04 \x01(\tH\x00\x12\x0f\n\x05queue\x18\x0c \x01(\tH\x00\x12\x13\n\tpartition\x18\r \x01(\tH\x00\x12\x10\n\x08priority\x18\x05 \x01(\t\x12(\n\x07payload\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x12*\n\x06labels\x18\x0b \x03(\x0b\x32\x1a.godel.v1.Task.LabelsEntry\x12\x30\n\rretry_backoff\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x05state\x18\x14 \x01(\x0e\x32\x14.godel.v1.Task.State\x12\x10\n\x08\x61ttempts\x18\x15 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x16 \x01(\t\x12\x12\n\nattempt_id\x18\x17 \x01(\t\x12\'\n\x06output\x18\x18 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\"\n\x05\x65rror\x18\x19 \x01(\x0b\x32\x13.godel.v1.TaskError\x12.\n\x08progress\x18\x1a \x01(\x0b\x32\x1c.godel.v1.TaskProgressReport\x12/\n\x0b\x63reate_time\x18\x1b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x1c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x1d \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66\x61iled_attempts\x18\x1e \x01(\x05\x12\"\n\x05owner\x18\x1f \x01(\x0b\x32\x13.godel.v1.TaskOwner\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x7f\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_QUEUED\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x13\n\x0fSTATE_CANCELLED\x10\x05\x42\x08\n\x06target\"]\n\tTaskOwner\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x13\n\x0bresource_id\x18\x02 \x01(\t\x12\x0c\n\x04part\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\r\n\x05round\x18\x05 \x01(\x05\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"a\n\x12TaskProgressReport\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13godel/v1/task.proto\x12\x08godel.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfd\x07\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x04role\x18\x03 \x01(\tH\x00\x12\x10\n\x06\x61\x63tion\x18\x04 \x01(\tH\x00\x12\x0f\n\x05queue\x18\x0c \x01(\tH\x00\x12\x13\n\tpartition\x18\r \x01(\tH\x00\x12\x0f\n\x05swarm\x18\x0f \x01(\tH\x00\x12\x10\n\x08priority\x18\x05 \x01(\t\x12(\n\x07payload\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x12*\n\x06labels\x18\x0b \x03(\x0b\x32\x1a.godel.v1.Task.LabelsEntry\x12\x30\n\rretry_backoff\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x05state\x18\x14 \x01(\x0e\x32\x14.godel.v1.Task.State\x12\x10\n\x08\x61ttempts\x18\x15 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x16 \x01(\t\x12\x12\n\nattempt_id\x18\x17 \x01(\t\x12\'\n\x06output\x18\x18 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\"\n\x05\x65rror\x18\x19 \x01(\x0b\x32\x13.godel.v1.TaskError\x12.\n\x08progress\x18\x1a \x01(\x0b\x32\x1c.godel.v1.TaskProgressReport\x12/\n\x0b\x63reate_time\x18\x1b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x1c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x1d \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66\x61iled_attempts\x18\x1e \x01(\x05\x12\"\n\x05owner\x18\x1f \x01(\x0b\x32\x13.godel.v1.TaskOwner\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x7f\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_QUEUED\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x13\n\x0fSTATE_CANCELLED\x10\x05\x42\x08\n\x06target\"]\n\tTaskOwner\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x13\n\x0bresource_id\x18\x02 \x01(\t\x12\x0c\n\x04part\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\r\n\x05round\x18\x05 \x01(\x05\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"a\n\x12TaskProgressReport\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK_LABELSENTRY']._loaded_options = None
   _globals['_TASK_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_TASK']._serialized_start=129
-  _globals['_TASK']._serialized_end=1133
-  _globals['_TASK_LABELSENTRY']._serialized_start=949
-  _globals['_TASK_LABELSENTRY']._serialized_end=994
-  _globals['_TASK_STATE']._serialized_start=996
-  _globals['_TASK_STATE']._serialized_end=1123
-  _globals['_TASKOWNER']._serialized_start=1135
-  _globals['_TASKOWNER']._serialized_end=1228
-  _globals['_TASKERROR']._serialized_start=1230
-  _globals['_TASKERROR']._serialized_end=1291
-  _globals['_TASKPROGRESSREPORT']._serialized_start=1293
-  _globals['_TASKPROGRESSREPORT']._serialized_end=1390
+  _globals['_TASK']._serialized_end=1150
+  _globals['_TASK_LABELSENTRY']._serialized_start=966
+  _globals['_TASK_LABELSENTRY']._serialized_end=1011
+  _globals['_TASK_STATE']._serialized_start=1013
+  _globals['_TASK_STATE']._serialized_end=1140
+  _globals['_TASKOWNER']._serialized_start=1152
+  _globals['_TASKOWNER']._serialized_end=1245
+  _globals['_TASKERROR']._serialized_start=1247
+  _globals['_TASKERROR']._serialized_end=1308
+  _globals['_TASKPROGRESSREPORT']._serialized_start=1310
+  _globals['_TASKPROGRESSREPORT']._serialized_end=1407
 # @@protoc_insertion_point(module_scope)

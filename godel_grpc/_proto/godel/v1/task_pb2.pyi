@@ -92,6 +92,7 @@ class Task(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
     PARTITION_FIELD_NUMBER: _builtins.int
+    SWARM_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
@@ -129,6 +130,11 @@ class Task(_message.Message):
     """The bulkhead partition the task was submitted to (BulkheadService.SubmitToPartition),
     as "BULKHEAD/PARTITION": only agents that joined that partition may run it. Output
     only: set by the coordinator, never by a submit.
+    """
+    swarm: _builtins.str
+    """The swarm the task was submitted to (SwarmService.SubmitSwarmTask), by id: only
+    that swarm's agents may run it. Output only: set by the coordinator, never by a
+    submit.
     """
     priority: _builtins.str
     """Scheduling priority: "low", "normal" (the default), "high" or "critical". Higher
@@ -220,6 +226,7 @@ class Task(_message.Message):
         action: _builtins.str = ...,
         queue: _builtins.str = ...,
         partition: _builtins.str = ...,
+        swarm: _builtins.str = ...,
         priority: _builtins.str = ...,
         payload: _struct_pb2.Struct | None = ...,
         idempotency_key: _builtins.str = ...,
@@ -241,11 +248,11 @@ class Task(_message.Message):
         failed_attempts: _builtins.int = ...,
         owner: Global___TaskOwner | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "output", b"output", "owner", b"owner", "partition", b"partition", "payload", b"payload", "progress", b"progress", "queue", b"queue", "retry_backoff", b"retry_backoff", "role", b"role", "start_time", b"start_time", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "output", b"output", "owner", b"owner", "partition", b"partition", "payload", b"payload", "progress", b"progress", "queue", b"queue", "retry_backoff", b"retry_backoff", "role", b"role", "start_time", b"start_time", "swarm", b"swarm", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "attempt_id", b"attempt_id", "attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "failed_attempts", b"failed_attempts", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "output", b"output", "owner", b"owner", "partition", b"partition", "payload", b"payload", "priority", b"priority", "progress", b"progress", "queue", b"queue", "retry_backoff", b"retry_backoff", "role", b"role", "start_time", b"start_time", "state", b"state", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "attempt_id", b"attempt_id", "attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "failed_attempts", b"failed_attempts", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_attempts", b"max_attempts", "output", b"output", "owner", b"owner", "partition", b"partition", "payload", b"payload", "priority", b"priority", "progress", b"progress", "queue", b"queue", "retry_backoff", b"retry_backoff", "role", b"role", "start_time", b"start_time", "state", b"state", "swarm", b"swarm", "target", b"target", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["role", "action", "queue", "partition"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["role", "action", "queue", "partition", "swarm"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
