@@ -157,6 +157,7 @@ class AgentRecord:
         "last_seen",
         "name",
         "queues",
+        "reflex",
         "resume_token_sha256",
         "role",
         "state",
@@ -182,6 +183,8 @@ class AgentRecord:
         self.create_time = create_time
         self.connect_time = 0.0
         self.last_seen = 0.0
+        self.reflex: agent_pb2.AgentReflexStatus | None = None
+        """Set by the reflex manager (`core/reflex.py`) once the agent has reflex state."""
 
     def pools(self) -> list[str]:
         """The pools this agent serves."""
@@ -211,4 +214,6 @@ class AgentRecord:
             agent.connect_time.CopyFrom(timestamp(self.connect_time))
         if self.last_seen:
             agent.last_seen_time.CopyFrom(timestamp(self.last_seen))
+        if self.reflex is not None:
+            agent.reflex.CopyFrom(self.reflex)
         return agent

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 __all__ = [
     "DEFAULT_ADAPTATION_RATE",
     "FLOOR",
+    "MAX_KEY_CHARS",
     "MAX_LESSONS",
     "MAX_LESSON_CHARS",
     "MAX_MEMORY_BYTES",
     "MAX_MEMORY_KEYS",
-    "MAX_KEY_CHARS",
     "MAX_RATING",
     "MAX_VALUE_BYTES",
     "NEUTRAL_SCORE",
@@ -185,9 +185,7 @@ def check_memory_write(sizes: Mapping[str, int], key: str, value_bytes: int | No
     if not key:
         raise MemoryLimitError("memory keys must not be empty")
     if len(key) > MAX_KEY_CHARS:
-        raise MemoryLimitError(
-            f"memory key is {len(key)} characters; the limit is {MAX_KEY_CHARS}"
-        )
+        raise MemoryLimitError(f"memory key is {len(key)} characters; the limit is {MAX_KEY_CHARS}")
     if value_bytes is None:
         return
     if value_bytes > MAX_VALUE_BYTES:
@@ -199,6 +197,4 @@ def check_memory_write(sizes: Mapping[str, int], key: str, value_bytes: int | No
         raise MemoryLimitError(f"memory already holds {MAX_MEMORY_KEYS} keys, the limit")
     total = sum(len(k) + v for k, v in sizes.items() if k != key) + len(key) + value_bytes
     if total > MAX_MEMORY_BYTES:
-        raise MemoryLimitError(
-            f"memory would hold {total} bytes; the limit is {MAX_MEMORY_BYTES}"
-        )
+        raise MemoryLimitError(f"memory would hold {total} bytes; the limit is {MAX_MEMORY_BYTES}")

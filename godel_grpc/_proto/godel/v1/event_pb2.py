@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from godel_grpc._proto.godel.v1 import agent_pb2 as godel_dot_v1_dot_agent__pb2
 from godel_grpc._proto.godel.v1 import bulkhead_pb2 as godel_dot_v1_dot_bulkhead__pb2
 from godel_grpc._proto.godel.v1 import convoy_pb2 as godel_dot_v1_dot_convoy__pb2
 from godel_grpc._proto.godel.v1 import queue_pb2 as godel_dot_v1_dot_queue__pb2
@@ -31,7 +32,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14godel/v1/event.proto\x12\x08godel.v1\x1a\x17godel/v1/bulkhead.proto\x1a\x15godel/v1/convoy.proto\x1a\x14godel/v1/queue.proto\x1a\x13godel/v1/saga.proto\x1a\x13godel/v1/task.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\n\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x16\n\x0estream_version\x18\x03 \x01(\x03\x12\x0c\n\x04type\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x16\n\x0eschema_version\x18\x07 \x01(\x05\x12;\n\x13\x63oordinator_started\x18\n \x01(\x0b\x32\x1c.godel.v1.CoordinatorStartedH\x00\x12\x31\n\x0etask_submitted\x18\x0b \x01(\x0b\x32\x17.godel.v1.TaskSubmittedH\x00\x12+\n\x0btask_leased\x18\x0c \x01(\x0b\x32\x14.godel.v1.TaskLeasedH\x00\x12\x31\n\x0etask_succeeded\x18\r \x01(\x0b\x32\x17.godel.v1.TaskSucceededH\x00\x12:\n\x13task_attempt_failed\x18\x0e \x01(\x0b\x32\x1b.godel.v1.TaskAttemptFailedH\x00\x12/\n\rtask_requeued\x18\x0f \x01(\x0b\x32\x16.godel.v1.TaskRequeuedH\x00\x12\x31\n\x0etask_cancelled\x18\x10 \x01(\x0b\x32\x17.godel.v1.TaskCancelledH\x00\x12\x35\n\x10\x61gent_registered\x18\x11 \x01(\x0b\x32\x19.godel.v1.AgentRegisteredH\x00\x12\x33\n\x0f\x61gent_connected\x18\x12 \x01(\x0b\x32\x18.godel.v1.AgentConnectedH\x00\x12\x39\n\x12\x61gent_disconnected\x18\x13 \x01(\x0b\x32\x1b.godel.v1.AgentDisconnectedH\x00\x12>\n\x15\x61gent_circuit_changed\x18\x14 \x01(\x0b\x32\x1d.godel.v1.AgentCircuitChangedH\x00\x12\x31\n\x0e\x63onvoy_created\x18\x1e \x01(\x0b\x32\x17.godel.v1.ConvoyCreatedH\x00\x12\x31\n\x0e\x63onvoy_started\x18\x1f \x01(\x0b\x32\x17.godel.v1.ConvoyStartedH\x00\x12\x35\n\x10\x63onvoy_cancelled\x18  \x01(\x0b\x32\x19.godel.v1.ConvoyCancelledH\x00\x12\x31\n\x0e\x63onvoy_deleted\x18! \x01(\x0b\x32\x17.godel.v1.ConvoyDeletedH\x00\x12-\n\x0csaga_created\x18( \x01(\x0b\x32\x15.godel.v1.SagaCreatedH\x00\x12/\n\rsaga_executed\x18) \x01(\x0b\x32\x16.godel.v1.SagaExecutedH\x00\x12J\n\x1bsaga_compensation_requested\x18* \x01(\x0b\x32#.godel.v1.SagaCompensationRequestedH\x00\x12-\n\x0csaga_deleted\x18+ \x01(\x0b\x32\x15.godel.v1.SagaDeletedH\x00\x12/\n\rqueue_created\x18< \x01(\x0b\x32\x16.godel.v1.QueueCreatedH\x00\x12/\n\rqueue_deleted\x18= \x01(\x0b\x32\x16.godel.v1.QueueDeletedH\x00\x12\x35\n\x10\x62ulkhead_created\x18\x46 \x01(\x0b\x32\x19.godel.v1.BulkheadCreatedH\x00\x12\x35\n\x10\x62ulkhead_deleted\x18G \x01(\x0b\x32\x19.godel.v1.BulkheadDeletedH\x00\x42\t\n\x07payload\"4\n\x12\x43oordinatorStarted\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\t\"-\n\rTaskSubmitted\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\"T\n\nTaskLeased\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"]\n\rTaskSucceeded\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\'\n\x06output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"k\n\x11TaskAttemptFailed\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.godel.v1.TaskError\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\"Q\n\x0cTaskRequeued\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04lost\x18\x04 \x01(\x08\">\n\rTaskCancelled\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"\x86\x02\n\x0f\x41gentRegistered\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12\x35\n\x06labels\x18\x06 \x03(\x0b\x32%.godel.v1.AgentRegistered.LabelsEntry\x12\x1b\n\x13resume_token_sha256\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x0e\n\x06queues\x18\t \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0e\x41gentConnected\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07resumed\x18\x02 \x01(\x08\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\"5\n\x11\x41gentDisconnected\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"]\n\x13\x41gentCircuitChanged\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"1\n\rConvoyCreated\x12 \n\x06\x63onvoy\x18\x01 \x01(\x0b\x32\x10.godel.v1.Convoy\"\"\n\rConvoyStarted\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\"4\n\x0f\x43onvoyCancelled\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\rConvoyDeleted\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\"+\n\x0bSagaCreated\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"d\n\x0cSagaExecuted\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1b\n\x13manual_compensation\x18\x03 \x01(\x08\"<\n\x19SagaCompensationRequested\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1e\n\x0bSagaDeleted\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"\xb5\x04\n\x13\x43oordinatorSnapshot\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x1d\n\x05tasks\x18\x02 \x03(\x0b\x32\x0e.godel.v1.Task\x12)\n\x06\x61gents\x18\x03 \x03(\x0b\x32\x19.godel.v1.AgentRegistered\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x41\n\nextensions\x18\x05 \x03(\x0b\x32-.godel.v1.CoordinatorSnapshot.ExtensionsEntry\x12L\n\x10idempotency_keys\x18\x06 \x03(\x0b\x32\x32.godel.v1.CoordinatorSnapshot.IdempotencyKeysEntry\x12\x42\n\x0btask_counts\x18\x07 \x03(\x0b\x32-.godel.v1.CoordinatorSnapshot.TaskCountsEntry\x12\'\n\x0epattern_events\x18\x08 \x03(\x0b\x32\x0f.godel.v1.Event\x1aJ\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x1a\x36\n\x14IdempotencyKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fTaskCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\".\n\x0cQueueCreated\x12\x1e\n\x05queue\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Queue\" \n\x0cQueueDeleted\x12\x10\n\x08queue_id\x18\x01 \x01(\t\"7\n\x0f\x42ulkheadCreated\x12$\n\x08\x62ulkhead\x18\x01 \x01(\x0b\x32\x12.godel.v1.Bulkhead\"&\n\x0f\x42ulkheadDeleted\x12\x13\n\x0b\x62ulkhead_id\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14godel/v1/event.proto\x12\x08godel.v1\x1a\x14godel/v1/agent.proto\x1a\x17godel/v1/bulkhead.proto\x1a\x15godel/v1/convoy.proto\x1a\x14godel/v1/queue.proto\x1a\x13godel/v1/saga.proto\x1a\x13godel/v1/task.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x0c\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x16\n\x0estream_version\x18\x03 \x01(\x03\x12\x0c\n\x04type\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x16\n\x0eschema_version\x18\x07 \x01(\x05\x12;\n\x13\x63oordinator_started\x18\n \x01(\x0b\x32\x1c.godel.v1.CoordinatorStartedH\x00\x12\x31\n\x0etask_submitted\x18\x0b \x01(\x0b\x32\x17.godel.v1.TaskSubmittedH\x00\x12+\n\x0btask_leased\x18\x0c \x01(\x0b\x32\x14.godel.v1.TaskLeasedH\x00\x12\x31\n\x0etask_succeeded\x18\r \x01(\x0b\x32\x17.godel.v1.TaskSucceededH\x00\x12:\n\x13task_attempt_failed\x18\x0e \x01(\x0b\x32\x1b.godel.v1.TaskAttemptFailedH\x00\x12/\n\rtask_requeued\x18\x0f \x01(\x0b\x32\x16.godel.v1.TaskRequeuedH\x00\x12\x31\n\x0etask_cancelled\x18\x10 \x01(\x0b\x32\x17.godel.v1.TaskCancelledH\x00\x12\x35\n\x10\x61gent_registered\x18\x11 \x01(\x0b\x32\x19.godel.v1.AgentRegisteredH\x00\x12\x33\n\x0f\x61gent_connected\x18\x12 \x01(\x0b\x32\x18.godel.v1.AgentConnectedH\x00\x12\x39\n\x12\x61gent_disconnected\x18\x13 \x01(\x0b\x32\x1b.godel.v1.AgentDisconnectedH\x00\x12>\n\x15\x61gent_circuit_changed\x18\x14 \x01(\x0b\x32\x1d.godel.v1.AgentCircuitChangedH\x00\x12\x31\n\x0e\x63onvoy_created\x18\x1e \x01(\x0b\x32\x17.godel.v1.ConvoyCreatedH\x00\x12\x31\n\x0e\x63onvoy_started\x18\x1f \x01(\x0b\x32\x17.godel.v1.ConvoyStartedH\x00\x12\x35\n\x10\x63onvoy_cancelled\x18  \x01(\x0b\x32\x19.godel.v1.ConvoyCancelledH\x00\x12\x31\n\x0e\x63onvoy_deleted\x18! \x01(\x0b\x32\x17.godel.v1.ConvoyDeletedH\x00\x12-\n\x0csaga_created\x18( \x01(\x0b\x32\x15.godel.v1.SagaCreatedH\x00\x12/\n\rsaga_executed\x18) \x01(\x0b\x32\x16.godel.v1.SagaExecutedH\x00\x12J\n\x1bsaga_compensation_requested\x18* \x01(\x0b\x32#.godel.v1.SagaCompensationRequestedH\x00\x12-\n\x0csaga_deleted\x18+ \x01(\x0b\x32\x15.godel.v1.SagaDeletedH\x00\x12/\n\rqueue_created\x18< \x01(\x0b\x32\x16.godel.v1.QueueCreatedH\x00\x12/\n\rqueue_deleted\x18= \x01(\x0b\x32\x16.godel.v1.QueueDeletedH\x00\x12\x35\n\x10\x62ulkhead_created\x18\x46 \x01(\x0b\x32\x19.godel.v1.BulkheadCreatedH\x00\x12\x35\n\x10\x62ulkhead_deleted\x18G \x01(\x0b\x32\x19.godel.v1.BulkheadDeletedH\x00\x12<\n\x14\x61gent_memory_written\x18P \x01(\x0b\x32\x1c.godel.v1.AgentMemoryWrittenH\x00\x12\x44\n\x18\x61gent_feedback_submitted\x18Q \x01(\x0b\x32 .godel.v1.AgentFeedbackSubmittedH\x00\x12\x42\n\x17\x61gent_reflex_configured\x18R \x01(\x0b\x32\x1f.godel.v1.AgentReflexConfiguredH\x00\x42\t\n\x07payload\"4\n\x12\x43oordinatorStarted\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\t\"-\n\rTaskSubmitted\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\"T\n\nTaskLeased\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"]\n\rTaskSucceeded\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\'\n\x06output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"k\n\x11TaskAttemptFailed\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.godel.v1.TaskError\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\"Q\n\x0cTaskRequeued\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04lost\x18\x04 \x01(\x08\">\n\rTaskCancelled\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"\x86\x02\n\x0f\x41gentRegistered\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12\x35\n\x06labels\x18\x06 \x03(\x0b\x32%.godel.v1.AgentRegistered.LabelsEntry\x12\x1b\n\x13resume_token_sha256\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x0e\n\x06queues\x18\t \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0e\x41gentConnected\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07resumed\x18\x02 \x01(\x08\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\"5\n\x11\x41gentDisconnected\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"]\n\x13\x41gentCircuitChanged\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"1\n\rConvoyCreated\x12 \n\x06\x63onvoy\x18\x01 \x01(\x0b\x32\x10.godel.v1.Convoy\"\"\n\rConvoyStarted\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\"4\n\x0f\x43onvoyCancelled\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\rConvoyDeleted\x12\x11\n\tconvoy_id\x18\x01 \x01(\t\"+\n\x0bSagaCreated\x12\x1c\n\x04saga\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Saga\"d\n\x0cSagaExecuted\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1b\n\x13manual_compensation\x18\x03 \x01(\x08\"<\n\x19SagaCompensationRequested\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1e\n\x0bSagaDeleted\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"\xb5\x04\n\x13\x43oordinatorSnapshot\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x1d\n\x05tasks\x18\x02 \x03(\x0b\x32\x0e.godel.v1.Task\x12)\n\x06\x61gents\x18\x03 \x03(\x0b\x32\x19.godel.v1.AgentRegistered\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x41\n\nextensions\x18\x05 \x03(\x0b\x32-.godel.v1.CoordinatorSnapshot.ExtensionsEntry\x12L\n\x10idempotency_keys\x18\x06 \x03(\x0b\x32\x32.godel.v1.CoordinatorSnapshot.IdempotencyKeysEntry\x12\x42\n\x0btask_counts\x18\x07 \x03(\x0b\x32-.godel.v1.CoordinatorSnapshot.TaskCountsEntry\x12\'\n\x0epattern_events\x18\x08 \x03(\x0b\x32\x0f.godel.v1.Event\x1aJ\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x1a\x36\n\x14IdempotencyKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fTaskCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\".\n\x0cQueueCreated\x12\x1e\n\x05queue\x18\x01 \x01(\x0b\x32\x0f.godel.v1.Queue\" \n\x0cQueueDeleted\x12\x10\n\x08queue_id\x18\x01 \x01(\t\"7\n\x0f\x42ulkheadCreated\x12$\n\x08\x62ulkhead\x18\x01 \x01(\x0b\x32\x12.godel.v1.Bulkhead\"&\n\x0f\x42ulkheadDeleted\x12\x13\n\x0b\x62ulkhead_id\x18\x01 \x01(\t\"k\n\x12\x41gentMemoryWritten\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0f\n\x07\x64\x65leted\x18\x04 \x01(\x08\"\xc3\x01\n\x16\x41gentFeedbackSubmitted\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06rating\x18\x03 \x01(\x01\x12\x10\n\x08\x63omments\x18\x04 \x01(\t\x12\x0e\n\x06scored\x18\x05 \x01(\x08\x12\r\n\x05score\x18\x06 \x01(\x01\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x07 \x01(\x03\x12\x17\n\x0f\x61\x64\x61ptation_rate\x18\x08 \x01(\x01\x12\x14\n\x0cscored_count\x18\t \x01(\x03\"Q\n\x15\x41gentReflexConfigured\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12&\n\x06reflex\x18\x02 \x01(\x0b\x32\x16.godel.v1.ReflexConfigb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,62 +47,68 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COORDINATORSNAPSHOT_IDEMPOTENCYKEYSENTRY']._serialized_options = b'8\001'
   _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._loaded_options = None
   _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENT']._serialized_start=210
-  _globals['_EVENT']._serialized_end=1612
-  _globals['_COORDINATORSTARTED']._serialized_start=1614
-  _globals['_COORDINATORSTARTED']._serialized_end=1666
-  _globals['_TASKSUBMITTED']._serialized_start=1668
-  _globals['_TASKSUBMITTED']._serialized_end=1713
-  _globals['_TASKLEASED']._serialized_start=1715
-  _globals['_TASKLEASED']._serialized_end=1799
-  _globals['_TASKSUCCEEDED']._serialized_start=1801
-  _globals['_TASKSUCCEEDED']._serialized_end=1894
-  _globals['_TASKATTEMPTFAILED']._serialized_start=1896
-  _globals['_TASKATTEMPTFAILED']._serialized_end=2003
-  _globals['_TASKREQUEUED']._serialized_start=2005
-  _globals['_TASKREQUEUED']._serialized_end=2086
-  _globals['_TASKCANCELLED']._serialized_start=2088
-  _globals['_TASKCANCELLED']._serialized_end=2150
-  _globals['_AGENTREGISTERED']._serialized_start=2153
-  _globals['_AGENTREGISTERED']._serialized_end=2415
-  _globals['_AGENTREGISTERED_LABELSENTRY']._serialized_start=2370
-  _globals['_AGENTREGISTERED_LABELSENTRY']._serialized_end=2415
-  _globals['_AGENTCONNECTED']._serialized_start=2417
-  _globals['_AGENTCONNECTED']._serialized_end=2486
-  _globals['_AGENTDISCONNECTED']._serialized_start=2488
-  _globals['_AGENTDISCONNECTED']._serialized_end=2541
-  _globals['_AGENTCIRCUITCHANGED']._serialized_start=2543
-  _globals['_AGENTCIRCUITCHANGED']._serialized_end=2636
-  _globals['_CONVOYCREATED']._serialized_start=2638
-  _globals['_CONVOYCREATED']._serialized_end=2687
-  _globals['_CONVOYSTARTED']._serialized_start=2689
-  _globals['_CONVOYSTARTED']._serialized_end=2723
-  _globals['_CONVOYCANCELLED']._serialized_start=2725
-  _globals['_CONVOYCANCELLED']._serialized_end=2777
-  _globals['_CONVOYDELETED']._serialized_start=2779
-  _globals['_CONVOYDELETED']._serialized_end=2813
-  _globals['_SAGACREATED']._serialized_start=2815
-  _globals['_SAGACREATED']._serialized_end=2858
-  _globals['_SAGAEXECUTED']._serialized_start=2860
-  _globals['_SAGAEXECUTED']._serialized_end=2960
-  _globals['_SAGACOMPENSATIONREQUESTED']._serialized_start=2962
-  _globals['_SAGACOMPENSATIONREQUESTED']._serialized_end=3022
-  _globals['_SAGADELETED']._serialized_start=3024
-  _globals['_SAGADELETED']._serialized_end=3054
-  _globals['_COORDINATORSNAPSHOT']._serialized_start=3057
-  _globals['_COORDINATORSNAPSHOT']._serialized_end=3622
-  _globals['_COORDINATORSNAPSHOT_EXTENSIONSENTRY']._serialized_start=3441
-  _globals['_COORDINATORSNAPSHOT_EXTENSIONSENTRY']._serialized_end=3515
-  _globals['_COORDINATORSNAPSHOT_IDEMPOTENCYKEYSENTRY']._serialized_start=3517
-  _globals['_COORDINATORSNAPSHOT_IDEMPOTENCYKEYSENTRY']._serialized_end=3571
-  _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._serialized_start=3573
-  _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._serialized_end=3622
-  _globals['_QUEUECREATED']._serialized_start=3624
-  _globals['_QUEUECREATED']._serialized_end=3670
-  _globals['_QUEUEDELETED']._serialized_start=3672
-  _globals['_QUEUEDELETED']._serialized_end=3704
-  _globals['_BULKHEADCREATED']._serialized_start=3706
-  _globals['_BULKHEADCREATED']._serialized_end=3761
-  _globals['_BULKHEADDELETED']._serialized_start=3763
-  _globals['_BULKHEADDELETED']._serialized_end=3801
+  _globals['_EVENT']._serialized_start=232
+  _globals['_EVENT']._serialized_end=1834
+  _globals['_COORDINATORSTARTED']._serialized_start=1836
+  _globals['_COORDINATORSTARTED']._serialized_end=1888
+  _globals['_TASKSUBMITTED']._serialized_start=1890
+  _globals['_TASKSUBMITTED']._serialized_end=1935
+  _globals['_TASKLEASED']._serialized_start=1937
+  _globals['_TASKLEASED']._serialized_end=2021
+  _globals['_TASKSUCCEEDED']._serialized_start=2023
+  _globals['_TASKSUCCEEDED']._serialized_end=2116
+  _globals['_TASKATTEMPTFAILED']._serialized_start=2118
+  _globals['_TASKATTEMPTFAILED']._serialized_end=2225
+  _globals['_TASKREQUEUED']._serialized_start=2227
+  _globals['_TASKREQUEUED']._serialized_end=2308
+  _globals['_TASKCANCELLED']._serialized_start=2310
+  _globals['_TASKCANCELLED']._serialized_end=2372
+  _globals['_AGENTREGISTERED']._serialized_start=2375
+  _globals['_AGENTREGISTERED']._serialized_end=2637
+  _globals['_AGENTREGISTERED_LABELSENTRY']._serialized_start=2592
+  _globals['_AGENTREGISTERED_LABELSENTRY']._serialized_end=2637
+  _globals['_AGENTCONNECTED']._serialized_start=2639
+  _globals['_AGENTCONNECTED']._serialized_end=2708
+  _globals['_AGENTDISCONNECTED']._serialized_start=2710
+  _globals['_AGENTDISCONNECTED']._serialized_end=2763
+  _globals['_AGENTCIRCUITCHANGED']._serialized_start=2765
+  _globals['_AGENTCIRCUITCHANGED']._serialized_end=2858
+  _globals['_CONVOYCREATED']._serialized_start=2860
+  _globals['_CONVOYCREATED']._serialized_end=2909
+  _globals['_CONVOYSTARTED']._serialized_start=2911
+  _globals['_CONVOYSTARTED']._serialized_end=2945
+  _globals['_CONVOYCANCELLED']._serialized_start=2947
+  _globals['_CONVOYCANCELLED']._serialized_end=2999
+  _globals['_CONVOYDELETED']._serialized_start=3001
+  _globals['_CONVOYDELETED']._serialized_end=3035
+  _globals['_SAGACREATED']._serialized_start=3037
+  _globals['_SAGACREATED']._serialized_end=3080
+  _globals['_SAGAEXECUTED']._serialized_start=3082
+  _globals['_SAGAEXECUTED']._serialized_end=3182
+  _globals['_SAGACOMPENSATIONREQUESTED']._serialized_start=3184
+  _globals['_SAGACOMPENSATIONREQUESTED']._serialized_end=3244
+  _globals['_SAGADELETED']._serialized_start=3246
+  _globals['_SAGADELETED']._serialized_end=3276
+  _globals['_COORDINATORSNAPSHOT']._serialized_start=3279
+  _globals['_COORDINATORSNAPSHOT']._serialized_end=3844
+  _globals['_COORDINATORSNAPSHOT_EXTENSIONSENTRY']._serialized_start=3663
+  _globals['_COORDINATORSNAPSHOT_EXTENSIONSENTRY']._serialized_end=3737
+  _globals['_COORDINATORSNAPSHOT_IDEMPOTENCYKEYSENTRY']._serialized_start=3739
+  _globals['_COORDINATORSNAPSHOT_IDEMPOTENCYKEYSENTRY']._serialized_end=3793
+  _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._serialized_start=3795
+  _globals['_COORDINATORSNAPSHOT_TASKCOUNTSENTRY']._serialized_end=3844
+  _globals['_QUEUECREATED']._serialized_start=3846
+  _globals['_QUEUECREATED']._serialized_end=3892
+  _globals['_QUEUEDELETED']._serialized_start=3894
+  _globals['_QUEUEDELETED']._serialized_end=3926
+  _globals['_BULKHEADCREATED']._serialized_start=3928
+  _globals['_BULKHEADCREATED']._serialized_end=3983
+  _globals['_BULKHEADDELETED']._serialized_start=3985
+  _globals['_BULKHEADDELETED']._serialized_end=4023
+  _globals['_AGENTMEMORYWRITTEN']._serialized_start=4025
+  _globals['_AGENTMEMORYWRITTEN']._serialized_end=4132
+  _globals['_AGENTFEEDBACKSUBMITTED']._serialized_start=4135
+  _globals['_AGENTFEEDBACKSUBMITTED']._serialized_end=4330
+  _globals['_AGENTREFLEXCONFIGURED']._serialized_start=4332
+  _globals['_AGENTREFLEXCONFIGURED']._serialized_end=4413
 # @@protoc_insertion_point(module_scope)
