@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as link_pb2
 from godel_grpc._proto.godel.v1 import agent_service_pb2, event_pb2
 from godel_grpc.core import events
-from godel_grpc.errors import FailedPrecondition, NotFound
+from godel_grpc.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from godel_grpc.core.coordinator import Coordinator
@@ -23,7 +23,8 @@ async def submit_feedback(
     """Records one feedback record (the rating's range is checked by the proto rules).
 
     Raises:
-        NotFound: unknown agent or task.
+        NotFound: unknown agent.
+        InvalidArgument: unknown task (`taskId` names nothing that exists).
         FailedPrecondition: the task never ran on this agent.
     """
     coordinator.require_open()
@@ -56,7 +57,12 @@ async def submit_feedback(
 async def _require_ran_on(coordinator: Coordinator, task_id: str, agent_id: str) -> None:
     """Checks that some attempt of the task was leased to the agent: its last attempt
     (from memory, or the log for an old task), else any earlier one (from the log)."""
-    task = await coordinator.get_task(task_id)  # NotFound for an unknown task
+    try:
+        task = await coordinator.get_task(task_id)
+    except NotFound:
+        raise InvalidArgument(
+            [FieldViolation("taskId", f"no task has the id {task_id!r}")]
+        ) from None
     if task.agent_id == agent_id:
         return
     if task.attempts > 1:

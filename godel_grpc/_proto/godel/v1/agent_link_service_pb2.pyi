@@ -202,8 +202,8 @@ class AgentHello(_message.Message):
 
     @_builtins.property
     def reflex(self) -> _agent_pb2.ReflexConfig:
-        """Reflex pattern: memory, feedback loop and adaptation rate. Unset means off (memory
-        then behaves as "session").
+        """Reflex pattern: memory, feedback loop and adaptation rate. Unset keeps the config
+        recorded for the agent (none for a new agent: reflex off, memory as "session").
         """
 
     def __init__(
