@@ -620,7 +620,7 @@ class Coordinator:
         if agent_id is None and self.spawned_ids.get(hello.name) in self.state.agents:
             agent_id = self.spawned_ids[hello.name]  # a restarted spawned process resumes
         if agent_id is None:
-            agent_id = self.reflex.identity_for(hello)  # persistent memory outlives processes
+            agent_id = self.reflex.identity_for(hello, self.sessions)  # memory outlives processes
         batch: list[event_pb2.Event] = []
         resumed = agent_id is not None
         if agent_id is None:

@@ -16,7 +16,7 @@ what it keeps (config, the latest feedback events, one write per memory key).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import json_format, struct_pb2
@@ -44,7 +44,7 @@ class _Reflex:
     memory: dict[str, struct_pb2.Value] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     recent: list[event_pb2.Event] = field(default_factory=list)
-    """The latest feedback events, enough to rebuild score, count and lessons."""
+    """The feedback events that rebuild score, count and lessons (`_still_needed`)."""
 
     @property
     def enabled(self) -> bool:
@@ -103,7 +103,7 @@ class ReflexManager:
         if given.scored:
             state.score = policy.Score(given.score, given.scored_count)
             state.lessons = policy.add_lesson(state.lessons, given.comments)
-        state.recent = [*state.recent, event][-policy.MAX_LESSONS :]
+        state.recent = _still_needed([*state.recent, event])
 
     def take_actions(self) -> list[PatternAction]:
         """Reflex decides nothing on its own."""
@@ -142,17 +142,18 @@ class ReflexManager:
             return None
         return state.score.value
 
-    def identity_for(self, hello: link_pb2.AgentHello) -> str | None:
+    def identity_for(self, hello: link_pb2.AgentHello, connected: Container[str]) -> str | None:
         """A registered agent that a new process may resume by name: one with
-        persistent memory whose name the hello gives and whose hello asks for
-        persistent memory too. That is what lets memory outlive the agent's process."""
+        persistent memory whose name the hello gives, whose hello asks for persistent
+        memory too, and that is not `connected` now (a second process with a taken name
+        is refused as before). That is what lets memory outlive the agent's process."""
         asked = hello.reflex
         if not (hello.name and asked.enabled and asked.memory == PERSISTENT):
             return None
         for agent in self._agents.values():
             if agent.name == hello.name:
                 state = self._by_agent.get(agent.id)
-                if state is not None and state.persistent:
+                if state is not None and state.persistent and agent.id not in connected:
                     return agent.id
         return None
 
@@ -270,6 +271,24 @@ class ReflexManager:
         agent = self._agents.get(agent_id)
         if agent is not None:
             agent.reflex = self.status(agent_id)
+
+
+def _still_needed(recent: list[event_pb2.Event]) -> list[event_pb2.Event]:
+    """The feedback events a snapshot needs, in order: the last one (the count), the
+    last scored one (the score) and the ones that gave the current lessons; at most
+    `MAX_LESSONS` + 2 events whatever the agent's history."""
+    keep = {len(recent) - 1}
+    lessons = 0
+    for index in range(len(recent) - 1, -1, -1):
+        given = recent[index].agent_feedback_submitted
+        if given.scored and not any(
+            recent[i].agent_feedback_submitted.scored for i in keep if i > index
+        ):
+            keep.add(index)
+        if given.scored and given.comments.strip() and lessons < policy.MAX_LESSONS:
+            keep.add(index)
+            lessons += 1
+    return [recent[i] for i in sorted(keep)]
 
 
 def _size(value: struct_pb2.Value) -> int:

@@ -89,21 +89,30 @@ def test_session_memory_is_never_an_event_and_ends_with_the_link() -> None:
     assert dict(manager.memory_struct("a").fields) == {"n": value(1)}
     manager.observe(events.agent_disconnected("a", "stream closed"))
     assert manager.memory_struct("a") == struct_pb2.Struct()
-    assert manager.identity_for(hello("session")) is None
+    assert manager.identity_for(hello("session"), connected=()) is None
 
 
 def test_history_rebuilds_the_same_state() -> None:
     manager, agents = manager_with_agent()
     apply(manager, manager.write_memory("a", [link_pb2.MemoryWrite(key="k", value=value(3))]))
-    for rating in [5.0, 1.0, 3.0, 4.0, 2.0, 5.0, 0.0]:
-        manager.observe(manager.feedback("a", "", rating, f"r{rating}"))
+    comments = ["one", "", "two", "three", "four", "five", "six", "", " "]
+    for index, comment in enumerate(comments):
+        manager.observe(manager.feedback("a", "", index % 6, comment))
     rebuilt_agents = {"a": AgentRecord("a", "w-1", "w", 0.0)}
     rebuilt = ReflexManager(rebuilt_agents)
     apply(rebuilt, manager.history())
     assert rebuilt_agents["a"].reflex == agents["a"].reflex
     assert rebuilt.memory_struct("a") == manager.memory_struct("a")
     assert rebuilt.preference("a") == manager.preference("a")
-    assert rebuilt.identity_for(hello()) == "a"
+    assert rebuilt.identity_for(hello(), connected=()) == "a"
+    assert list(agents["a"].reflex.lessons) == ["two", "three", "four", "five", "six"]  # type: ignore[union-attr]
+    assert len(manager.history()) <= 1 + 5 + 2 + 1  # config, feedback, one memory key
+
+
+def test_a_connected_agent_is_not_resumed_by_name() -> None:
+    manager, _ = manager_with_agent()
+    assert manager.identity_for(hello(), connected={"a"}) is None
+    assert manager.identity_for(hello(name="other"), connected=()) is None
 
 
 def test_a_hello_without_reflex_keeps_the_recorded_config() -> None:
