@@ -212,6 +212,8 @@ class ReflexManager:
         """Applies an agent's memory writes: persistent ones come back as events for the
         caller to record (they are applied when folded), session ones are applied here.
         Writes that break a limit are dropped and logged."""
+        if not writes:
+            return []
         state = self._of(agent_id)
         batch: list[event_pb2.Event] = []
         sizes = dict(state.sizes)
@@ -233,7 +235,7 @@ class ReflexManager:
                 batch.append(events.agent_memory_written(agent_id, write.key, value))
             else:
                 self._put(state, write.key, value)
-        if not state.persistent and writes:
+        if not state.persistent:
             self._show(agent_id)
         return batch
 
