@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from godel_grpc._proto.godel.v1 import agent_pb2, task_pb2
 from godel_grpc.client import Client, RPCError, task_request
 from godel_grpc.server import RunningServer
 from tests.support import (
+    PYTHON,
     AgentProcess,
     CoordinatorProcess,
     agent_processes,
@@ -171,17 +173,29 @@ async def test_exec_agent_gets_score_and_lessons_in_its_task_json(
     server: RunningServer, client: Client
 ) -> None:
     address = f"127.0.0.1:{server.port}"
-    show = 'cat; echo; echo "$GODEL_LESSONS" >&2'
+    # The command echoes its task JSON with the reflex variables of its environment
+    script = (
+        "import json, os, sys; task = json.load(sys.stdin); "
+        "task['env'] = {k: os.environ.get(k) for k in "
+        "('GODEL_SCORE', 'GODEL_FEEDBACK_COUNT', 'GODEL_LESSONS')}; print(json.dumps(task))"
+    )
+    show = f"{shlex.quote(PYTHON)} -c {shlex.quote(script)}"
     with agent_processes(address, "cli", 1, "--exec", show, *reflex(rate=0.5)):
         me = await agent_named(client, "cli-0")
         first = await run(client, "cli")
+        assert "reflex" not in first.output  # nothing to say before any feedback
         await client.agents.feedback(me.id, taskId=first.id, rating=2, comments="add tests")
+        await client.agents.feedback(me.id, taskId=first.id, rating=4, comments="name things")
         task = await run(client, "cli")
-        # `cat` echoes the task JSON the command got on stdin
         assert task.output["reflex"] == {
-            "score": 2.0,
-            "feedbackCount": 1.0,
-            "lessons": ["add tests"],
+            "score": 3.0,
+            "feedbackCount": 2.0,
+            "lessons": ["add tests", "name things"],
+        }
+        assert task.output["env"] == {
+            "GODEL_SCORE": "3",
+            "GODEL_FEEDBACK_COUNT": "2",
+            "GODEL_LESSONS": "add tests\nname things",
         }
 
 
