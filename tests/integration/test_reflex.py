@@ -207,13 +207,19 @@ async def test_better_rated_agent_gets_most_work_and_the_other_still_some(
     with agent_processes(address, "pair", 2, *args):
         await wait_for_agents(client, 2, role="pair")
         ids = {a.name: a.id for a in await client.agents.list(role="pair")}
-        # Given two equal agents, one rated 1 and one rated 5 over 10 tasks
-        tasks = await client.tasks.submit_many([task_request(role="pair") for _ in range(10)])
-        done = [await client.tasks.wait(t.id, timeout=30) for t in tasks]
-        assert {t.agent_id for t in done} == set(ids.values())
-        for task in done:
-            rating = 5.0 if task.agent_id == ids["pair-1"] else 1.0
-            await client.agents.feedback(task.agent_id, taskId=task.id, rating=rating)
+        # Given two equal agents, one rated 1 and one rated 5 over 10 tasks each
+        ran: dict[str, list[Task]] = {agent_id: [] for agent_id in ids.values()}
+        while min(len(tasks) for tasks in ran.values()) < 10:
+            batch = await client.tasks.submit_many([task_request(role="pair") for _ in range(20)])
+            for task in batch:
+                done = await client.tasks.wait(task.id, timeout=30)
+                ran[done.agent_id].append(done)
+        for agent_id, tasks in ran.items():
+            rating = 5.0 if agent_id == ids["pair-1"] else 1.0
+            for task in tasks[:10]:
+                await client.agents.feedback(agent_id, taskId=task.id, rating=rating)
+        assert (await client.agents.get(ids["pair-0"])).reflex.score == 1.0
+        assert (await client.agents.get(ids["pair-1"])).reflex.score == 5.0
         # When 100 more tasks arrive while both have room
         tasks = await client.tasks.submit_many([task_request(role="pair") for _ in range(100)])
         done = [await client.tasks.wait(t.id, timeout=30) for t in tasks]
