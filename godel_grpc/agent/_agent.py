@@ -525,9 +525,10 @@ class Agent:
         if not deleted:
             message.value.CopyFrom(json_format.ParseDict(value, struct_pb2.Value()))
         if self._reporter is not None:
-            self._reporter.report_memory(message)
+            self._reporter.report_memory(message, lambda: self._memory.confirm(write))
         else:  # before run: nothing else touches the outbox yet
             self._outbox.add_memory_write(message)
+            self._memory.confirm(write)
 
     def _on_welcome(self, welcome: link_pb2.AgentWelcome) -> None:
         unsent: dict[str, Write] = {

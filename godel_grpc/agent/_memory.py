@@ -46,6 +46,10 @@ class Memory:
         self._values: dict[str, Any] = {}
         self._sizes: dict[str, int] = {}
         self._send = send
+        # Writes handed to `send` that the link has not confirmed queuing yet (a sync
+        # handler's thread hands them over through the loop): a welcome arriving in
+        # between must not forget them.
+        self._unconfirmed: dict[str, Write] = {}
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of `key`, or `default` when it is not set."""
@@ -62,21 +66,33 @@ class Memory:
         """
         size = encoded_size(value)
         plain = json.loads(json.dumps(value))  # a copy with tuples as lists, like the wire
+        write: Write = (key, plain, False)
         with self._lock:
             check_memory_write(self._sizes, key, size)
             self._values[key] = plain
             self._sizes[key] = size
+            if self._send is not None:
+                self._unconfirmed[key] = write
         if self._send is not None:
-            self._send((key, plain, False))
+            self._send(write)
 
     def delete(self, key: str) -> None:
         """Removes `key` (nothing happens if it is not set) and tells the coordinator."""
+        write: Write = (key, None, True)
         with self._lock:
             check_memory_write(self._sizes, key, None)
             self._values.pop(key, None)
             self._sizes.pop(key, None)
+            if self._send is not None:
+                self._unconfirmed[key] = write
         if self._send is not None:
-            self._send((key, None, True))
+            self._send(write)
+
+    def confirm(self, write: Write) -> None:
+        """The link has queued `write`; from now on the outbox accounts for it."""
+        with self._lock:
+            if self._unconfirmed.get(write[0]) is write:
+                del self._unconfirmed[write[0]]
 
     def keys(self) -> list[str]:
         """The keys set, in the order they were first set."""
@@ -101,14 +117,15 @@ class Memory:
 
     def reset(self, held: Mapping[str, Any], unsent: Mapping[str, Write]) -> None:
         """Starts over from what the coordinator holds, with the writes not sent yet
-        laid on top (called on each welcome)."""
-        values = dict(held)
-        for key, value, deleted in unsent.values():
-            if deleted:
-                values.pop(key, None)
-            else:
-                values[key] = value
+        (`unsent`, then those still on their way to the link) laid on top (called on
+        each welcome)."""
         with self._lock:
+            values = dict(held)
+            for key, value, deleted in [*unsent.values(), *self._unconfirmed.values()]:
+                if deleted:
+                    values.pop(key, None)
+                else:
+                    values[key] = value
             self._values = values
             self._sizes = {k: encoded_size(v) for k, v in values.items()}
 

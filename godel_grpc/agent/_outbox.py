@@ -261,9 +261,17 @@ class ThreadSafeReporter:
         line.time.GetCurrentTime()
         self._on_loop(self._outbox.add_log, line)
 
-    def report_memory(self, write: link_pb2.MemoryWrite) -> None:
-        """Queues a memory write."""
-        self._on_loop(self._outbox.add_memory_write, write)
+    def report_memory(
+        self, write: link_pb2.MemoryWrite, on_queued: Callable[[], None] | None = None
+    ) -> None:
+        """Queues a memory write, then calls `on_queued` on the loop."""
+
+        def queue(message: link_pb2.MemoryWrite) -> None:
+            self._outbox.add_memory_write(message)
+            if on_queued is not None:
+                on_queued()
+
+        self._on_loop(queue, write)
 
     def _on_loop(self, fn: Callable[[_T], None], arg: _T) -> None:
         if threading.get_ident() == self._loop_thread:

@@ -40,6 +40,20 @@ def test_welcome_memory_with_unsent_writes_on_top() -> None:
     assert memory.as_dict() == {"a": 1, "c": 3}
 
 
+def test_a_write_on_its_way_to_the_link_survives_a_welcome() -> None:
+    # Given a write a handler thread made that the link has not queued yet
+    sent: list[Write] = []
+    memory = Memory(sent.append)
+    memory.set("d", 4)
+    # When a welcome arrives without it, then the memory still has it
+    memory.reset({"a": 1}, {})
+    assert memory.as_dict() == {"a": 1, "d": 4}
+    # And once the link has queued it, the outbox is what accounts for it
+    memory.confirm(sent[0])
+    memory.reset({"a": 1}, {})
+    assert memory.as_dict() == {"a": 1}
+
+
 def test_context_built_directly_has_a_local_memory() -> None:
     ctx = TaskContext(task_id="t", attempt_id="a")
     ctx.memory.set("x", {"y": 1})
