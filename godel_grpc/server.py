@@ -148,7 +148,7 @@ async def start_server(
         "AgentLinkService": AgentLinkServicer(coordinator),
         # The generated stubs declare every RPC abstract; at run time the base class
         # answers UNIMPLEMENTED for the ones this coordinator does not serve yet.
-        "AgentService": AgentServicer(coordinator, spawned=spawned),  # type: ignore[abstract]
+        "AgentService": AgentServicer(coordinator, spawned=spawned),
         "EventService": EventServicer(coordinator),
         "ConvoyService": ConvoyServicer(convoys),
         "SagaService": SagaServicer(sagas),

@@ -15,8 +15,11 @@ Example::
 
 `ExecHandler` turns a shell command into a handler, and `godel agent` (built from
 `add_agent_arguments` and `run_agent_command`) runs either kind from the command line.
-``Agent(..., logger="127.0.0.1:PORT")`` (``godel agent --logger``) also ships every log
-line to that logger sidecar, without ever making a task wait for it.
+Handlers keep what they learn in ``ctx.memory`` (reflex memory, kept by the coordinator
+and, when persistent, across restarts) and see their score and lessons from feedback
+in ``ctx.score`` and ``ctx.lessons``. ``Agent(..., logger="127.0.0.1:PORT")``
+(``godel agent --logger``) also ships every log line to that logger sidecar, without
+ever making a task wait for it.
 """
 
 from godel_grpc.agent._agent import Agent
@@ -25,12 +28,15 @@ from godel_grpc.agent._cli import add_agent_arguments, run_agent_command
 from godel_grpc.agent._context import Reporter, TaskContext
 from godel_grpc.agent._errors import AgentRejected, TaskFailed
 from godel_grpc.agent._exec import ExecHandler
+from godel_grpc.agent._memory import Memory, MemoryLimitError
 
 __all__ = [
     "Agent",
     "AgentRejected",
     "ExecHandler",
     "Handler",
+    "Memory",
+    "MemoryLimitError",
     "Output",
     "Reporter",
     "TaskContext",

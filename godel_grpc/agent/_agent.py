@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf import json_format, struct_pb2
 
 from godel_grpc import __version__
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as link_pb2
@@ -21,6 +22,7 @@ from godel_grpc.agent._attempt import (
     Handler,
     HandlerSpec,
     context_from_assignment,
+    plain_json,
     run_attempt,
 )
 from godel_grpc.agent._backoff import Backoff
@@ -33,6 +35,7 @@ from godel_grpc.agent._log_shipper import (
     ShippingHandler,
     ShippingReporter,
 )
+from godel_grpc.agent._memory import Memory, Write
 from godel_grpc.agent._outbox import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MESSAGE_HEADROOM,
@@ -44,6 +47,8 @@ _log = logging.getLogger("godel_grpc.agent")
 
 # The agent's channel accepts big assignments; payloads are the user's business.
 _MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+# Feedback records the agent keeps for `recent_feedback`.
+_RECENT_FEEDBACK = 16
 # How long a stopping agent keeps trying to hand its last log lines to the sidecar.
 _LOG_FLUSH_TIMEOUT = 2.0
 
@@ -102,6 +107,12 @@ class Agent:
       finish, their results are sent, and `run` returns.
     * `shutdown` does the same but bounded by a grace period: attempts still running
       when it ends are stopped and released unfinished.
+    * Handlers read and write the agent's reflex memory through ``ctx.memory`` (also
+      `memory`); writes go to the coordinator, which hands the memory back on every
+      welcome. With a ``reflex`` config whose memory is "persistent", it survives
+      restarts of the agent and the coordinator. Feedback on the agent's work arrives
+      on the link (`recent_feedback`, ``on_feedback``), and each assignment carries
+      the agent's score and recent lessons (``ctx.score``, ``ctx.lessons``).
     * With a ``logger`` address, every log line (``ctx.log``, an ``--exec`` command's
       stderr, the agent's own `logging` records at info and above) is also shipped to
       that logger sidecar. Shipping never holds a task up: lines wait in a bounded
@@ -135,6 +146,8 @@ class Agent:
         partitions: Sequence[str] = (),
         logger: str = "",
         logger_buffer: int = DEFAULT_LOG_BUFFER,
+        reflex: agent_pb2.ReflexConfig | None = None,
+        on_feedback: Callable[[link_pb2.AgentFeedback], None] | None = None,
     ) -> None:
         """Configures the agent; nothing connects until `run`.
 
@@ -167,6 +180,11 @@ class Agent:
             partitions: bulkhead partitions it joins, as "BULKHEAD/PARTITION".
             logger: the logger sidecar's address, ``host:port``; empty ships no logs.
             logger_buffer: log records held while the logger sidecar is away.
+            reflex: the agent's reflex config (memory, feedback loop, adaptation
+                rate), declared in the hello; None keeps what the coordinator recorded
+                for this agent, if anything.
+            on_feedback: called on the event loop with each feedback record the
+                coordinator passes on; it must not block.
         """
         if not role:
             raise ValueError("role is required")
@@ -184,6 +202,12 @@ class Agent:
         self._circuit_breaker = circuit_breaker
         self._queues = list(queues)
         self._partitions = list(partitions)
+        self._reflex = reflex
+        self._on_feedback_cb = on_feedback
+        self._feedback: collections.deque[link_pb2.AgentFeedback] = collections.deque(
+            maxlen=_RECENT_FEEDBACK
+        )
+        self._memory = Memory(self._queue_memory)
         self._heartbeat = heartbeat_interval
         self._drain_grace = drain_grace
         self._welcome_timeout = welcome_timeout
@@ -286,6 +310,16 @@ class Agent:
     def name(self) -> str:
         """The agent's name: as configured, then as the coordinator confirmed it."""
         return self._name
+
+    @property
+    def memory(self) -> Memory:
+        """The agent's reflex memory, the same object handlers get as ``ctx.memory``."""
+        return self._memory
+
+    @property
+    def recent_feedback(self) -> list[link_pb2.AgentFeedback]:
+        """The latest feedback records pushed by the coordinator, oldest first."""
+        return list(self._feedback)
 
     @property
     def draining(self) -> bool:
@@ -481,9 +515,27 @@ class Agent:
             circuit_breaker=self._circuit_breaker,
             queues=self._queues,
             partitions=self._partitions,
+            reflex=self._reflex,
         )
 
+    def _queue_memory(self, write: Write) -> None:
+        """Hands a memory write to the link (from any thread)."""
+        key, value, deleted = write
+        message = link_pb2.MemoryWrite(key=key, delete=deleted)
+        if not deleted:
+            message.value.CopyFrom(json_format.ParseDict(value, struct_pb2.Value()))
+        if self._reporter is not None:
+            self._reporter.report_memory(message, lambda: self._memory.confirm(write))
+        else:  # before run: nothing else touches the outbox yet
+            self._outbox.add_memory_write(message)
+            self._memory.confirm(write)
+
     def _on_welcome(self, welcome: link_pb2.AgentWelcome) -> None:
+        unsent: dict[str, Write] = {
+            key: (key, plain_json(json_format.MessageToDict(w.value)), w.delete)
+            for key, w in self._outbox.unsent_memory().items()
+        }
+        self._memory.reset(plain_json(json_format.MessageToDict(welcome.memory)), unsent)
         self._agent_id = welcome.agent_id
         self._name = welcome.name or self._name
         self._resume_token = welcome.resume_token
@@ -503,10 +555,29 @@ class Agent:
             self._on_cancellation(cancellation)
         for assignment in message.assignments:
             self._on_assignment(assignment)
+        for feedback in message.feedback:
+            self._on_feedback(feedback)
         if message.drain and not self._draining:
             _log.info("coordinator asked the agent to drain")
             self._begin_drain()
             self._spawn(self._drain(None), "godel-agent-drain")
+
+    def _on_feedback(self, feedback: link_pb2.AgentFeedback) -> None:
+        self._feedback.append(feedback)
+        _log.info(
+            "feedback received",
+            extra={
+                "task_id": feedback.task_id,
+                "rating": feedback.rating,
+                "score": feedback.score,
+                "comments": feedback.comments,
+            },
+        )
+        if self._on_feedback_cb is not None:
+            try:
+                self._on_feedback_cb(feedback)
+            except Exception:  # a user's callback must not take the link down
+                _log.exception("on_feedback raised")
 
     # Attempts.
 
@@ -558,6 +629,7 @@ class Agent:
             agent_id=self._agent_id,
             agent_name=self._name,
             reporter=self._attempt_reporter(attempt),
+            memory=self._memory,
         )
         self._running[attempt.id] = attempt
         attempt.task = asyncio.create_task(

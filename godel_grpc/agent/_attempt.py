@@ -20,6 +20,7 @@ from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as link_pb2
 from godel_grpc._proto.godel.v1 import task_pb2
 from godel_grpc.agent._context import Reporter, TaskContext
 from godel_grpc.agent._errors import TaskFailed
+from godel_grpc.agent._memory import Memory
 
 _log = logging.getLogger("godel_grpc.agent")
 
@@ -56,6 +57,7 @@ def context_from_assignment(
     agent_id: str,
     agent_name: str,
     reporter: Reporter | None,
+    memory: Memory | None = None,
 ) -> TaskContext:
     """Builds the handler's view of an assignment."""
     return TaskContext(
@@ -66,14 +68,23 @@ def context_from_assignment(
         role=assignment.role,
         action=assignment.action,
         priority=assignment.priority,
-        payload=_whole_numbers_as_int(json_format.MessageToDict(assignment.payload)),
+        payload=plain_json(json_format.MessageToDict(assignment.payload)),
         labels=dict(assignment.labels),
         idempotency_key=assignment.idempotency_key,
         timeout=timeout_seconds(assignment),
         agent_id=agent_id,
         agent_name=agent_name,
         reporter=reporter,
+        memory=memory,
+        score=assignment.score,
+        feedback_count=assignment.feedback_count,
+        lessons=list(assignment.lessons),
     )
+
+
+def plain_json(value: Any) -> Any:
+    """Wire JSON (from a Struct) as a handler expects it: see `_whole_numbers_as_int`."""
+    return _whole_numbers_as_int(value)
 
 
 def _whole_numbers_as_int(value: Any) -> Any:

@@ -59,6 +59,7 @@ class AgentConfig:
     queues: list[str] = field(default_factory=list)
     partitions: list[str] = field(default_factory=list)
     logger: str = ""
+    reflex: agent_pb2.ReflexConfig | None = None
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +95,9 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         help='the coordinator\'s breaker for this agent, as in the seed: '
              '\'{"enabled": true, "failureThreshold": 5, "timeout": 30, '
              '"halfOpenRequests": 3}\' (GODEL_CIRCUIT_BREAKER; default: on, those values)')
+    add("--reflex", metavar="JSON",
+        help='reflex pattern, as in the seed: \'{"enabled": true, "memory": "persistent", '
+             '"feedbackLoop": true, "adaptationRate": 0.1}\' (GODEL_REFLEX; default off)')
     add("--logger", metavar="HOST:PORT",
         help="logger sidecar to ship log lines to; the agent keeps working while it is "
              "away (GODEL_LOGGER)")
@@ -145,6 +149,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Agen
         log_level=one("log_level", "GODEL_LOG_LEVEL", "info").lower(),
         circuit_breaker=_breaker(one("circuit_breaker", "GODEL_CIRCUIT_BREAKER")),
         logger=one("logger", "GODEL_LOGGER"),
+        reflex=_reflex(one("reflex", "GODEL_REFLEX")),
     )
 
 
@@ -158,6 +163,21 @@ def _breaker(text: str) -> agent_pb2.CircuitBreakerConfig | None:
         raise UsageError(f"--circuit-breaker: {error}") from None
     if "enabled" not in text:
         config.enabled = True  # naming other settings implies wanting the breaker
+    return config
+
+
+def _reflex(text: str) -> agent_pb2.ReflexConfig | None:
+    """Parses --reflex's JSON (the seed's `reflex` object)."""
+    if not text:
+        return None
+    try:
+        config = json_format.Parse(text, agent_pb2.ReflexConfig())
+    except json_format.ParseError as error:
+        raise UsageError(f"--reflex: {error}") from None
+    if config.memory not in ("", "session", "persistent"):
+        raise UsageError(f"--reflex: memory must be session or persistent, not {config.memory!r}")
+    if not 0 <= config.adaptation_rate <= 1:
+        raise UsageError("--reflex: adaptationRate must be between 0 and 1")
     return config
 
 
@@ -179,6 +199,7 @@ def build_agent(config: AgentConfig) -> Agent:
         logger=config.logger,
         queues=config.queues,
         partitions=config.partitions,
+        reflex=config.reflex,
     )
     if config.exec_command:
         agent.handler(ExecHandler(config.exec_command))

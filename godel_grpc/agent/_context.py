@@ -8,6 +8,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from godel_grpc.agent._memory import Memory
+
 _task_logger = logging.getLogger("godel_grpc.agent.task")
 
 _LEVELS: dict[str, int] = {
@@ -58,6 +60,13 @@ class TaskContext:
         timeout: seconds the attempt may run, or None for no limit.
         agent_id: the id the coordinator gave the agent running the attempt.
         agent_name: that agent's name.
+        memory: the agent's reflex memory (``get``/``set``/``delete``), shared by its
+            attempts and kept by the coordinator; a standalone one when built directly.
+        score: the agent's reflex score (0 to 5) when the task was leased; 0 without
+            feedback or with the reflex feedback loop off.
+        feedback_count: feedback records the agent had received by then.
+        lessons: its most recent feedback comments, oldest first, for example to put
+            into an AI agent's prompt.
         cancelled: set when the attempt is cancelled or times out. Async handlers are
             cancelled outright; threads cannot be, so sync handlers should check
             ``cancelled.is_set()`` between steps and return early.
@@ -80,6 +89,10 @@ class TaskContext:
         agent_id: str = "",
         agent_name: str = "",
         reporter: Reporter | None = None,
+        memory: Memory | None = None,
+        score: float = 0.0,
+        feedback_count: int = 0,
+        lessons: list[str] | None = None,
     ) -> None:
         self.task_id = task_id
         self.attempt_id = attempt_id
@@ -94,6 +107,10 @@ class TaskContext:
         self.timeout = timeout
         self.agent_id = agent_id
         self.agent_name = agent_name
+        self.memory = memory if memory is not None else Memory()
+        self.score = score
+        self.feedback_count = feedback_count
+        self.lessons: list[str] = list(lessons or [])
         self.cancelled = asyncio.Event()
         self._reporter = reporter
 

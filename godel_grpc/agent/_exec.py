@@ -32,7 +32,11 @@ class ExecHandler:
     * stdin: the task as one JSON object with ``taskId``, ``attemptId``, ``attempt``,
       ``title``, ``role``, ``action``, ``priority``, ``payload``, ``labels`` and
       ``idempotencyKey``, then end of file. ``GODEL_TASK_ID`` and ``GODEL_ATTEMPT_ID``
-      are also set in its environment.
+      are also set in its environment. For an agent with the reflex feedback loop on
+      and some feedback, the object also has ``reflex``: ``score`` (0 to 5),
+      ``feedbackCount`` and ``lessons`` (recent feedback comments, oldest first), and
+      the environment has ``GODEL_SCORE``, ``GODEL_FEEDBACK_COUNT`` and
+      ``GODEL_LESSONS`` (one lesson per line), ready to go into an AI CLI's prompt.
     * stdout: if it is a JSON object, that object is the output; anything else becomes
       ``{"stdout": text}``. More than `max_stdout_bytes` fails the attempt with
       ``OUTPUT_TOO_LARGE`` (not retryable: the same input would overflow again).
@@ -81,6 +85,10 @@ class ExecHandler:
                 stdout overflows.
         """
         env = {**self._env, "GODEL_TASK_ID": ctx.task_id, "GODEL_ATTEMPT_ID": ctx.attempt_id}
+        if ctx.feedback_count:
+            env["GODEL_SCORE"] = f"{ctx.score:g}"
+            env["GODEL_FEEDBACK_COUNT"] = str(ctx.feedback_count)
+            env["GODEL_LESSONS"] = "\n".join(ctx.lessons)
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.subprocess_exec(
             lambda: _ExitWatch(loop),
@@ -157,6 +165,12 @@ def _task_json(ctx: TaskContext) -> bytes:
         "labels": ctx.labels,
         "idempotencyKey": ctx.idempotency_key,
     }
+    if ctx.feedback_count:
+        task["reflex"] = {
+            "score": ctx.score,
+            "feedbackCount": ctx.feedback_count,
+            "lessons": ctx.lessons,
+        }
     return json.dumps(task).encode() + b"\n"
 
 

@@ -51,6 +51,8 @@ class Outbox:
         self._released: list[str] = []
         self._progress: dict[str, link_pb2.TaskProgress] = {}
         self._logs: collections.deque[link_pb2.AgentLogLine] = collections.deque(maxlen=max_logs)
+        # Latest unsent write per key: bounded by the memory's key limit.
+        self._memory: dict[str, link_pb2.MemoryWrite] = {}
         self._dropped_logs = 0
         self._draining = False
         self._draining_unsent = False
@@ -93,6 +95,16 @@ class Outbox:
         self._logs.append(line)
         self._ready.set()
 
+    def add_memory_write(self, write: link_pb2.MemoryWrite) -> None:
+        """Queues a memory write, replacing an unsent earlier write of the same key."""
+        self._memory.pop(write.key, None)
+        self._memory[write.key] = write
+        self._ready.set()
+
+    def unsent_memory(self) -> dict[str, link_pb2.MemoryWrite]:
+        """Memory writes not handed to a link yet, by key."""
+        return dict(self._memory)
+
     def set_draining(self) -> None:
         """Marks the agent as draining: the next message, and the first after every
         reconnect, carries ``draining=True``."""
@@ -123,7 +135,7 @@ class Outbox:
     @property
     def must_deliver(self) -> bool:
         """Whether results or released ids are waiting; those are worth a reconnect."""
-        return bool(self._results or self._released)
+        return bool(self._results or self._released or self._memory)
 
     def has_parts(self) -> bool:
         """Whether anything at all is waiting to be sent."""
@@ -134,6 +146,7 @@ class Outbox:
             or self._logs
             or self._dropped_logs
             or self._draining_unsent
+            or self._memory
         )
 
     # The writer.
@@ -176,6 +189,9 @@ class Outbox:
                 self._dropped_logs += 1
                 break
             self._logs.appendleft(line)
+        for write in message.memory_writes:
+            if write.key not in self._memory:  # a newer write of the key wins
+                self._memory[write.key] = write
         if message.draining:
             self._draining_unsent = True
         if self.has_parts():
@@ -192,6 +208,11 @@ class Outbox:
                 break
             message.results.append(self._results.popleft())
             budget -= size
+        while self._memory and (budget > 0 or not message.memory_writes):
+            key = next(iter(self._memory))
+            write = self._memory.pop(key)
+            message.memory_writes.append(write)
+            budget -= write.ByteSize() + _PART_OVERHEAD
         while self._released and budget > 0:
             attempt_id = self._released.pop(0)
             message.released_attempt_ids.append(attempt_id)
@@ -239,6 +260,18 @@ class ThreadSafeReporter:
         line = link_pb2.AgentLogLine(task_id=task_id, level=level, message=message)
         line.time.GetCurrentTime()
         self._on_loop(self._outbox.add_log, line)
+
+    def report_memory(
+        self, write: link_pb2.MemoryWrite, on_queued: Callable[[], None] | None = None
+    ) -> None:
+        """Queues a memory write, then calls `on_queued` on the loop."""
+
+        def queue(message: link_pb2.MemoryWrite) -> None:
+            self._outbox.add_memory_write(message)
+            if on_queued is not None:
+                on_queued()
+
+        self._on_loop(queue, write)
 
     def _on_loop(self, fn: Callable[[_T], None], arg: _T) -> None:
         if threading.get_ident() == self._loop_thread:

@@ -70,7 +70,13 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
     ) -> None:
         reason = "stream closed by agent"
         try:
-            if first.results or first.progress or first.released_attempt_ids or first.draining:
+            if (
+                first.results
+                or first.progress
+                or first.released_attempt_ids
+                or first.draining
+                or first.memory_writes
+            ):
                 self._coordinator.on_agent_message(session, first)
             received = self._coordinator.metrics.link_batch.labels("from_agent")
             async for message in messages:

@@ -1,6 +1,5 @@
-"""AgentService: spawning and terminating (through the runtime), the agent queries,
-WatchAgents (a subscription query) and ReplayAgent; the RPCs not served yet answer
-UNIMPLEMENTED."""
+"""AgentService: spawning and terminating (through the runtime), reflex feedback, the
+agent queries, WatchAgents (a subscription query), ReplayAgent and monitor samples."""
 
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ from godel_grpc._proto.godel.v1 import agent_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as pb_grpc
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.core.records import AgentRecord
+from godel_grpc.core.reflex_commands import submit_feedback
 from godel_grpc.errors import FailedPrecondition, Unavailable
 from godel_grpc.runtime.base import Runtime
 from godel_grpc.runtime.spawned import SpawnedAgents
@@ -50,6 +50,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self, request: pb.TerminateAgentRequest, context: Context
     ) -> pb.TerminateAgentResponse:
         return pb.TerminateAgentResponse(agent=await self._runtime().terminate(request))
+
+    async def SubmitFeedback(
+        self, request: pb.SubmitFeedbackRequest, context: Context
+    ) -> pb.SubmitFeedbackResponse:
+        return await submit_feedback(self._coordinator, request)
 
     async def GetAgent(self, request: pb.GetAgentRequest, context: Context) -> pb.GetAgentResponse:
         if self._spawned is not None:

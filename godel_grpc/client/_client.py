@@ -237,6 +237,19 @@ class Agents:
         return response.agent
 
     @_translated
+    async def feedback(
+        self, agent_id: str, feedback: Mapping[str, Any] | None = None, **fields: Any
+    ) -> agent_pb.SubmitFeedbackResponse:
+        """Rates an agent's work with the seed's object (`taskId`, `rating` 0 to 5,
+        `comments`), given as a mapping or keyword arguments; returns the agent's score
+        after it."""
+        request = json_format.ParseDict(
+            {**(feedback or {}), **fields}, agent_pb.SubmitFeedbackRequest()
+        )
+        request.agent_id = agent_id
+        return await self._stub.SubmitFeedback(request, timeout=self._timeout)
+
+    @_translated
     async def get_circuit_state(self, agent_id: str) -> agent_pb.GetCircuitStateResponse:
         """The agent's circuit breaker: state, counts, opened-at and next probe time."""
         return await self._stub.GetCircuitState(

@@ -47,6 +47,7 @@ from godel_grpc.core.paging import NOT_A_TOKEN
 from godel_grpc.core.pattern_host import PatternManager, SubmitOwned
 from godel_grpc.core.queues import ACTION_LABEL, ROLE_LABEL, QueueManager
 from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord, TaskState
+from godel_grpc.core.reflex import ReflexManager
 from godel_grpc.core.sagas import SagaManager
 from godel_grpc.core.scheduler import Scheduler
 from godel_grpc.core.session import AgentSession
@@ -513,6 +514,7 @@ class Coordinator:
         self.bulkheads = BulkheadManager(self.state.tasks)
         self.workflows = WorkflowManager()
         self.swarms = SwarmManager(self.state.tasks)
+        self.reflex = ReflexManager(self.state.agents)
         self.managers: list[PatternManager] = [
             self.convoys,
             self.sagas,
@@ -520,6 +522,7 @@ class Coordinator:
             self.bulkheads,
             self.workflows,
             self.swarms,
+            self.reflex,
         ]
         self.state.observers[:] = self.managers
 
@@ -605,7 +608,9 @@ class Coordinator:
             self.state.apply(event)
             batch.append(event)
             self.sessions[agent_id].leases[attempt_id] = task_id
-            per_agent.setdefault(agent_id, []).append(_assignment(task))
+            assignment = _assignment(task)
+            self.reflex.decorate(agent_id, assignment)
+            per_agent.setdefault(agent_id, []).append(assignment)
             queued_at = self._queued_at.pop(task_id, None)
             if queued_at is not None:
                 self.metrics.dispatch_seconds.observe(now - queued_at)
@@ -630,6 +635,8 @@ class Coordinator:
         agent_id = self.state.agents_by_token.get(_sha256(token)) if token else None
         if agent_id is None and self.spawned_ids.get(hello.name) in self.state.agents:
             agent_id = self.spawned_ids[hello.name]  # a restarted spawned process resumes
+        if agent_id is None:
+            agent_id = self.reflex.identity_for(hello, self.sessions)  # memory outlives processes
         batch: list[event_pb2.Event] = []
         resumed = agent_id is not None
         if agent_id is None:
@@ -664,6 +671,7 @@ class Coordinator:
         # nothing, and its SDK retries (FAILED_PRECONDITION) until a place frees up.
         self.bulkheads.join(agent_id, hello.partitions)
         capacity = hello.capacity or 1
+        batch.extend(self.reflex.configure(agent_id, hello))
         batch.append(events.agent_connected(agent_id, resumed, capacity))
         done = self.record(batch)
         agent = self.state.agents[agent_id]
@@ -678,11 +686,13 @@ class Coordinator:
         )
         welcome.heartbeat_interval.FromNanoseconds(int(self.settings.heartbeat_interval * 1e9))
         welcome.heartbeat_timeout.FromNanoseconds(int(self.settings.heartbeat_timeout * 1e9))
+        welcome.memory.CopyFrom(self.reflex.memory_struct(agent_id))
         session.send_welcome(welcome)
         await done
         if not session.closed:
             self.breakers.attach(agent_id, name, breaker_config(hello))
             self.scheduler.add_agent(agent_id, self._pools_of(agent), capacity)
+            self.scheduler.set_score(agent_id, self.reflex.preference(agent_id))
             self.metrics.agents_connected.set(len(self.sessions))
             self._schedule_dispatch()
         log.info(
@@ -774,6 +784,10 @@ class Coordinator:
                     "text": line.message,
                 },
             )
+        for event in self.reflex.write_memory(session.agent_id, message.memory_writes):
+            self.state.apply(event)
+            self.journal.record([event])
+            batch.append(event)
         if message.draining and not session.draining:
             session.draining = True
             agent.state = Agent.STATE_DRAINING

@@ -12,6 +12,7 @@ import time
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from godel_grpc._proto.godel.v1 import (
+    agent_pb2,
     bulkhead_pb2,
     convoy_pb2,
     event_pb2,
@@ -346,4 +347,39 @@ def swarm_agent_stopped(swarm_id: str, agent_id: str, reason: str) -> event_pb2.
     event.swarm_agent_stopped.swarm_id = swarm_id
     event.swarm_agent_stopped.agent_id = agent_id
     event.swarm_agent_stopped.reason = reason
+    return event
+
+
+def agent_reflex_configured(agent_id: str, reflex: agent_pb2.ReflexConfig) -> event_pb2.Event:
+    event = _event(agent_stream(agent_id), agent_id)
+    event.agent_reflex_configured.agent_id = agent_id
+    event.agent_reflex_configured.reflex.CopyFrom(reflex)
+    return event
+
+
+def agent_feedback_submitted(
+    agent_id: str, task_id: str, rating: float, comments: str
+) -> event_pb2.Event:
+    """A feedback record; the caller fills in the score and counts after it."""
+    event = _event(agent_stream(agent_id), agent_id)
+    given = event.agent_feedback_submitted
+    given.agent_id = agent_id
+    given.task_id = task_id
+    given.rating = rating
+    given.comments = comments
+    return event
+
+
+def agent_memory_written(
+    agent_id: str, key: str, value: struct_pb2.Value | None
+) -> event_pb2.Event:
+    """A write to persistent memory; None deletes the key."""
+    event = _event(agent_stream(agent_id), agent_id)
+    written = event.agent_memory_written
+    written.agent_id = agent_id
+    written.key = key
+    if value is None:
+        written.deleted = True
+    else:
+        written.value.CopyFrom(value)
     return event

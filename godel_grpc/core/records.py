@@ -162,6 +162,7 @@ class AgentRecord:
         "name",
         "position",
         "queues",
+        "reflex",
         "resume_token_sha256",
         "role",
         "running",
@@ -199,6 +200,8 @@ class AgentRecord:
         """The agent's own events folded so far."""
         self.position = 0
         """Log position of the last of them, when known."""
+        self.reflex: agent_pb2.AgentReflexStatus | None = None
+        """Set by the reflex manager (`core/reflex.py`) once the agent has reflex state."""
 
     def pools(self) -> list[str]:
         """The pools this agent serves."""
@@ -230,4 +233,6 @@ class AgentRecord:
             agent.last_seen_time.CopyFrom(timestamp(self.last_seen))
         if self.sample is not None:
             agent.latest_sample.CopyFrom(self.sample)
+        if self.reflex is not None:
+            agent.reflex.CopyFrom(self.reflex)
         return agent

@@ -4,7 +4,9 @@ Every task targets exactly one pool (`role:NAME`, `action:NAME`, later queues,
 partitions and swarms); every agent serves a set of pools and has a number of free
 slots (its capacity minus its leases). `assign` leases ready tasks, highest priority
 then oldest first, to agents with free slots, rotating among a pool's agents so work
-spreads out. Only pools that changed since the last call are visited, which keeps a
+spreads out. Agents with a reflex score are drawn by it instead (`patterns/reflex.py`:
+better-scored agents are preferred, none is starved); a pool where no free agent has a
+score rotates as before. Only pools that changed since the last call are visited, which keeps a
 dispatch round proportional to what happened, not to the fleet's size.
 """
 
@@ -12,8 +14,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from godel_grpc.patterns import reflex
 
 
 @dataclass(slots=True)
@@ -26,7 +31,10 @@ class _Pool:
 class Scheduler:
     """Pools of queued tasks and the agents that serve them."""
 
-    def __init__(self) -> None:
+    def __init__(self, uniform: Callable[[], float] | None = None) -> None:
+        """`uniform` draws in [0, 1) for the score-weighted choice; seed it to replay."""
+        self._uniform = uniform or random.Random().random
+        self._scores: dict[str, float] = {}
         self._pools: dict[str, _Pool] = {}
         self._free: dict[str, int] = {}
         self._agent_pools: dict[str, tuple[str, ...]] = {}
@@ -72,6 +80,13 @@ class Scheduler:
             if pool.cursor >= len(pool.agents):
                 pool.cursor = 0
         self._free.pop(agent_id, None)
+
+    def set_score(self, agent_id: str, score: float | None) -> None:
+        """Sets the reflex score an agent is preferred by; None schedules it as before."""
+        if score is None:
+            self._scores.pop(agent_id, None)
+        else:
+            self._scores[agent_id] = score
 
     def free_slots(self, agent_id: str) -> int:
         """Free slots of an agent, 0 if unknown."""
@@ -121,6 +136,10 @@ class Scheduler:
         return leases
 
     def _next_free_agent(self, pool: _Pool, may_take: Callable[[str], bool] | None) -> str | None:
+        if self._scores:
+            free = [a for a in pool.agents if self._free[a] > 0]
+            if any(a in self._scores for a in free):
+                return self._draw(free, may_take)
         agents = pool.agents
         count = len(agents)
         for step in range(count):
@@ -129,6 +148,17 @@ class Scheduler:
             if self._free[agent_id] > 0 and (may_take is None or may_take(agent_id)):
                 pool.cursor = (index + 1) % count
                 return agent_id
+        return None
+
+    def _draw(self, free: list[str], may_take: Callable[[str], bool] | None) -> str | None:
+        """Score-weighted choice among free agents, asking `may_take` of the one drawn
+        only, and drawing again without it when it says no."""
+        while free:
+            candidates = [(a, self._scores.get(a)) for a in free]
+            agent_id = reflex.choose(candidates, self._uniform)
+            if may_take is None or may_take(agent_id):
+                return agent_id
+            free.remove(agent_id)
         return None
 
     def wake(self, agent_id: str) -> None:

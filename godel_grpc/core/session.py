@@ -54,6 +54,10 @@ class AgentSession:
         """Tells the agent to stop an attempt."""
         self._message().cancellations.add(task_id=task_id, attempt_id=attempt_id, reason=reason)
 
+    def send_feedback(self, feedback: link_pb2.AgentFeedback) -> None:
+        """Passes feedback on the agent's work on to it (reflex feedback loop)."""
+        self._message().feedback.append(feedback)
+
     def send_drain(self) -> None:
         """Asks the agent to finish its work and disconnect."""
         self._message().drain = True

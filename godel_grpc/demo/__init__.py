@@ -201,6 +201,12 @@ def _indent(line: str) -> None:
     _say("  " + line)
 
 
+async def _reflex_chapter(client: Client) -> int:
+    """The seed's reflex agent (section 2), from examples/reflex.py."""
+    _say("\n── reflex (seed section 2) ──")
+    return 0 if await _example("reflex").run(client, say=_indent) else 1
+
+
 async def _swarm_chapter(client: Client) -> int:
     """The seed's elastic swarm (section 3), from examples/swarm.py."""
     _say("\n── swarm (seed section 3) ──")
@@ -260,8 +266,9 @@ async def run_demo(keep: bool = False) -> int:
             _say(f"▶ {len(_FLEET)} agents connected: " + ", ".join(n for n, _, _ in _FLEET))
             failed = await _tasks_chapter(client)
             failed += await _convoy_chapter(client)
-            failed += await _saga_chapter(client)
+            failed += await _reflex_chapter(client)
             failed += await _swarm_chapter(client)
+            failed += await _saga_chapter(client)
             failed += await _event_sourcing_chapter(client)
             failed += await _sidecar_chapter(client, work / "data")
             failed += await _workflow_chapter(client)

@@ -50,6 +50,8 @@ class AgentLaunch:
     """Run per task; empty means the runtime's default (or its built-in handler)."""
     circuit_breaker_json: str = ""
     """The seed's `circuitBreaker` object as JSON, passed to `--circuit-breaker`."""
+    reflex_json: str = ""
+    """The seed's `reflex` object as JSON, passed to `--reflex`."""
     restart: bool = False
     sidecars: Sequence[agent_pb2.SidecarSpec] = ()
 

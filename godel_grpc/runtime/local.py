@@ -299,6 +299,8 @@ class LocalRuntime(Runtime):
             argv += ["--label", f"{key}={value}"]
         if launch.circuit_breaker_json:
             argv += ["--circuit-breaker", launch.circuit_breaker_json]
+        if launch.reflex_json:
+            argv += ["--reflex", launch.reflex_json]
         if handle.logger_port:
             # The agent emits what its logger keeps; the logger filters again on its side.
             argv += ["--logger", f"127.0.0.1:{handle.logger_port}"]

@@ -80,6 +80,11 @@ class SpawnedAgents:
                 if request.HasField("circuit_breaker")
                 else ""
             ),
+            reflex_json=(
+                json_format.MessageToJson(request.reflex, indent=None)
+                if request.HasField("reflex")
+                else ""
+            ),
             restart=request.restart,
             sidecars=tuple(request.sidecars),
         )

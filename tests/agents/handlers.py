@@ -202,3 +202,21 @@ def record_once(ctx: TaskContext) -> dict[str, Any]:
         while not os.path.exists(str(saga_input["gate"])):
             time.sleep(0.02)
     return {"applied": applied, "action": ctx.action, "agent": _agent(ctx)}
+
+
+def remember(ctx: TaskContext) -> dict[str, Any]:
+    """Counts its tasks in the agent's reflex memory (``count``), keeps
+    ``payload["note"]`` there when given, and returns the memory with the score and
+    lessons its assignment carried."""
+    count = int(ctx.memory.get("count", 0)) + 1
+    ctx.memory.set("count", count)
+    if "note" in ctx.payload:
+        ctx.memory.set("note", ctx.payload["note"])
+    return {
+        "count": count,
+        "memory": ctx.memory.as_dict(),
+        "score": ctx.score,
+        "feedbackCount": ctx.feedback_count,
+        "lessons": ctx.lessons,
+        "agent": _agent(ctx),
+    }

@@ -18,6 +18,8 @@ def test_public_names_are_pinned() -> None:
         "AgentRejected",
         "ExecHandler",
         "Handler",
+        "Memory",
+        "MemoryLimitError",
         "Output",
         "Reporter",
         "TaskContext",

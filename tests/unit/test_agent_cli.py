@@ -63,6 +63,9 @@ def test_flags_win_over_the_environment() -> None:
         (("--role", "r", "--exec", "cat", "--capacity", "many"), "--capacity must be a number"),
         (("--role", "r", "--exec", "cat", "--label", "novalue"), "--label takes KEY=VALUE"),
         (("--role", "r", "--exec", "cat", "--drain-grace", "-1"), "--drain-grace must be"),
+        (("--role", "r", "--exec", "cat", "--reflex", "{"), "--reflex"),
+        (("--role", "r", "--exec", "cat", "--reflex", '{"memory": "forever"}'), "memory must"),
+        (("--role", "r", "--exec", "cat", "--reflex", '{"adaptationRate": 2}'), "adaptationRate"),
     ],
 )
 def test_bad_configurations_are_usage_errors(argv: tuple[str, ...], message: str) -> None:
@@ -104,3 +107,13 @@ def test_build_agent_wires_exec_and_action_handlers() -> None:
     assert agent.role == "builder"
     assert agent.actions == ("deploy", "echo")
     assert isinstance(agent._default.fn if agent._default else None, ExecHandler)
+
+
+def test_reflex_takes_the_seed_object_from_flag_or_environment() -> None:
+    seed = '{"enabled": true, "memory": "persistent", "feedbackLoop": true, "adaptationRate": 0.1}'
+    config = resolve_config(parse("--role", "r", "--exec", "cat"), {"GODEL_REFLEX": seed})
+    assert config.reflex is not None and config.reflex.memory == "persistent"
+    assert config.reflex.feedback_loop and config.reflex.adaptation_rate == pytest.approx(0.1)
+    agent = build_agent(config)
+    assert agent._hello().reflex.enabled  # what the coordinator hears
+    assert resolve_config(parse("--role", "r", "--exec", "cat"), {}).reflex is None

@@ -131,3 +131,51 @@ def test_an_agent_that_may_not_take_work_is_skipped() -> None:
     assert [a for _, a in scheduler.assign(always_ready, may_take)] == ["closed"] * 3
     # And the question is asked only of agents with a free slot, once per lease tried
     assert set(asked) == {"open", "closed"}
+
+
+# -- reflex preference -----------------------------------------------------------------
+
+
+def test_unscored_agents_rotate_as_before_even_with_a_seeded_draw() -> None:
+    # Given two agents without scores, the draw is never asked
+    def never() -> float:
+        raise AssertionError("no agent has a score: no draw")
+
+    scheduler = Scheduler(uniform=never)
+    for index in range(4):
+        scheduler.enqueue(f"t{index}", "role:w", 2)
+    scheduler.add_agent("a", ["role:w"], free=10)
+    scheduler.add_agent("b", ["role:w"], free=10)
+    assert [agent for _, agent in scheduler.assign(always_ready)] == ["a", "b", "a", "b"]
+
+
+def test_scored_agents_are_drawn_by_score_and_a_refusal_draws_again() -> None:
+    # Given a draw fixed at the bottom of the range: the first candidate wins it
+    scheduler = Scheduler(uniform=lambda: 0.0)
+    scheduler.add_agent("low", ["role:w"], free=5)
+    scheduler.add_agent("high", ["role:w"], free=5)
+    scheduler.set_score("high", 5.0)
+    scheduler.set_score("low", 1.0)
+    scheduler.enqueue("t1", "role:w", 2)
+    assert scheduler.assign(always_ready) == [("t1", "low")]
+    # When the drawn agent may not take work (its breaker), the other one gets it
+    scheduler.enqueue("t2", "role:w", 2)
+    assert scheduler.assign(always_ready, lambda agent: agent != "low") == [("t2", "high")]
+    # And a full agent is never drawn
+    scheduler = Scheduler(uniform=lambda: 0.0)
+    scheduler.add_agent("low", ["role:w"], free=0)
+    scheduler.add_agent("high", ["role:w"], free=1)
+    scheduler.set_score("low", 1.0)
+    scheduler.enqueue("t3", "role:w", 2)
+    assert scheduler.assign(always_ready) == [("t3", "high")]
+
+
+def test_clearing_a_score_restores_rotation() -> None:
+    scheduler = Scheduler(uniform=lambda: 0.0)
+    scheduler.add_agent("a", ["role:w"], free=10)
+    scheduler.add_agent("b", ["role:w"], free=10)
+    scheduler.set_score("b", 5.0)
+    scheduler.set_score("b", None)
+    for index in range(2):
+        scheduler.enqueue(f"t{index}", "role:w", 2)
+    assert [agent for _, agent in scheduler.assign(always_ready)] == ["a", "b"]

@@ -30,7 +30,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!godel/v1/agent_link_service.proto\x12\x08godel.v1\x1a\x14godel/v1/agent.proto\x1a\x16godel/v1/options.proto\x1a\x13godel/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x01\n\x0c\x41gentMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x14.godel.v1.AgentHello\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.godel.v1.TaskResult\x12(\n\x08progress\x18\x03 \x03(\x0b\x32\x16.godel.v1.TaskProgress\x12$\n\x04logs\x18\x04 \x03(\x0b\x32\x16.godel.v1.AgentLogLine\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x1c\n\x14released_attempt_ids\x18\x06 \x03(\t\"\xe5\x03\n\nAgentHello\x12\x15\n\x04name\x18\x01 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x01\x12\x34\n\x04role\x18\x02 \x01(\tB&\x92\xb5\x18\"\x08\x01\x10\x80\x01:\x1b[A-Za-z0-9][A-Za-z0-9_.:-]*\x12\x18\n\x07\x61\x63tions\x18\x03 \x03(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12(\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00\x88\xc3@\x12\x38\n\x06labels\x18\x05 \x03(\x0b\x32 .godel.v1.AgentHello.LabelsEntryB\x06\x92\xb5\x18\x02\x10@\x12\x1d\n\x0cresume_token\x18\x06 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12\x17\n\x07version\x18\x07 \x01(\tB\x06\x92\xb5\x18\x02\x10@\x12\x37\n\x0f\x63ircuit_breaker\x18\x08 \x01(\x0b\x32\x1e.godel.v1.CircuitBreakerConfig\x12\x17\n\x06queues\x18\t \x03(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12S\n\npartitions\x18\n \x03(\tB?\x92\xb5\x18;\x10\x10:7[A-Za-z0-9][A-Za-z0-9_.:-]*/[A-Za-z0-9][A-Za-z0-9_.:-]*\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xba\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12)\n\x06output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12$\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x13.godel.v1.TaskErrorH\x00\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\n\x07outcome\"V\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\"i\n\x0c\x41gentLogLine\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\x12\x43oordinatorMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x16.godel.v1.AgentWelcome\x12-\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x18.godel.v1.TaskAssignment\x12\x31\n\rcancellations\x18\x03 \x03(\x0b\x32\x1a.godel.v1.TaskCancellation\x12\r\n\x05\x64rain\x18\x04 \x01(\x08\"\xc2\x01\n\x0c\x41gentWelcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07resumed\x18\x06 \x01(\x08\"\xd9\x02\n\x0eTaskAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\t\x12(\n\x07payload\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x34\n\x06labels\x18\x0b \x03(\x0b\x32$.godel.v1.TaskAssignment.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x10TaskCancellation\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t2]\n\x10\x41gentLinkService\x12I\n\x07\x43onnect\x12\x16.godel.v1.AgentMessage\x1a\x1c.godel.v1.CoordinatorMessage\"\x04\x88\xb5\x18\x03(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!godel/v1/agent_link_service.proto\x12\x08godel.v1\x1a\x14godel/v1/agent.proto\x1a\x16godel/v1/options.proto\x1a\x13godel/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x02\n\x0c\x41gentMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x14.godel.v1.AgentHello\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.godel.v1.TaskResult\x12(\n\x08progress\x18\x03 \x03(\x0b\x32\x16.godel.v1.TaskProgress\x12$\n\x04logs\x18\x04 \x03(\x0b\x32\x16.godel.v1.AgentLogLine\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x1c\n\x14released_attempt_ids\x18\x06 \x03(\t\x12,\n\rmemory_writes\x18\x07 \x03(\x0b\x32\x15.godel.v1.MemoryWrite\"Q\n\x0bMemoryWrite\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06\x64\x65lete\x18\x03 \x01(\x08\"\x8d\x04\n\nAgentHello\x12\x15\n\x04name\x18\x01 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x01\x12\x34\n\x04role\x18\x02 \x01(\tB&\x92\xb5\x18\"\x08\x01\x10\x80\x01:\x1b[A-Za-z0-9][A-Za-z0-9_.:-]*\x12\x18\n\x07\x61\x63tions\x18\x03 \x03(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12(\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00\x88\xc3@\x12\x38\n\x06labels\x18\x05 \x03(\x0b\x32 .godel.v1.AgentHello.LabelsEntryB\x06\x92\xb5\x18\x02\x10@\x12\x1d\n\x0cresume_token\x18\x06 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12\x17\n\x07version\x18\x07 \x01(\tB\x06\x92\xb5\x18\x02\x10@\x12\x37\n\x0f\x63ircuit_breaker\x18\x08 \x01(\x0b\x32\x1e.godel.v1.CircuitBreakerConfig\x12\x17\n\x06queues\x18\t \x03(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12S\n\npartitions\x18\n \x03(\tB?\x92\xb5\x18;\x10\x10:7[A-Za-z0-9][A-Za-z0-9_.:-]*/[A-Za-z0-9][A-Za-z0-9_.:-]*\x12&\n\x06reflex\x18\x0b \x01(\x0b\x32\x16.godel.v1.ReflexConfig\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xba\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12)\n\x06output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12$\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x13.godel.v1.TaskErrorH\x00\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\n\x07outcome\"V\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\"i\n\x0c\x41gentLogLine\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd9\x01\n\x12\x43oordinatorMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x16.godel.v1.AgentWelcome\x12-\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x18.godel.v1.TaskAssignment\x12\x31\n\rcancellations\x18\x03 \x03(\x0b\x32\x1a.godel.v1.TaskCancellation\x12\r\n\x05\x64rain\x18\x04 \x01(\x08\x12)\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x03(\x0b\x32\x17.godel.v1.AgentFeedback\"i\n\rAgentFeedback\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\x01\x12\x10\n\x08\x63omments\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x05 \x01(\x03\"\xeb\x01\n\x0c\x41gentWelcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07resumed\x18\x06 \x01(\x08\x12\'\n\x06memory\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x91\x03\n\x0eTaskAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\t\x12(\n\x07payload\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x34\n\x06labels\x18\x0b \x03(\x0b\x32$.godel.v1.TaskAssignment.LabelsEntry\x12\r\n\x05score\x18\x0c \x01(\x01\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\r \x01(\x03\x12\x0f\n\x07lessons\x18\x0e \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x10TaskCancellation\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t2]\n\x10\x41gentLinkService\x12I\n\x07\x43onnect\x12\x16.godel.v1.AgentMessage\x1a\x1c.godel.v1.CoordinatorMessage\"\x04\x88\xb5\x18\x03(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,27 +62,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTLINKSERVICE'].methods_by_name['Connect']._loaded_options = None
   _globals['_AGENTLINKSERVICE'].methods_by_name['Connect']._serialized_options = b'\210\265\030\003'
   _globals['_AGENTMESSAGE']._serialized_start=210
-  _globals['_AGENTMESSAGE']._serialized_end=428
-  _globals['_AGENTHELLO']._serialized_start=431
-  _globals['_AGENTHELLO']._serialized_end=916
-  _globals['_AGENTHELLO_LABELSENTRY']._serialized_start=871
-  _globals['_AGENTHELLO_LABELSENTRY']._serialized_end=916
-  _globals['_TASKRESULT']._serialized_start=919
-  _globals['_TASKRESULT']._serialized_end=1105
-  _globals['_TASKPROGRESS']._serialized_start=1107
-  _globals['_TASKPROGRESS']._serialized_end=1193
-  _globals['_AGENTLOGLINE']._serialized_start=1195
-  _globals['_AGENTLOGLINE']._serialized_end=1300
-  _globals['_COORDINATORMESSAGE']._serialized_start=1303
-  _globals['_COORDINATORMESSAGE']._serialized_end=1477
-  _globals['_AGENTWELCOME']._serialized_start=1480
-  _globals['_AGENTWELCOME']._serialized_end=1674
-  _globals['_TASKASSIGNMENT']._serialized_start=1677
-  _globals['_TASKASSIGNMENT']._serialized_end=2022
-  _globals['_TASKASSIGNMENT_LABELSENTRY']._serialized_start=871
-  _globals['_TASKASSIGNMENT_LABELSENTRY']._serialized_end=916
-  _globals['_TASKCANCELLATION']._serialized_start=2024
-  _globals['_TASKCANCELLATION']._serialized_end=2095
-  _globals['_AGENTLINKSERVICE']._serialized_start=2097
-  _globals['_AGENTLINKSERVICE']._serialized_end=2190
+  _globals['_AGENTMESSAGE']._serialized_end=474
+  _globals['_MEMORYWRITE']._serialized_start=476
+  _globals['_MEMORYWRITE']._serialized_end=557
+  _globals['_AGENTHELLO']._serialized_start=560
+  _globals['_AGENTHELLO']._serialized_end=1085
+  _globals['_AGENTHELLO_LABELSENTRY']._serialized_start=1040
+  _globals['_AGENTHELLO_LABELSENTRY']._serialized_end=1085
+  _globals['_TASKRESULT']._serialized_start=1088
+  _globals['_TASKRESULT']._serialized_end=1274
+  _globals['_TASKPROGRESS']._serialized_start=1276
+  _globals['_TASKPROGRESS']._serialized_end=1362
+  _globals['_AGENTLOGLINE']._serialized_start=1364
+  _globals['_AGENTLOGLINE']._serialized_end=1469
+  _globals['_COORDINATORMESSAGE']._serialized_start=1472
+  _globals['_COORDINATORMESSAGE']._serialized_end=1689
+  _globals['_AGENTFEEDBACK']._serialized_start=1691
+  _globals['_AGENTFEEDBACK']._serialized_end=1796
+  _globals['_AGENTWELCOME']._serialized_start=1799
+  _globals['_AGENTWELCOME']._serialized_end=2034
+  _globals['_TASKASSIGNMENT']._serialized_start=2037
+  _globals['_TASKASSIGNMENT']._serialized_end=2438
+  _globals['_TASKASSIGNMENT_LABELSENTRY']._serialized_start=1040
+  _globals['_TASKASSIGNMENT_LABELSENTRY']._serialized_end=1085
+  _globals['_TASKCANCELLATION']._serialized_start=2440
+  _globals['_TASKCANCELLATION']._serialized_end=2511
+  _globals['_AGENTLINKSERVICE']._serialized_start=2513
+  _globals['_AGENTLINKSERVICE']._serialized_end=2606
 # @@protoc_insertion_point(module_scope)

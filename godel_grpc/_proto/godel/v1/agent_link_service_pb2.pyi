@@ -37,6 +37,7 @@ class AgentMessage(_message.Message):
     LOGS_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     RELEASED_ATTEMPT_IDS_FIELD_NUMBER: _builtins.int
+    MEMORY_WRITES_FIELD_NUMBER: _builtins.int
     draining: _builtins.bool
     """Set when the agent is shutting down: send it no more work. Its running attempts
     still report results.
@@ -63,6 +64,14 @@ class AgentMessage(_message.Message):
         tasks are queued again without counting an attempt.
         """
 
+    @_builtins.property
+    def memory_writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemoryWrite]:
+        """Writes to the agent's reflex memory, applied in order. A write that breaks a memory
+        limit (key of 1 to 128 characters, value of at most 16 KiB as JSON, at most 256
+        keys and 1 MiB in all) is dropped and logged; the SDK refuses such writes before
+        they are sent.
+        """
+
     def __init__(
         self,
         *,
@@ -72,14 +81,47 @@ class AgentMessage(_message.Message):
         logs: _abc.Iterable[Global___AgentLogLine] | None = ...,
         draining: _builtins.bool = ...,
         released_attempt_ids: _abc.Iterable[_builtins.str] | None = ...,
+        memory_writes: _abc.Iterable[Global___MemoryWrite] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hello", b"hello"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "hello", b"hello", "logs", b"logs", "progress", b"progress", "released_attempt_ids", b"released_attempt_ids", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "hello", b"hello", "logs", b"logs", "memory_writes", b"memory_writes", "progress", b"progress", "released_attempt_ids", b"released_attempt_ids", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class MemoryWrite(_message.Message):
+    """One write to an agent's reflex memory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """Required. The key, 1 to 128 characters."""
+    delete: _builtins.bool
+    """Removes the key instead of setting it."""
+    @_builtins.property
+    def value(self) -> _struct_pb2.Value:
+        """The new value, any JSON value. Ignored when `delete` is set."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _struct_pb2.Value | None = ...,
+        delete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryWrite: _TypeAlias = MemoryWrite  # noqa: Y015
 
 @_typing.final
 class AgentHello(_message.Message):
@@ -117,6 +159,7 @@ class AgentHello(_message.Message):
     CIRCUIT_BREAKER_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
     PARTITIONS_FIELD_NUMBER: _builtins.int
+    REFLEX_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Human-readable name, unique among connected agents; empty lets the coordinator pick.
     At most 128 characters.
@@ -157,6 +200,12 @@ class AgentHello(_message.Message):
         id, then the partition's name); at most 16.
         """
 
+    @_builtins.property
+    def reflex(self) -> _agent_pb2.ReflexConfig:
+        """Reflex pattern: memory, feedback loop and adaptation rate. Unset keeps the config
+        recorded for the agent (none for a new agent: reflex off, memory as "session").
+        """
+
     def __init__(
         self,
         *,
@@ -170,10 +219,11 @@ class AgentHello(_message.Message):
         circuit_breaker: _agent_pb2.CircuitBreakerConfig | None = ...,
         queues: _abc.Iterable[_builtins.str] | None = ...,
         partitions: _abc.Iterable[_builtins.str] | None = ...,
+        reflex: _agent_pb2.ReflexConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breaker", b"circuit_breaker"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breaker", b"circuit_breaker", "reflex", b"reflex"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "circuit_breaker", b"circuit_breaker", "labels", b"labels", "name", b"name", "partitions", b"partitions", "queues", b"queues", "resume_token", b"resume_token", "role", b"role", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "circuit_breaker", b"circuit_breaker", "labels", b"labels", "name", b"name", "partitions", b"partitions", "queues", b"queues", "reflex", b"reflex", "resume_token", b"resume_token", "role", b"role", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -307,6 +357,7 @@ class CoordinatorMessage(_message.Message):
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     CANCELLATIONS_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FIELD_NUMBER: _builtins.int
     drain: _builtins.bool
     """Set when the coordinator is shutting down or wants the agent to stop taking work:
     finish what is running, send the results, then disconnect.
@@ -323,6 +374,12 @@ class CoordinatorMessage(_message.Message):
     def cancellations(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskCancellation]:
         """Stop these attempts; their results are no longer wanted."""
 
+    @_builtins.property
+    def feedback(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentFeedback]:
+        """Feedback on the agent's work (AgentService.SubmitFeedback), sent when its reflex
+        feedback loop is on.
+        """
+
     def __init__(
         self,
         *,
@@ -330,14 +387,53 @@ class CoordinatorMessage(_message.Message):
         assignments: _abc.Iterable[Global___TaskAssignment] | None = ...,
         cancellations: _abc.Iterable[Global___TaskCancellation] | None = ...,
         drain: _builtins.bool = ...,
+        feedback: _abc.Iterable[Global___AgentFeedback] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancellations", b"cancellations", "drain", b"drain", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancellations", b"cancellations", "drain", b"drain", "feedback", b"feedback", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CoordinatorMessage: _TypeAlias = CoordinatorMessage  # noqa: Y015
+
+@_typing.final
+class AgentFeedback(_message.Message):
+    """A rating of the agent's work, pushed to the agent it is about."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENTS_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The task rated; empty for feedback on the agent's work in general."""
+    rating: _builtins.float
+    """The rating, 0 (useless) to 5 (perfect)."""
+    comments: _builtins.str
+    """What was good or missing."""
+    score: _builtins.float
+    """The agent's score after this feedback, 0 to 5."""
+    feedback_count: _builtins.int
+    """Feedback records the agent has received, this one included."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        rating: _builtins.float = ...,
+        comments: _builtins.str = ...,
+        score: _builtins.float = ...,
+        feedback_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comments", b"comments", "feedback_count", b"feedback_count", "rating", b"rating", "score", b"score", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentFeedback: _TypeAlias = AgentFeedback  # noqa: Y015
 
 @_typing.final
 class AgentWelcome(_message.Message):
@@ -351,6 +447,7 @@ class AgentWelcome(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
     RESUMED_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent's id, stable across reconnects that present the resume token."""
     name: _builtins.str
@@ -367,6 +464,13 @@ class AgentWelcome(_message.Message):
     def heartbeat_timeout(self) -> _duration_pb2.Duration:
         """How long the coordinator waits without any message before treating the agent as lost."""
 
+    @_builtins.property
+    def memory(self) -> _struct_pb2.Struct:
+        """The agent's reflex memory as the coordinator holds it: everything written before
+        (persistent memory) or nothing (session memory, or reflex off). The agent starts
+        from this, then applies its own writes not yet sent.
+        """
+
     def __init__(
         self,
         *,
@@ -376,10 +480,11 @@ class AgentWelcome(_message.Message):
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         heartbeat_timeout: _duration_pb2.Duration | None = ...,
         resumed: _builtins.bool = ...,
+        memory: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "heartbeat_timeout", b"heartbeat_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "heartbeat_timeout", b"heartbeat_timeout", "memory", b"memory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "heartbeat_interval", b"heartbeat_interval", "heartbeat_timeout", b"heartbeat_timeout", "name", b"name", "resume_token", b"resume_token", "resumed", b"resumed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "heartbeat_interval", b"heartbeat_interval", "heartbeat_timeout", b"heartbeat_timeout", "memory", b"memory", "name", b"name", "resume_token", b"resume_token", "resumed", b"resumed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -422,6 +527,9 @@ class TaskAssignment(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
+    LESSONS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task's id."""
     attempt_id: _builtins.str
@@ -440,6 +548,12 @@ class TaskAssignment(_message.Message):
     """The task's idempotency key, or, when none was given, one derived from the task id,
     so that agents can make effects idempotent across attempts.
     """
+    score: _builtins.float
+    """The agent's reflex score when the task was leased, 0 to 5; 0 while
+    `feedback_count` is 0. Set only for agents with the reflex feedback loop on.
+    """
+    feedback_count: _builtins.int
+    """Feedback records the agent had received when the task was leased."""
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """The task's input."""
@@ -453,6 +567,12 @@ class TaskAssignment(_message.Message):
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The task's labels."""
+
+    @_builtins.property
+    def lessons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agent's most recent feedback comments, oldest first (at most 5), for it to
+        take into account, for example in an AI agent's prompt.
+        """
 
     def __init__(
         self,
@@ -468,10 +588,13 @@ class TaskAssignment(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         idempotency_key: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        score: _builtins.float = ...,
+        feedback_count: _builtins.int = ...,
+        lessons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "attempt_id", b"attempt_id", "idempotency_key", b"idempotency_key", "labels", b"labels", "payload", b"payload", "priority", b"priority", "role", b"role", "task_id", b"task_id", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "attempt_id", b"attempt_id", "feedback_count", b"feedback_count", "idempotency_key", b"idempotency_key", "labels", b"labels", "lessons", b"lessons", "payload", b"payload", "priority", b"priority", "role", b"role", "score", b"score", "task_id", b"task_id", "timeout", b"timeout", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -104,6 +104,7 @@ class Agent(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     LATEST_SAMPLE_FIELD_NUMBER: _builtins.int
+    REFLEX_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned identifier, stable across reconnects."""
     name: _builtins.str
@@ -157,6 +158,12 @@ class Agent(_message.Message):
         once the agent is no longer connected.
         """
 
+    @_builtins.property
+    def reflex(self) -> Global___AgentReflexStatus:
+        """Output only. The reflex pattern's view of the agent: its score, lessons and memory
+        size. Unset for an agent that never declared a reflex config nor got feedback.
+        """
+
     def __init__(
         self,
         *,
@@ -178,14 +185,69 @@ class Agent(_message.Message):
         exit_code: _builtins.int = ...,
         options: Global___AgentOptions | None = ...,
         latest_sample: _sample_pb2.Sample | None = ...,
+        reflex: Global___AgentReflexStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "create_time", b"create_time", "last_seen_time", b"last_seen_time", "latest_sample", b"latest_sample", "options", b"options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "create_time", b"create_time", "last_seen_time", b"last_seen_time", "latest_sample", b"latest_sample", "options", b"options", "reflex", b"reflex"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "connect_time", b"connect_time", "create_time", b"create_time", "exit_code", b"exit_code", "id", b"id", "in_flight", b"in_flight", "labels", b"labels", "last_seen_time", b"last_seen_time", "latest_sample", b"latest_sample", "name", b"name", "options", b"options", "pid", b"pid", "role", b"role", "state", b"state", "tasks_completed", b"tasks_completed", "tasks_failed", b"tasks_failed", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "capacity", b"capacity", "connect_time", b"connect_time", "create_time", b"create_time", "exit_code", b"exit_code", "id", b"id", "in_flight", b"in_flight", "labels", b"labels", "last_seen_time", b"last_seen_time", "latest_sample", b"latest_sample", "name", b"name", "options", b"options", "pid", b"pid", "reflex", b"reflex", "role", b"role", "state", b"state", "tasks_completed", b"tasks_completed", "tasks_failed", b"tasks_failed", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class AgentReflexStatus(_message.Message):
+    """An agent's reflex state as the coordinator keeps it. Output only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    SCORED_FIELD_NUMBER: _builtins.int
+    FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
+    LESSONS_FIELD_NUMBER: _builtins.int
+    MEMORY_KEYS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    """Exponentially weighted mean of the agent's ratings, 0 to 5: the first rating sets
+    it, each later one moves it by the adaptation rate. 0 while `scored` is false.
+    """
+    scored: _builtins.bool
+    """Whether any rating has been folded into `score` yet."""
+    feedback_count: _builtins.int
+    """Feedback records received, including those that did not change the score."""
+    memory_keys: _builtins.int
+    """Keys in the agent's memory."""
+    memory_bytes: _builtins.int
+    """Size of the agent's memory in bytes (keys plus values as compact JSON)."""
+    @_builtins.property
+    def config(self) -> Global___ReflexConfig:
+        """The reflex config in force, as the agent's latest hello declared it."""
+
+    @_builtins.property
+    def lessons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The most recent non-empty feedback comments, oldest first, at most 5 of at most
+        512 characters each; they travel with every assignment.
+        """
+
+    def __init__(
+        self,
+        *,
+        config: Global___ReflexConfig | None = ...,
+        score: _builtins.float = ...,
+        scored: _builtins.bool = ...,
+        feedback_count: _builtins.int = ...,
+        lessons: _abc.Iterable[_builtins.str] | None = ...,
+        memory_keys: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "feedback_count", b"feedback_count", "lessons", b"lessons", "memory_bytes", b"memory_bytes", "memory_keys", b"memory_keys", "score", b"score", "scored", b"scored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentReflexStatus: _TypeAlias = AgentReflexStatus  # noqa: Y015
 
 @_typing.final
 class AgentOptions(_message.Message):
@@ -252,13 +314,18 @@ class ReflexConfig(_message.Message):
     enabled: _builtins.bool
     """Whether the pattern is on."""
     memory: _builtins.str
-    """"session" (memory lives as long as the agent's identity) or "persistent" (memory
-    survives agent and coordinator restarts). Empty means "session".
+    """"session" (memory lives only as long as the agent's link: it starts empty on every
+    connect and is never written to the event log) or "persistent" (every write is an
+    event, so memory survives agent and coordinator restarts, and a new process that
+    says hello with the agent's name and a persistent reflex config resumes the agent's
+    identity and memory). Empty means "session".
     """
     feedback_loop: _builtins.bool
     """Whether feedback is folded into the agent's score and pushed to the agent."""
     adaptation_rate: _builtins.float
-    """Weight of the newest rating in the exponentially weighted mean score, 0 to 1."""
+    """Weight of the newest rating in the exponentially weighted mean score, 0 to 1.
+    0 means 0.1.
+    """
     def __init__(
         self,
         *,

@@ -398,7 +398,10 @@ class SubmitFeedbackRequest(_message.Message):
     task_id: _builtins.str
     """The task the feedback is about. Empty means the agent's work in general."""
     rating: _builtins.float
-    """Rating of the work, from 0 (useless) to 5 (perfect); fractions allowed."""
+    """Rating of the work, from 0 (useless) to 5 (perfect); fractions allowed. With the
+    feedback loop on, the first rating sets the score and each later one moves it:
+    score = (1 - adaptationRate) * score + adaptationRate * rating.
+    """
     comments: _builtins.str
     """What was good or missing, kept as a lesson for the agent. At most 4,096 characters."""
     def __init__(

@@ -135,8 +135,10 @@ class AgentServiceServicer:
     def SubmitFeedback(self, request, context):
         """Records a rating of an agent's work (reflex pattern). With the agent's feedback loop
         on, the rating is folded into its score, which the scheduler prefers, and the
-        comments travel with its next assignments as lessons. NOT_FOUND if the agent (or the
-        given task) is unknown; FAILED_PRECONDITION if the task was not run by this agent.
+        comments travel with its next assignments as lessons, and the feedback is pushed to
+        the agent on its link. INVALID_ARGUMENT for a rating outside 0 to 5 or a task id
+        that names no task; NOT_FOUND if the agent is unknown; FAILED_PRECONDITION if the
+        task was not run by this agent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

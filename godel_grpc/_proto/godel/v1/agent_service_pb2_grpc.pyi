@@ -60,8 +60,10 @@ class AgentServiceStub:
     SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.SubmitFeedbackRequest, _agent_service_pb2.SubmitFeedbackResponse]
     """Records a rating of an agent's work (reflex pattern). With the agent's feedback loop
     on, the rating is folded into its score, which the scheduler prefers, and the
-    comments travel with its next assignments as lessons. NOT_FOUND if the agent (or the
-    given task) is unknown; FAILED_PRECONDITION if the task was not run by this agent.
+    comments travel with its next assignments as lessons, and the feedback is pushed to
+    the agent on its link. INVALID_ARGUMENT for a rating outside 0 to 5 or a task id
+    that names no task; NOT_FOUND if the agent is unknown; FAILED_PRECONDITION if the
+    task was not run by this agent.
     """
     GetCircuitState: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.GetCircuitStateRequest, _agent_service_pb2.GetCircuitStateResponse]
     """Returns the state of the circuit breaker that guards dispatch to one agent.
@@ -112,8 +114,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     SubmitFeedback: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.SubmitFeedbackRequest, _agent_service_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
     """Records a rating of an agent's work (reflex pattern). With the agent's feedback loop
     on, the rating is folded into its score, which the scheduler prefers, and the
-    comments travel with its next assignments as lessons. NOT_FOUND if the agent (or the
-    given task) is unknown; FAILED_PRECONDITION if the task was not run by this agent.
+    comments travel with its next assignments as lessons, and the feedback is pushed to
+    the agent on its link. INVALID_ARGUMENT for a rating outside 0 to 5 or a task id
+    that names no task; NOT_FOUND if the agent is unknown; FAILED_PRECONDITION if the
+    task was not run by this agent.
     """
     GetCircuitState: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.GetCircuitStateRequest, _agent_service_pb2.GetCircuitStateResponse]  # type: ignore[assignment]
     """Returns the state of the circuit breaker that guards dispatch to one agent.
@@ -197,8 +201,10 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_service_pb2.SubmitFeedbackResponse, _abc.Awaitable[_agent_service_pb2.SubmitFeedbackResponse]]:
         """Records a rating of an agent's work (reflex pattern). With the agent's feedback loop
         on, the rating is folded into its score, which the scheduler prefers, and the
-        comments travel with its next assignments as lessons. NOT_FOUND if the agent (or the
-        given task) is unknown; FAILED_PRECONDITION if the task was not run by this agent.
+        comments travel with its next assignments as lessons, and the feedback is pushed to
+        the agent on its link. INVALID_ARGUMENT for a rating outside 0 to 5 or a task id
+        that names no task; NOT_FOUND if the agent is unknown; FAILED_PRECONDITION if the
+        task was not run by this agent.
         """
 
     @_abc_1.abstractmethod

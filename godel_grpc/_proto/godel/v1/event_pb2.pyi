@@ -76,6 +76,9 @@ class Event(_message.Message):
     WORKFLOW_CREATED_FIELD_NUMBER: _builtins.int
     WORKFLOW_CHANGED_FIELD_NUMBER: _builtins.int
     WORKFLOW_DELETED_FIELD_NUMBER: _builtins.int
+    AGENT_MEMORY_WRITTEN_FIELD_NUMBER: _builtins.int
+    AGENT_FEEDBACK_SUBMITTED_FIELD_NUMBER: _builtins.int
+    AGENT_REFLEX_CONFIGURED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Global position in the event log, starting at 1 and increasing by one per event."""
     stream: _builtins.str
@@ -224,6 +227,18 @@ class Event(_message.Message):
     def workflow_deleted(self) -> Global___WorkflowDeleted:
         """A workflow was deleted."""
 
+    @_builtins.property
+    def agent_memory_written(self) -> Global___AgentMemoryWritten:
+        """An agent with persistent reflex memory wrote (or deleted) a memory key."""
+
+    @_builtins.property
+    def agent_feedback_submitted(self) -> Global___AgentFeedbackSubmitted:
+        """A caller rated an agent's work."""
+
+    @_builtins.property
+    def agent_reflex_configured(self) -> Global___AgentReflexConfigured:
+        """An agent declared a reflex config different from the one recorded."""
+
     def __init__(
         self,
         *,
@@ -266,12 +281,15 @@ class Event(_message.Message):
         workflow_created: Global___WorkflowCreated | None = ...,
         workflow_changed: Global___WorkflowChanged | None = ...,
         workflow_deleted: Global___WorkflowDeleted | None = ...,
+        agent_memory_written: Global___AgentMemoryWritten | None = ...,
+        agent_feedback_submitted: Global___AgentFeedbackSubmitted | None = ...,
+        agent_reflex_configured: Global___AgentReflexConfigured | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "swarm_agent_draining", b"swarm_agent_draining", "swarm_agent_started", b"swarm_agent_started", "swarm_agent_stopped", b"swarm_agent_stopped", "swarm_created", b"swarm_created", "swarm_deleted", b"swarm_deleted", "swarm_scaled", b"swarm_scaled", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "workflow_changed", b"workflow_changed", "workflow_created", b"workflow_created", "workflow_deleted", b"workflow_deleted"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_feedback_submitted", b"agent_feedback_submitted", "agent_memory_written", b"agent_memory_written", "agent_reflex_configured", b"agent_reflex_configured", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "swarm_agent_draining", b"swarm_agent_draining", "swarm_agent_started", b"swarm_agent_started", "swarm_agent_stopped", b"swarm_agent_stopped", "swarm_created", b"swarm_created", "swarm_deleted", b"swarm_deleted", "swarm_scaled", b"swarm_scaled", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "workflow_changed", b"workflow_changed", "workflow_created", b"workflow_created", "workflow_deleted", b"workflow_deleted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_id", b"agent_id", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "swarm_agent_draining", b"swarm_agent_draining", "swarm_agent_started", b"swarm_agent_started", "swarm_agent_stopped", b"swarm_agent_stopped", "swarm_created", b"swarm_created", "swarm_deleted", b"swarm_deleted", "swarm_scaled", b"swarm_scaled", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type", "workflow_changed", b"workflow_changed", "workflow_created", b"workflow_created", "workflow_deleted", b"workflow_deleted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_circuit_changed", b"agent_circuit_changed", "agent_connected", b"agent_connected", "agent_disconnected", b"agent_disconnected", "agent_feedback_submitted", b"agent_feedback_submitted", "agent_id", b"agent_id", "agent_memory_written", b"agent_memory_written", "agent_reflex_configured", b"agent_reflex_configured", "agent_registered", b"agent_registered", "bulkhead_created", b"bulkhead_created", "bulkhead_deleted", b"bulkhead_deleted", "convoy_cancelled", b"convoy_cancelled", "convoy_created", b"convoy_created", "convoy_deleted", b"convoy_deleted", "convoy_started", b"convoy_started", "coordinator_started", b"coordinator_started", "id", b"id", "payload", b"payload", "queue_created", b"queue_created", "queue_deleted", b"queue_deleted", "saga_compensation_requested", b"saga_compensation_requested", "saga_created", b"saga_created", "saga_deleted", b"saga_deleted", "saga_executed", b"saga_executed", "schema_version", b"schema_version", "stream", b"stream", "stream_version", b"stream_version", "swarm_agent_draining", b"swarm_agent_draining", "swarm_agent_started", b"swarm_agent_started", "swarm_agent_stopped", b"swarm_agent_stopped", "swarm_created", b"swarm_created", "swarm_deleted", b"swarm_deleted", "swarm_scaled", b"swarm_scaled", "task_attempt_failed", b"task_attempt_failed", "task_cancelled", b"task_cancelled", "task_leased", b"task_leased", "task_requeued", b"task_requeued", "task_submitted", b"task_submitted", "task_succeeded", b"task_succeeded", "time", b"time", "type", b"type", "workflow_changed", b"workflow_changed", "workflow_created", b"workflow_created", "workflow_deleted", b"workflow_deleted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "agent_circuit_changed", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted", "swarm_created", "swarm_deleted", "swarm_scaled", "swarm_agent_started", "swarm_agent_draining", "swarm_agent_stopped", "queue_created", "queue_deleted", "bulkhead_created", "bulkhead_deleted", "workflow_created", "workflow_changed", "workflow_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["coordinator_started", "task_submitted", "task_leased", "task_succeeded", "task_attempt_failed", "task_requeued", "task_cancelled", "agent_registered", "agent_connected", "agent_disconnected", "agent_circuit_changed", "convoy_created", "convoy_started", "convoy_cancelled", "convoy_deleted", "saga_created", "saga_executed", "saga_compensation_requested", "saga_deleted", "swarm_created", "swarm_deleted", "swarm_scaled", "swarm_agent_started", "swarm_agent_draining", "swarm_agent_stopped", "queue_created", "queue_deleted", "bulkhead_created", "bulkhead_deleted", "workflow_created", "workflow_changed", "workflow_deleted", "agent_memory_written", "agent_feedback_submitted", "agent_reflex_configured"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1401,3 +1419,121 @@ class SwarmAgentStopped(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SwarmAgentStopped: _TypeAlias = SwarmAgentStopped  # noqa: Y015
+
+@_typing.final
+class AgentMemoryWritten(_message.Message):
+    """Payload of "agent.memory_written"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent's id."""
+    key: _builtins.str
+    """The key written."""
+    deleted: _builtins.bool
+    """True when the key was deleted."""
+    @_builtins.property
+    def value(self) -> _struct_pb2.Value:
+        """The new value; unset when the key was deleted."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+        value: _struct_pb2.Value | None = ...,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "deleted", b"deleted", "key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentMemoryWritten: _TypeAlias = AgentMemoryWritten  # noqa: Y015
+
+@_typing.final
+class AgentFeedbackSubmitted(_message.Message):
+    """Payload of "agent.feedback_submitted"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENTS_FIELD_NUMBER: _builtins.int
+    SCORED_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
+    ADAPTATION_RATE_FIELD_NUMBER: _builtins.int
+    SCORED_COUNT_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent rated."""
+    task_id: _builtins.str
+    """The task rated; empty for the agent's work in general."""
+    rating: _builtins.float
+    """The rating, 0 to 5."""
+    comments: _builtins.str
+    """The caller's comments."""
+    scored: _builtins.bool
+    """Whether the rating was folded into the score (the agent's feedback loop was on)."""
+    score: _builtins.float
+    """The agent's score after this feedback, 0 to 5 (0 while never scored)."""
+    feedback_count: _builtins.int
+    """Feedback records of the agent, this one included."""
+    adaptation_rate: _builtins.float
+    """The adaptation rate the rating was folded with (0 when not scored)."""
+    scored_count: _builtins.int
+    """Ratings folded into the score so far, this one included."""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        rating: _builtins.float = ...,
+        comments: _builtins.str = ...,
+        scored: _builtins.bool = ...,
+        score: _builtins.float = ...,
+        feedback_count: _builtins.int = ...,
+        adaptation_rate: _builtins.float = ...,
+        scored_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptation_rate", b"adaptation_rate", "agent_id", b"agent_id", "comments", b"comments", "feedback_count", b"feedback_count", "rating", b"rating", "score", b"score", "scored", b"scored", "scored_count", b"scored_count", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentFeedbackSubmitted: _TypeAlias = AgentFeedbackSubmitted  # noqa: Y015
+
+@_typing.final
+class AgentReflexConfigured(_message.Message):
+    """Payload of "agent.reflex_configured"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REFLEX_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent's id."""
+    @_builtins.property
+    def reflex(self) -> _agent_pb2.ReflexConfig:
+        """The reflex config its hello declared."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        reflex: _agent_pb2.ReflexConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reflex", b"reflex"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "reflex", b"reflex"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentReflexConfigured: _TypeAlias = AgentReflexConfigured  # noqa: Y015
