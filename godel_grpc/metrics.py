@@ -196,8 +196,10 @@ class CoordinatorMetrics:
         )
         self.circuit_transitions = Counter(
             "godel_circuit_transitions",
-            "Circuit breaker state changes, by the state entered.",
-            ["to"],
+            "Circuit breaker state changes, by the state entered and the rule that fired "
+            "(consecutive-failures, failure-rate, slow-call-rate, timeout-elapsed, "
+            "trial-failed, trial-slow, trials-succeeded, forced-open, reset).",
+            ["to", "reason"],
             registry=registry,
         )
         self.requeued = Counter(

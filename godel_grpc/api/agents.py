@@ -9,6 +9,7 @@ import grpc
 
 from godel_grpc._proto.godel.v1 import agent_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as pb_grpc
+from godel_grpc.core.breaker_commands import BreakerCommands
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.errors import FailedPrecondition
 from godel_grpc.runtime.base import Runtime
@@ -22,6 +23,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
 
     def __init__(self, coordinator: Coordinator, runtime: Runtime | None = None) -> None:
         self._coordinator = coordinator
+        self._breakers = BreakerCommands(coordinator)
         self._spawned = SpawnedAgents(coordinator, runtime) if runtime is not None else None
 
     def _runtime(self) -> SpawnedAgents:
@@ -47,7 +49,19 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     async def GetCircuitState(
         self, request: pb.GetCircuitStateRequest, context: Context
     ) -> pb.GetCircuitStateResponse:
-        return self._coordinator.circuit_state(request.agent_id)
+        return self._breakers.state(request.agent_id)
+
+    async def ForceOpenCircuit(
+        self, request: pb.ForceOpenCircuitRequest, context: Context
+    ) -> pb.ForceOpenCircuitResponse:
+        circuit = await self._breakers.force_open(request.agent_id, request.reason)
+        return pb.ForceOpenCircuitResponse(circuit=circuit)
+
+    async def ResetCircuit(
+        self, request: pb.ResetCircuitRequest, context: Context
+    ) -> pb.ResetCircuitResponse:
+        circuit = await self._breakers.reset(request.agent_id, request.reason)
+        return pb.ResetCircuitResponse(circuit=circuit)
 
     async def ListAgents(
         self, request: pb.ListAgentsRequest, context: Context

@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge
 
+from godel_grpc._proto.godel.v1 import agent_pb2
+from godel_grpc.errors import FieldViolation, InvalidArgument
 from godel_grpc.patterns.breaker import (
     BreakerConfig,
     BreakerView,
@@ -29,6 +31,52 @@ STATE_VALUES = {CircuitState.CLOSED: 0, CircuitState.OPEN: 1, CircuitState.HALF_
 """`godel_circuit_state` values."""
 
 
+def breaker_settings(
+    given: agent_pb2.CircuitBreakerConfig | None, path: str = "circuit_breaker"
+) -> BreakerConfig:
+    """The policy's settings for a `CircuitBreakerConfig` (None: the seed's defaults).
+
+    Field rules (ranges) are checked at the API boundary; this adds the rules that tie
+    fields together, for SpawnAgent and the hello alike.
+
+    Raises:
+        InvalidArgument: fields that contradict each other, named under `path`.
+    """
+    if given is None:
+        return BreakerConfig()
+    try:
+        return BreakerConfig.from_request(
+            enabled=given.enabled,
+            failure_threshold=given.failure_threshold,
+            timeout=given.timeout,
+            half_open_requests=given.half_open_requests,
+            failure_rate_threshold=given.failure_rate_threshold,
+            window_size=given.window_size,
+            minimum_calls=given.minimum_calls,
+            slow_call_seconds=given.slow_call_seconds,
+            slow_call_rate_threshold=given.slow_call_rate_threshold,
+        )
+    except ValueError as problems:
+        raise InvalidArgument(
+            [FieldViolation(path, str(problem)) for problem in str(problems).split("; ")]
+        ) from None
+
+
+def settings_proto(config: BreakerConfig) -> agent_pb2.CircuitBreakerConfig:
+    """The effective settings as the API shows them (optional rules off read as 0)."""
+    return agent_pb2.CircuitBreakerConfig(
+        enabled=config.enabled,
+        failure_threshold=config.failure_threshold,
+        timeout=config.timeout,
+        half_open_requests=config.half_open_requests,
+        failure_rate_threshold=config.failure_rate_threshold or 0.0,
+        window_size=config.window_size,
+        minimum_calls=config.minimum_calls,
+        slow_call_seconds=config.slow_call_seconds or 0.0,
+        slow_call_rate_threshold=config.slow_call_rate_threshold or 0.0,
+    )
+
+
 class BreakerBook:
     """Every connected agent's breaker."""
 
@@ -37,7 +85,7 @@ class BreakerBook:
         state_gauge: Gauge,
         transitions: Counter,
         on_probe_due: Callable[[str], None],
-        on_transition: Callable[[str, Transition], None],
+        on_transition: Callable[[str, Transition, str], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -100,15 +148,24 @@ class BreakerBook:
             breaker.record_failure(now)
         return self._settle(agent_id, breaker)
 
-    def force_open(self, agent_id: str) -> list[Transition]:
-        breaker = self._breakers[agent_id]
+    def force_open(self, agent_id: str, comment: str = "") -> list[Transition] | None:
+        """Holds the agent's breaker open until `reset`; None if it has no breaker."""
+        breaker = self._breakers.get(agent_id)
+        if breaker is None:
+            return None
         breaker.force_open(self._clock())
-        return self._settle(agent_id, breaker)
+        return self._settle(agent_id, breaker, comment)
 
-    def reset(self, agent_id: str) -> list[Transition]:
-        breaker = self._breakers[agent_id]
+    def reset(self, agent_id: str, comment: str = "") -> list[Transition] | None:
+        """Closes the agent's breaker and forgets its recent history; None if it has no
+        breaker."""
+        breaker = self._breakers.get(agent_id)
+        if breaker is None:
+            return None
         breaker.reset(self._clock())
-        return self._settle(agent_id, breaker)
+        changes = self._settle(agent_id, breaker, comment)
+        self._on_probe_due(agent_id)  # it may take tasks again: dispatch now
+        return changes
 
     def view(self, agent_id: str) -> tuple[BreakerView, BreakerConfig] | None:
         """The breaker as of now, and its settings; None if the agent has none."""
@@ -121,11 +178,13 @@ class BreakerBook:
         """A time on the breakers' clock as Unix seconds."""
         return time.time() + (monotonic - self._clock())
 
-    def _settle(self, agent_id: str, breaker: CircuitBreaker) -> list[Transition]:
+    def _settle(
+        self, agent_id: str, breaker: CircuitBreaker, comment: str = ""
+    ) -> list[Transition]:
         changes = breaker.drain_transitions()
         for change in changes:
-            self._transitions.labels(change.to_state.value.lower()).inc()
-            self._on_transition(agent_id, change)
+            self._transitions.labels(change.to_state.value.lower(), change.reason.value).inc()
+            self._on_transition(agent_id, change, comment)
         self._publish(agent_id)
         probe_at = breaker.view(self._clock()).next_probe_at
         timer = self._timers.pop(agent_id, None)

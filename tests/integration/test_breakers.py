@@ -117,3 +117,104 @@ async def test_unknown_agent_has_no_breaker(client: Client) -> None:
     with pytest.raises(RPCError) as missing:
         await client.agents.get_circuit_state("ag-404")
     assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def circuit_events(server: RunningServer, client: Client, agent_id: str) -> list[tuple]:  # type: ignore[type-arg]
+    await server.coordinator.journal.flush()
+    return [
+        (e.agent_circuit_changed.to_state, e.agent_circuit_changed.reason,
+         e.agent_circuit_changed.comment)
+        for e in await client.events.get_for_agent(agent_id)
+        if e.type == "agent.circuit_changed"
+    ]  # fmt: skip
+
+
+async def test_force_open_holds_every_task_back_until_reset(
+    server: RunningServer, client: Client
+) -> None:
+    address = f"127.0.0.1:{server.port}"
+    with agent_processes(address, "flaky", 1, "--handler", "tests.agents.handlers:fail_when"):
+        agent_id = await the_agent(client)
+        # Given an operator forces the healthy agent's breaker open
+        forced = await client.agents.force_open_circuit(agent_id, reason="maintenance")
+        assert forced.state == Breaker.STATE_OPEN and forced.forced
+        assert not forced.HasField("next_probe_time")  # forced: no probing
+        # When a task arrives, then the breaker holds it back and it stays queued
+        task = await client.tasks.submit(role="flaky")
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await client.agents.get_circuit_state(agent_id)).refused_count == 0:
+            assert asyncio.get_running_loop().time() < deadline, "dispatch was never tried"
+            await asyncio.sleep(0.02)
+        assert (await client.tasks.get(task.id)).state == Task.STATE_QUEUED
+        # And forcing again changes nothing
+        again = await client.agents.force_open_circuit(agent_id)
+        assert again.forced and again.open_count == 1
+        # When reset, then the task runs at once
+        reset = await client.agents.reset_circuit(agent_id, reason="maintenance over")
+        assert reset.state == Breaker.STATE_CLOSED and not reset.forced
+        assert (await client.tasks.wait(task.id, timeout=10)).state == Task.STATE_SUCCEEDED
+        # And both changes are events with the operator's words, and metrics
+        assert await circuit_events(server, client, agent_id) == [
+            ("OPEN", "forced-open", "maintenance"),
+            ("CLOSED", "reset", "maintenance over"),
+        ]
+        sample = server.registry.get_sample_value
+        for to, reason in (("open", "forced-open"), ("closed", "reset")):
+            labels = {"to": to, "reason": reason}
+            assert sample("godel_circuit_transitions_total", labels) == 1
+        # And an unknown agent is NOT_FOUND
+        with pytest.raises(RPCError) as missing:
+            await client.agents.reset_circuit("ag-404")
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_failure_rate_over_a_window_opens_the_breaker(
+    server: RunningServer, client: Client
+) -> None:
+    # Given a breaker that ignores runs of failures but trips at 50% over 4 results
+    rate = json.dumps({"failureThreshold": 100, "failureRateThreshold": 0.5, "windowSize": 4})
+    address = f"127.0.0.1:{server.port}"
+    with agent_processes(
+        address, "flaky", 1, "--handler", "tests.agents.handlers:fail_when",
+        "--circuit-breaker", rate,
+    ):  # fmt: skip
+        agent_id = await the_agent(client)
+        shown = await client.agents.get_circuit_state(agent_id)
+        assert (shown.config.window_size, shown.config.minimum_calls) == (4, 4)
+        # When success, failure, success: the window is too short to judge
+        for fail in (False, True, False):
+            await client.tasks.run(role="flaky", payload={"fail": fail}, max_attempts=1)
+        window = await client.agents.get_circuit_state(agent_id)
+        assert window.state == Breaker.STATE_CLOSED and window.window_calls == 3
+        assert window.failure_rate == pytest.approx(1 / 3)
+        # When a second failure makes it 2 of 4, then it opens on the rate
+        await client.tasks.run(role="flaky", payload={"fail": True}, max_attempts=1)
+        opened = await client.agents.get_circuit_state(agent_id)
+        assert opened.state == Breaker.STATE_OPEN and opened.failure_count == 2
+        assert (await circuit_events(server, client, agent_id))[-1][:2] == ("OPEN", "failure-rate")
+
+
+async def test_slow_successes_count_as_failures(server: RunningServer, client: Client) -> None:
+    # Given tasks slower than 0.2 s count as failures, and two failures open it
+    slow = json.dumps({"failureThreshold": 2, "slowCallSeconds": 0.2})
+    address = f"127.0.0.1:{server.port}"
+    with agent_processes(
+        address, "flaky", 1, "--handler", "tests.agents.handlers:sleep", "--circuit-breaker", slow
+    ):
+        agent_id = await the_agent(client)
+        # When one fast and two slow tasks succeed
+        for seconds in (0.0, 0.4, 0.4):
+            done = await client.tasks.run(role="flaky", payload={"seconds": seconds})
+            assert done.state == Task.STATE_SUCCEEDED
+        # Then the two slow ones opened the breaker
+        state = await client.agents.get_circuit_state(agent_id)
+        assert state.state == Breaker.STATE_OPEN
+        assert (state.slow_call_count, state.failure_count, state.success_count) == (2, 2, 1)
+
+
+async def test_contradictory_breaker_settings_are_refused_at_spawn(client: Client) -> None:
+    with pytest.raises(RPCError) as refused:
+        await client.agents.spawn(
+            role="worker", circuitBreaker={"windowSize": 4, "minimumCalls": 5}
+        )
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
