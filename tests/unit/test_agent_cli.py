@@ -104,3 +104,22 @@ def test_build_agent_wires_exec_and_action_handlers() -> None:
     assert agent.role == "builder"
     assert agent.actions == ("deploy", "echo")
     assert isinstance(agent._default.fn if agent._default else None, ExecHandler)
+
+
+def test_circuit_breaker_json_takes_every_option() -> None:
+    # Given the seed's object plus the options past the seed, as --circuit-breaker
+    text = (
+        '{"failureThreshold": 5, "timeout": 30, "halfOpenRequests": 3, '
+        '"failureRateThreshold": 0.5, "windowSize": 20, "minimumCalls": 5, '
+        '"slowCallSeconds": 2.5, "slowCallRateThreshold": 0.8}'
+    )
+    config = resolve_config(parse("--role", "r", "--exec", "cat", "--circuit-breaker", text), {})
+    breaker = config.circuit_breaker
+    assert breaker is not None and breaker.enabled  # naming settings turns it on
+    assert (breaker.window_size, breaker.minimum_calls) == (20, 5)
+    assert (breaker.slow_call_seconds, breaker.slow_call_rate_threshold) == (2.5, 0.8)
+    # And a misspelled option is a usage error, not a silent default
+    with pytest.raises(UsageError):
+        resolve_config(
+            parse("--role", "r", "--exec", "cat", "--circuit-breaker", '{"slowCalls": 1}'), {}
+        )
