@@ -166,8 +166,15 @@ async def test_shed_load_keeps_the_highest_priorities_and_accounts_for_every_tas
     assert counts.completed == 20 and counts.shed == 27 and counts.rejected == 0
     assert counts.completed + counts.shed + counts.rejected == sent
     sample = server.registry.get_sample_value
-    assert sample("godel_queue_tasks_total", {"queue": "shed", "outcome": "shed"}) == 27
-    assert sample("godel_queue_tasks_total", {"queue": "shed", "outcome": "accepted"}) == 40
+
+    def tasks(priority: str, outcome: str) -> float | None:
+        labels = {"queue": "shed", "priority": priority, "outcome": outcome}
+        return sample("godel_queue_tasks_total", labels)
+
+    # 20 low tasks evicted and 5 low newcomers shed; 2 critical newcomers shed
+    assert (tasks("low", "accepted"), tasks("low", "shed")) == (20, 25)
+    assert (tasks("critical", "accepted"), tasks("critical", "shed")) == (20, 2)
+    assert (tasks("normal", "accepted"), tasks("high", "rejected")) == (0, 0)
     assert sample("godel_queue_depth", {"queue": "shed"}) == 0
     assert sample("godel_queue_pressure", {"queue": "shed"}) == 0
 
