@@ -6,8 +6,10 @@ service-isolation/auth``); the script starts one for auth (quick work) and one f
 analytics, whose upstream is down (each task hangs half a second, then fails). It
 floods analytics with 15 tasks: 10 fit (`maxTasks`), 5 are refused with
 RESOURCE_EXHAUSTED naming the partition. Meanwhile 20 auth tasks all complete, at
-their usual pace. GetBulkhead shows each partition's agents and counters. Needs a
-coordinator; run from the repository root (the agents use the demo's handlers):
+their usual pace. After five failures the analytics agent's circuit breaker (on by
+default) opens, and the rest of its tasks wait rather than fail. GetBulkhead shows
+each partition's agents and counters. Needs a coordinator; run from the repository
+root (the agents use the demo's handlers):
 
     godel serve &
     python examples/bulkheads.py --coordinator 127.0.0.1:50051
@@ -106,16 +108,35 @@ async def run(
         ok = sum(t.state == task_pb2.Task.STATE_SUCCEEDED for t in done)
         seconds = time.perf_counter() - started
         say(f"auth meanwhile: {ok} of {len(logins)} logins succeeded in {seconds:.2f} s")
-        ended = await asyncio.gather(*(client.tasks.wait(t.id, timeout=60) for t in admitted))
-        failed = sum(t.state == task_pb2.Task.STATE_FAILED for t in ended)
-        say(f"analytics: {failed} of {len(ended)} admitted tasks failed upstream")
-        shown = await client.bulkheads.get(bulkhead.id)
+        shown = await _analytics_tripped(client, bulkhead.id)
+        analytics = next(p for p in shown.partitions if p.name == "analytics")
+        circuit = await client.agents.get_circuit_state(analytics.agent_ids[0])
+        say(
+            f"analytics: {analytics.failed} tasks failed upstream; then its agent's circuit "
+            f"breaker opened ({circuit.consecutive_failures} failures in a row), so the other "
+            f"{analytics.queued} wait instead of failing too"
+        )
         for partition in shown.partitions:
             say(_row(partition))
         return shown
     finally:
         await client.bulkheads.delete(bulkhead.id)
         say(f"deleted {bulkhead.name}: its agents are released")
+
+
+async def _analytics_tripped(
+    client: Client, bulkhead_id: str, timeout: float = 30.0
+) -> bulkhead_pb2.Bulkhead:
+    """Waits until the analytics agent's breaker (the seed's: 5 failures) has opened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = await client.bulkheads.get(bulkhead_id)
+        analytics = next(p for p in shown.partitions if p.name == "analytics")
+        if analytics.failed >= 5 and analytics.running == 0:
+            return shown
+        if time.monotonic() > deadline:
+            raise TimeoutError("the analytics agent's breaker did not open")
+        await asyncio.sleep(0.05)
 
 
 async def _joined(client: Client, bulkhead_id: str, timeout: float = 30.0) -> None:
