@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import Counter, Gauge
 
-from godel_grpc._proto.godel.v1 import agent_pb2
+from godel_grpc._proto.godel.v1 import agent_pb2, event_pb2
+from godel_grpc.core.pattern_host import PatternAction
 from godel_grpc.errors import FieldViolation, InvalidArgument
 from godel_grpc.patterns.breaker import (
     BreakerConfig,
@@ -25,6 +26,7 @@ from godel_grpc.patterns.breaker import (
     CircuitBreaker,
     CircuitState,
     Transition,
+    TransitionReason,
 )
 
 STATE_VALUES = {CircuitState.CLOSED: 0, CircuitState.OPEN: 1, CircuitState.HALF_OPEN: 2}
@@ -210,3 +212,38 @@ class BreakerBook:
         name = self._names.get(agent_id)
         if breaker is not None and name is not None:
             self._gauge.labels(name).set(STATE_VALUES[breaker.state(self._clock())])
+
+
+class ForcedCircuits:
+    """Which agents' breakers an operator holds open, folded from the event log.
+
+    Breakers are liveness and start CLOSED after a restart, but a breaker forced open
+    is an operator's decision that must hold until ResetCircuit: this pattern manager
+    remembers each forced agent (its last "forced-open" event, kept in snapshots), and
+    the coordinator forces the breaker again when the agent connects.
+    """
+
+    def __init__(self) -> None:
+        self._forced: dict[str, event_pb2.Event] = {}
+
+    def observe(self, event: event_pb2.Event) -> None:
+        if not event.HasField("agent_circuit_changed"):
+            return
+        changed = event.agent_circuit_changed
+        if changed.reason == TransitionReason.FORCED_OPEN.value:
+            self._forced[changed.agent_id] = event
+        elif changed.reason == TransitionReason.RESET.value:
+            self._forced.pop(changed.agent_id, None)
+
+    def is_forced(self, agent_id: str) -> bool:
+        """Did an operator force this agent's breaker open, with no reset since?"""
+        return agent_id in self._forced
+
+    def take_actions(self) -> list[PatternAction]:
+        return []
+
+    def reconcile(self, live_tasks: Sequence[str]) -> None:
+        """Nothing to re-derive: the forcing is applied when each agent connects."""
+
+    def history(self) -> list[event_pb2.Event]:
+        return list(self._forced.values())

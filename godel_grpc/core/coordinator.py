@@ -34,7 +34,7 @@ from godel_grpc._proto.godel.v1 import (
 )
 from godel_grpc.core import bulkheads as bulkhead_labels
 from godel_grpc.core import events
-from godel_grpc.core.breakers import BreakerBook, breaker_settings
+from godel_grpc.core.breakers import BreakerBook, ForcedCircuits, breaker_settings
 from godel_grpc.core.bulkheads import BulkheadManager
 from godel_grpc.core.convoys import ConvoyManager
 from godel_grpc.core.fields import copy_common_fields
@@ -498,11 +498,13 @@ class Coordinator:
         self.sagas = SagaManager(self.state.tasks)
         self.queues = QueueManager(self.state.tasks)
         self.bulkheads = BulkheadManager(self.state.tasks)
+        self.forced_circuits = ForcedCircuits()
         self.managers: list[PatternManager] = [
             self.convoys,
             self.sagas,
             self.queues,
             self.bulkheads,
+            self.forced_circuits,
         ]
         self.state.observers[:] = self.managers
 
@@ -669,6 +671,8 @@ class Coordinator:
         await done
         if not session.closed:
             self.breakers.attach(agent_id, name, breaker)
+            if self.forced_circuits.is_forced(agent_id):  # until ResetCircuit, restarts too
+                self.breakers.force_open(agent_id, "still forced open from before it reconnected")
             self.scheduler.add_agent(agent_id, self._pools_of(agent), capacity)
             self.metrics.agents_connected.set(len(self.sessions))
             self._schedule_dispatch()

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from godel_grpc._proto.godel.v1 import agent_service_pb2, task_pb2
 from godel_grpc.client import Client, RPCError, task_request
-from godel_grpc.server import RunningServer
+from godel_grpc.config import ServeConfig
+from godel_grpc.server import RunningServer, start_server
+from tests.integration.test_agent_link import RawAgent
 from tests.support import agent_processes
 
 pytestmark = pytest.mark.integration
@@ -218,3 +222,37 @@ async def test_contradictory_breaker_settings_are_refused_at_spawn(client: Clien
             role="worker", circuitBreaker={"windowSize": 4, "minimumCalls": 5}
         )
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_forced_breaker_stays_forced_across_a_coordinator_restart(
+    tmp_path: Path,
+) -> None:
+    config = ServeConfig(listen="127.0.0.1:0", metrics_listen="", data_dir=tmp_path)
+    # Given an agent whose breaker an operator forced open
+    running = await start_server(config, CollectorRegistry())
+    try:
+        async with Client(f"127.0.0.1:{running.port}") as client:
+            agent = RawAgent(f"127.0.0.1:{running.port}")
+            welcome = await agent.hello(role="worker", name="held")
+            await client.agents.force_open_circuit(welcome.agent_id, reason="bad deploy")
+            await agent.close()
+    finally:
+        await running.stop(grace=1.0)
+    # When the coordinator restarts and the agent resumes its identity
+    running = await start_server(config, CollectorRegistry())
+    try:
+        async with Client(f"127.0.0.1:{running.port}") as client:
+            agent = RawAgent(f"127.0.0.1:{running.port}")
+            again = await agent.hello(role="worker", resume_token=welcome.resume_token)
+            assert again.agent_id == welcome.agent_id
+            # Then its breaker is still forced open, until an operator resets it
+            held = await client.agents.get_circuit_state(again.agent_id)
+            assert held.state == Breaker.STATE_OPEN and held.forced
+            task = await client.tasks.submit(role="worker")
+            reset = await client.agents.reset_circuit(again.agent_id)
+            assert reset.state == Breaker.STATE_CLOSED
+            (assignment,) = await agent.next_assignments()
+            assert assignment.task_id == task.id
+            await agent.close()
+    finally:
+        await running.stop(grace=1.0)
