@@ -55,17 +55,16 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         and, once the read-ahead is used up, so does gRPC's flow control: the producer
         is pushed back.
         """
-        decided: asyncio.Queue[tuple[Ack, Awaitable[object] | None] | None] = asyncio.Queue(
-            READ_AHEAD
-        )
+        slots = asyncio.Semaphore(READ_AHEAD)  # bounds `decided`, whose end marker fits
+        decided: asyncio.Queue[tuple[Ack, Awaitable[object] | None] | None] = asyncio.Queue()
 
         async def read() -> None:
             try:
                 async for request in requests:
-                    await decided.put(await self._decide(request, context))
+                    await slots.acquire()
+                    decided.put_nowait(await self._decide(request, context))
             finally:
-                with contextlib.suppress(asyncio.QueueFull):
-                    decided.put_nowait(None)
+                decided.put_nowait(None)
 
         reader = asyncio.get_running_loop().create_task(read(), name="enqueue-stream-reader")
         try:
@@ -74,6 +73,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
                 if durable is not None:
                     await durable
                 yield ack
+                slots.release()
             await reader  # its error (shutting down), if any, ends the stream
         finally:
             reader.cancel()
