@@ -39,6 +39,7 @@ async def test_every_strategy_bounds_depth_keeps_hysteresis_and_accounts_for_eve
                 # Given a queue of 400 and a producer streaming 2,000 tasks into it
                 result = await run_scenario(client, Scenario(strategy, SENT, MAX_SIZE), after)
                 after = result.last_event_id
+                print(result.summary())
                 # Then nothing of the acceptance list broke
                 assert result.problems == [], result.summary()
                 # And every task is completed, shed or rejected: the sum is what was sent
