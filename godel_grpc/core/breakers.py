@@ -47,17 +47,7 @@ def breaker_settings(
     if given is None:
         return BreakerConfig()
     try:
-        return BreakerConfig.from_request(
-            enabled=given.enabled,
-            failure_threshold=given.failure_threshold,
-            timeout=given.timeout,
-            half_open_requests=given.half_open_requests,
-            failure_rate_threshold=given.failure_rate_threshold,
-            window_size=given.window_size,
-            minimum_calls=given.minimum_calls,
-            slow_call_seconds=given.slow_call_seconds,
-            slow_call_rate_threshold=given.slow_call_rate_threshold,
-        )
+        return BreakerConfig.from_proto(given)
     except ValueError as problems:
         raise InvalidArgument(
             [FieldViolation(path, str(problem)) for problem in str(problems).split("; ")]

@@ -37,8 +37,10 @@ wall time for `GetCircuitStateResponse`.
 from __future__ import annotations
 
 import enum
+import inspect
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "DEFAULT_FAILURE_THRESHOLD",
@@ -190,6 +192,17 @@ class BreakerConfig:
             slow_call_seconds=slow_call_seconds or None,
             slow_call_rate_threshold=slow_call_rate_threshold or None,
         )
+
+    @classmethod
+    def from_proto(cls, message: Any) -> BreakerConfig:
+        """Settings from a `CircuitBreakerConfig` message (any object with its field
+        names), as `from_request` reads them.
+
+        Raises:
+            ValueError: as `from_request`.
+        """
+        names = inspect.signature(cls.from_request).parameters
+        return cls.from_request(**{name: getattr(message, name) for name in names})
 
     @property
     def windowed(self) -> bool:

@@ -118,6 +118,12 @@ def test_circuit_breaker_json_takes_every_option() -> None:
     assert breaker is not None and breaker.enabled  # naming settings turns it on
     assert (breaker.window_size, breaker.minimum_calls) == (20, 5)
     assert (breaker.slow_call_seconds, breaker.slow_call_rate_threshold) == (2.5, 0.8)
+    # And settings that contradict each other are a usage error before connecting
+    contradictory = '{"windowSize": 4, "minimumCalls": 5}'
+    with pytest.raises(UsageError, match="minimum_calls"):
+        resolve_config(
+            parse("--role", "r", "--exec", "cat", "--circuit-breaker", contradictory), {}
+        )
     # And a misspelled option is a usage error, not a silent default
     with pytest.raises(UsageError):
         resolve_config(
