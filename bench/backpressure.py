@@ -58,7 +58,7 @@ def queue_name(strategy: str) -> str:
     return f"bp-{strategy}"
 
 
-def agent_args(capacity: int = 8) -> list[str]:
+def agent_args(capacity: int = 4) -> list[str]:
     """`godel agent` arguments of a slow drainer (`bench.handlers.pause`) of every
     scenario's queue."""
     queues = [arg for s in STRATEGIES for arg in ("--queue", queue_name(s))]

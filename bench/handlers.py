@@ -18,8 +18,8 @@ async def noop(ctx: TaskContext) -> dict[str, Any]:
     return {}
 
 
-PAUSE = float(os.environ.get("BENCH_PAUSE_SECONDS", "0.002"))
-"""Seconds `pause` works per task (``BENCH_PAUSE_SECONDS``, default 2 ms)."""
+PAUSE = float(os.environ.get("BENCH_PAUSE_SECONDS", "0.004"))
+"""Seconds `pause` works per task (``BENCH_PAUSE_SECONDS``, default 4 ms)."""
 
 
 async def pause(ctx: TaskContext) -> dict[str, Any]:
