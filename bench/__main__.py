@@ -17,7 +17,9 @@ In order:
    agent links (`bench.idle_agents`), then with 4 `godel agent` processes running a
    no-op handler: throughput batched and one task per message (`bench.producer`
    processes submit; the benchmark keeps the clock), then round-trip latency;
-4. the round trip again on ``--store memory://``, to separate durability from the rest.
+4. the round trip again on ``--store memory://``, to separate durability from the rest;
+5. memory per queued task; 6. the backpressure acceptance at full scale
+   (`bench.backpressure`: 50,000 tasks per strategy into a queue of 10,000).
 
 Completion is observed by polling ListTasks (see `bench.e2e.wait_drained`) rather than
 by SubscribeEvents, because the subscription costs the coordinator one stream message
@@ -48,10 +50,11 @@ from types import FrameType
 import grpc
 import psutil
 
-from bench import e2e, raw_grpc
+from bench import backpressure, e2e, raw_grpc
 from bench.procs import PYTHON, ROOT, Children, read_json_line
 from bench.store_bench import bench_store
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as task_grpc
+from godel_grpc.client import Client
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class Sizes:
     ping_samples: int = 2_000
     unary_calls: int = 8_000
     queued_tasks: int = 100_000
+    backpressure_sent: int = 50_000
+    backpressure_max_size: int = 10_000
 
 
 QUICK = Sizes(
@@ -85,6 +90,8 @@ QUICK = Sizes(
     ping_samples=300,
     unary_calls=2_000,
     queued_tasks=10_000,
+    backpressure_sent=5_000,
+    backpressure_max_size=1_000,
 )
 
 
@@ -530,6 +537,45 @@ async def queued_figures(
     done()
 
 
+async def backpressure_runs(
+    children: Children, data_dir: pathlib.Path, sizes: Sizes, report: Report
+) -> None:
+    """The issue's backpressure acceptance at full scale (`bench.backpressure`): one
+    fresh coordinator and two slow agents, the four strategies in turn."""
+    done = section(
+        f"backpressure: {sizes.backpressure_sent:,} tasks streamed into a queue of "
+        f"{sizes.backpressure_max_size:,}, per strategy"
+    )
+    coordinator = await e2e.start_coordinator(children, str(data_dir), name="coordinator-bp")
+    for index in range(2):
+        await children.start(
+            f"drain-{index}",
+            [
+                PYTHON, "-m", "godel_grpc.cli", "agent",
+                "--coordinator", coordinator.address,
+                "--role", backpressure.AGENT_ROLE, "--name", f"drain-{index}",
+                *backpressure.agent_args(),
+            ],
+        )  # fmt: skip
+    async with Client(coordinator.address, timeout=60) as client:
+        await backpressure.wait_agents(client, 2)
+        results = await backpressure.run_all(
+            client,
+            backpressure.scenarios(sizes.backpressure_sent, sizes.backpressure_max_size),
+            say=report.note,
+        )
+    for result in results:
+        name = result.scenario.strategy
+        report.figure(f"{name}: EnqueueStream acks per second", result.stream_acks_per_second, "/s")
+        report.target(f"backpressure {name}: problems", "", 0, len(result.problems), higher=False)
+        report.target(
+            f"backpressure {name}: stream + drain", "s", 20,
+            result.stream_seconds + result.drain_seconds, higher=False, fmt=".1f",
+        )  # fmt: skip
+    await children.stop(coordinator.child)
+    done()
+
+
 def summary(report: Report) -> None:
     """The final table: target, measured, PASS or MISS."""
     print("\n== summary (targets are for this 2-core machine)")
@@ -565,6 +611,7 @@ async def run(sizes: Sizes, observer: str) -> None:
             await event_store(scratch_dir / "store", report)
             await coordinator_figures(children, scratch_dir / "data", sizes, report, observer, raw)
             await queued_figures(children, scratch_dir / "queued", sizes, report)
+            await backpressure_runs(children, scratch_dir / "backpressure", sizes, report)
         except BaseException:
             _dump_logs(scratch_dir / "logs")
             raise

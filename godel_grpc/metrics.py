@@ -87,8 +87,8 @@ class _SampleCollector(Collector):
             yield family
 
 
-QueueRow = tuple[str, int, bool, Mapping[str, int]]
-"""(queue name, depth, pressure, tasks by outcome) of one backpressure queue."""
+QueueRow = tuple[str, int, bool, Mapping[tuple[str, str], int]]
+"""(queue name, depth, pressure, tasks by (priority, outcome)) of one backpressure queue."""
 
 
 class _QueueCollector(Collector):
@@ -113,15 +113,16 @@ class _QueueCollector(Collector):
         )
         tasks = CounterMetricFamily(
             "godel_queue_tasks",
-            "Tasks offered to a backpressure queue since the coordinator started, by outcome "
-            "(accepted; shed: refused or evicted by shed-load/drop-oldest; rejected).",
-            labels=["queue", "outcome"],
+            "Tasks offered to a backpressure queue since the coordinator started, by "
+            "priority (low, normal, high, critical) and outcome (accepted; shed: refused or "
+            "evicted by shed-load/drop-oldest; rejected).",
+            labels=["queue", "priority", "outcome"],
         )
         for name, queued, pressured, outcomes in self._rows():
             depth.add_metric([name], queued)
             pressure.add_metric([name], 1 if pressured else 0)
-            for outcome, count in sorted(outcomes.items()):
-                tasks.add_metric([name, outcome], count)
+            for (priority, outcome), count in sorted(outcomes.items()):
+                tasks.add_metric([name, priority, outcome], count)
         yield depth
         yield pressure
         yield tasks
@@ -263,8 +264,10 @@ class CoordinatorMetrics:
         )
         self.circuit_transitions = Counter(
             "godel_circuit_transitions",
-            "Circuit breaker state changes, by the state entered.",
-            ["to"],
+            "Circuit breaker state changes, by the state entered and the rule that fired "
+            "(consecutive-failures, failure-rate, slow-call-rate, timeout-elapsed, "
+            "trial-failed, trial-slow, trials-succeeded, forced-open, reset).",
+            ["to", "reason"],
             registry=registry,
         )
         self.requeued = Counter(

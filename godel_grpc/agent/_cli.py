@@ -27,6 +27,7 @@ from godel_grpc.agent._agent import Agent
 from godel_grpc.agent._attempt import Handler
 from godel_grpc.agent._errors import AgentRejected
 from godel_grpc.agent._exec import ExecHandler
+from godel_grpc.patterns.breaker import BreakerConfig
 
 _log = logging.getLogger("godel_grpc.agent.cli")
 
@@ -163,6 +164,10 @@ def _breaker(text: str) -> agent_pb2.CircuitBreakerConfig | None:
         raise UsageError(f"--circuit-breaker: {error}") from None
     if "enabled" not in text:
         config.enabled = True  # naming other settings implies wanting the breaker
+    try:
+        BreakerConfig.from_proto(config)  # settings that contradict each other
+    except ValueError as error:
+        raise UsageError(f"--circuit-breaker: {error}") from None
     return config
 
 

@@ -12,6 +12,7 @@ import grpc
 from godel_grpc._proto.godel.v1 import agent_pb2
 from godel_grpc._proto.godel.v1 import agent_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as pb_grpc
+from godel_grpc.core.breaker_commands import BreakerCommands
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.core.records import AgentRecord
 from godel_grpc.core.reflex_commands import submit_feedback
@@ -32,6 +33,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         spawned: SpawnedAgents | None = None,
     ) -> None:
         self._coordinator = coordinator
+        self._breakers = BreakerCommands(coordinator)
         if spawned is None and runtime is not None:
             spawned = SpawnedAgents(coordinator, runtime)
         self._spawned = spawned
@@ -70,7 +72,19 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     async def GetCircuitState(
         self, request: pb.GetCircuitStateRequest, context: Context
     ) -> pb.GetCircuitStateResponse:
-        return self._coordinator.circuit_state(request.agent_id)
+        return self._breakers.state(request.agent_id)
+
+    async def ForceOpenCircuit(
+        self, request: pb.ForceOpenCircuitRequest, context: Context
+    ) -> pb.ForceOpenCircuitResponse:
+        circuit = await self._breakers.force_open(request.agent_id, request.reason)
+        return pb.ForceOpenCircuitResponse(circuit=circuit)
+
+    async def ResetCircuit(
+        self, request: pb.ResetCircuitRequest, context: Context
+    ) -> pb.ResetCircuitResponse:
+        circuit = await self._breakers.reset(request.agent_id, request.reason)
+        return pb.ResetCircuitResponse(circuit=circuit)
 
     async def ListAgents(
         self, request: pb.ListAgentsRequest, context: Context

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
@@ -16,6 +17,9 @@ from godel_grpc.errors import DeadlineExceeded, GodelError, Unavailable
 from godel_grpc.patterns.backpressure import Outcome
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+READ_AHEAD = 1024
+"""Requests of one EnqueueStream decided ahead of their acks (waiting for durability)."""
 Ack = pb.EnqueueStreamResponse
 
 _OUTCOMES = {
@@ -42,12 +46,44 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     async def EnqueueStream(
         self, requests: AsyncIterator[pb.EnqueueStreamRequest], context: Context
     ) -> AsyncIterator[pb.EnqueueStreamResponse]:
-        """One ack per request, in order. While a "block" queue is full the ack waits,
-        and so does the reading of the next request: flow control pushes back."""
-        async for request in requests:
-            yield await self._ack(request, context)
+        """One ack per request, in order, each sent only once what it changed is
+        durable.
 
-    async def _ack(self, request: Any, context: Context) -> pb.EnqueueStreamResponse:
+        Pipelined: a reader decides on up to `READ_AHEAD` requests while the acks of
+        earlier ones wait for their commit, so a burst of offers shares one commit
+        instead of paying one each. While a "block" queue is full the reader waits,
+        and, once the read-ahead is used up, so does gRPC's flow control: the producer
+        is pushed back.
+        """
+        slots = asyncio.Semaphore(READ_AHEAD)  # bounds `decided`, whose end marker fits
+        decided: asyncio.Queue[tuple[Ack, Awaitable[object] | None] | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await slots.acquire()
+                    decided.put_nowait(await self._decide(request, context))
+            finally:
+                decided.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read(), name="enqueue-stream-reader")
+        try:
+            while (item := await decided.get()) is not None:
+                ack, durable = item
+                if durable is not None:
+                    await durable
+                yield ack
+                slots.release()
+            await reader  # its error (shutting down), if any, ends the stream
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _decide(
+        self, request: Any, context: Context
+    ) -> tuple[pb.EnqueueStreamResponse, Awaitable[object] | None]:
+        """The ack for one request, and what must be durable before it is sent."""
         sequence = getattr(request, "sequence", 0)
         try:
             check(request)  # undecodable or rule-breaking: INVALID, and the stream goes on
@@ -56,7 +92,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             wait_until = None
             if remaining is not None:
                 wait_until = asyncio.get_running_loop().time() + max(0.0, remaining - 0.05)
-            admitted = await self._commands.admit(record, request, wait_until)
+            admitted, durable = await self._commands.admit_pending(record, request, wait_until)
         except Unavailable:
             raise  # shutting down: the stream itself ends
         except DeadlineExceeded as refused:
@@ -69,9 +105,11 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
                 message=refused.message,
             )
             ack.retry_after.FromNanoseconds(int(record.policy.config.retry_after * 1e9))
-            return ack
+            return ack, None
         except GodelError as invalid:
-            return Ack(sequence=sequence, outcome=Ack.OUTCOME_INVALID, message=invalid.message)
+            return Ack(
+                sequence=sequence, outcome=Ack.OUTCOME_INVALID, message=invalid.message
+            ), None
         ack = Ack(
             sequence=sequence,
             outcome=_OUTCOMES[admitted.outcome],
@@ -82,7 +120,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
         if admitted.retry_after is not None and admitted.task is None:
             ack.retry_after.FromNanoseconds(int(admitted.retry_after * 1e9))
-        return ack
+        return ack, durable
 
     async def GetQueue(self, request: pb.GetQueueRequest, context: Context) -> pb.GetQueueResponse:
         return pb.GetQueueResponse(queue=self._commands.get(request.id))

@@ -229,6 +229,27 @@ class Agents:
         self._timeout = timeout
 
     @_translated
+    async def spawn(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> agent_pb2.Agent:
+        """Starts an agent process through the coordinator's runtime, from the seed's
+        spawn object (`role`, `circuitBreaker`, `reflex`, `sidecars`, ...) as a mapping
+        or keywords; returns it in state STARTING."""
+        request = json_format.ParseDict({**(spec or {}), **fields}, agent_pb.SpawnAgentRequest())
+        response = await self._stub.SpawnAgent(request, timeout=self._timeout)
+        return response.agent
+
+    @_translated
+    async def terminate(
+        self, agent_id: str, reason: str = "", grace_period: float | None = None
+    ) -> agent_pb2.Agent:
+        """Stops an agent: no new work, its running attempts get `grace_period` seconds
+        (default 30), then its process and sidecars stop."""
+        request = agent_pb.TerminateAgentRequest(id=agent_id, reason=reason)
+        if grace_period is not None:
+            request.grace_period.FromNanoseconds(int(grace_period * 1e9))
+        response = await self._stub.TerminateAgent(request, timeout=self._timeout)
+        return response.agent
+
+    @_translated
     async def get(self, agent_id: str) -> agent_pb2.Agent:
         """The agent with this id."""
         response = await self._stub.GetAgent(
@@ -255,27 +276,6 @@ class Agents:
         return await self._stub.GetCircuitState(
             agent_pb.GetCircuitStateRequest(agent_id=agent_id), timeout=self._timeout
         )
-
-    @_translated
-    async def spawn(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> agent_pb2.Agent:
-        """Starts an agent through the coordinator's runtime, from the seed's spawn
-        object (camelCase JSON, `{"role": "worker", "eventSourcing": {...}}`) and/or
-        snake_case keywords; returns it in state STARTING."""
-        request = agent_pb.SpawnAgentRequest()
-        if spec is not None:
-            json_format.ParseDict(dict(spec), request)
-        if fields:
-            json_format.ParseDict(fields, request)
-        response = await self._stub.SpawnAgent(request, timeout=self._timeout)
-        return response.agent
-
-    @_translated
-    async def terminate(self, agent_id: str, reason: str = "") -> agent_pb2.Agent:
-        """Stops a spawned agent and its sidecars."""
-        response = await self._stub.TerminateAgent(
-            agent_pb.TerminateAgentRequest(id=agent_id, reason=reason), timeout=self._timeout
-        )
-        return response.agent
 
     @_translated
     async def replay(
@@ -308,6 +308,28 @@ class Agents:
             raise RPCError.from_aio(error) from None
         finally:
             call.cancel()
+
+    @_translated
+    async def force_open_circuit(
+        self, agent_id: str, reason: str = ""
+    ) -> agent_pb.GetCircuitStateResponse:
+        """Holds the agent's breaker open (no dispatch, no trials) until
+        `reset_circuit`; returns the breaker once the change is durable."""
+        response = await self._stub.ForceOpenCircuit(
+            agent_pb.ForceOpenCircuitRequest(agent_id=agent_id, reason=reason),
+            timeout=self._timeout,
+        )
+        return response.circuit
+
+    @_translated
+    async def reset_circuit(
+        self, agent_id: str, reason: str = ""
+    ) -> agent_pb.GetCircuitStateResponse:
+        """Closes the agent's breaker, forced or not, forgetting its recent failures."""
+        response = await self._stub.ResetCircuit(
+            agent_pb.ResetCircuitRequest(agent_id=agent_id, reason=reason), timeout=self._timeout
+        )
+        return response.circuit
 
     @_translated
     async def list(self, role: str = "") -> list[agent_pb2.Agent]:

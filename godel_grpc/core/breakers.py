@@ -13,20 +13,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import Counter, Gauge
 
+from godel_grpc._proto.godel.v1 import agent_pb2, event_pb2
+from godel_grpc.core.pattern_host import PatternAction
+from godel_grpc.errors import FieldViolation, InvalidArgument
 from godel_grpc.patterns.breaker import (
     BreakerConfig,
     BreakerView,
     CircuitBreaker,
     CircuitState,
     Transition,
+    TransitionReason,
 )
 
 STATE_VALUES = {CircuitState.CLOSED: 0, CircuitState.OPEN: 1, CircuitState.HALF_OPEN: 2}
 """`godel_circuit_state` values."""
+
+
+def breaker_settings(
+    given: agent_pb2.CircuitBreakerConfig | None, path: str = "circuit_breaker"
+) -> BreakerConfig:
+    """The policy's settings for a `CircuitBreakerConfig` (None: the seed's defaults).
+
+    Field rules (ranges) are checked at the API boundary; this adds the rules that tie
+    fields together, for SpawnAgent and the hello alike.
+
+    Raises:
+        InvalidArgument: fields that contradict each other, named under `path`.
+    """
+    if given is None:
+        return BreakerConfig()
+    try:
+        return BreakerConfig.from_proto(given)
+    except ValueError as problems:
+        raise InvalidArgument(
+            [FieldViolation(path, str(problem)) for problem in str(problems).split("; ")]
+        ) from None
+
+
+def settings_proto(config: BreakerConfig) -> agent_pb2.CircuitBreakerConfig:
+    """The effective settings as the API shows them (optional rules off read as 0)."""
+    return agent_pb2.CircuitBreakerConfig(
+        enabled=config.enabled,
+        failure_threshold=config.failure_threshold,
+        timeout=config.timeout,
+        half_open_requests=config.half_open_requests,
+        failure_rate_threshold=config.failure_rate_threshold or 0.0,
+        window_size=config.window_size,
+        minimum_calls=config.minimum_calls,
+        slow_call_seconds=config.slow_call_seconds or 0.0,
+        slow_call_rate_threshold=config.slow_call_rate_threshold or 0.0,
+    )
 
 
 class BreakerBook:
@@ -37,7 +77,7 @@ class BreakerBook:
         state_gauge: Gauge,
         transitions: Counter,
         on_probe_due: Callable[[str], None],
-        on_transition: Callable[[str, Transition], None],
+        on_transition: Callable[[str, Transition, str], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -100,15 +140,24 @@ class BreakerBook:
             breaker.record_failure(now)
         return self._settle(agent_id, breaker)
 
-    def force_open(self, agent_id: str) -> list[Transition]:
-        breaker = self._breakers[agent_id]
+    def force_open(self, agent_id: str, comment: str = "") -> list[Transition] | None:
+        """Holds the agent's breaker open until `reset`; None if it has no breaker."""
+        breaker = self._breakers.get(agent_id)
+        if breaker is None:
+            return None
         breaker.force_open(self._clock())
-        return self._settle(agent_id, breaker)
+        return self._settle(agent_id, breaker, comment)
 
-    def reset(self, agent_id: str) -> list[Transition]:
-        breaker = self._breakers[agent_id]
+    def reset(self, agent_id: str, comment: str = "") -> list[Transition] | None:
+        """Closes the agent's breaker and forgets its recent history; None if it has no
+        breaker."""
+        breaker = self._breakers.get(agent_id)
+        if breaker is None:
+            return None
         breaker.reset(self._clock())
-        return self._settle(agent_id, breaker)
+        changes = self._settle(agent_id, breaker, comment)
+        self._on_probe_due(agent_id)  # it may take tasks again: dispatch now
+        return changes
 
     def view(self, agent_id: str) -> tuple[BreakerView, BreakerConfig] | None:
         """The breaker as of now, and its settings; None if the agent has none."""
@@ -121,11 +170,13 @@ class BreakerBook:
         """A time on the breakers' clock as Unix seconds."""
         return time.time() + (monotonic - self._clock())
 
-    def _settle(self, agent_id: str, breaker: CircuitBreaker) -> list[Transition]:
+    def _settle(
+        self, agent_id: str, breaker: CircuitBreaker, comment: str = ""
+    ) -> list[Transition]:
         changes = breaker.drain_transitions()
         for change in changes:
-            self._transitions.labels(change.to_state.value.lower()).inc()
-            self._on_transition(agent_id, change)
+            self._transitions.labels(change.to_state.value.lower(), change.reason.value).inc()
+            self._on_transition(agent_id, change, comment)
         self._publish(agent_id)
         probe_at = breaker.view(self._clock()).next_probe_at
         timer = self._timers.pop(agent_id, None)
@@ -151,3 +202,38 @@ class BreakerBook:
         name = self._names.get(agent_id)
         if breaker is not None and name is not None:
             self._gauge.labels(name).set(STATE_VALUES[breaker.state(self._clock())])
+
+
+class ForcedCircuits:
+    """Which agents' breakers an operator holds open, folded from the event log.
+
+    Breakers are liveness and start CLOSED after a restart, but a breaker forced open
+    is an operator's decision that must hold until ResetCircuit: this pattern manager
+    remembers each forced agent (its last "forced-open" event, kept in snapshots), and
+    the coordinator forces the breaker again when the agent connects.
+    """
+
+    def __init__(self) -> None:
+        self._forced: dict[str, event_pb2.Event] = {}
+
+    def observe(self, event: event_pb2.Event) -> None:
+        if not event.HasField("agent_circuit_changed"):
+            return
+        changed = event.agent_circuit_changed
+        if changed.reason == TransitionReason.FORCED_OPEN.value:
+            self._forced[changed.agent_id] = event
+        elif changed.reason == TransitionReason.RESET.value:
+            self._forced.pop(changed.agent_id, None)
+
+    def is_forced(self, agent_id: str) -> bool:
+        """Did an operator force this agent's breaker open, with no reset since?"""
+        return agent_id in self._forced
+
+    def take_actions(self) -> list[PatternAction]:
+        return []
+
+    def reconcile(self, live_tasks: Sequence[str]) -> None:
+        """Nothing to re-derive: the forcing is applied when each agent connects."""
+
+    def history(self) -> list[event_pb2.Event]:
+        return list(self._forced.values())

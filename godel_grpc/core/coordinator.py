@@ -28,7 +28,6 @@ from godel_grpc._proto.godel.v1 import (
 )
 from godel_grpc._proto.godel.v1 import (
     agent_pb2,
-    agent_service_pb2,
     event_pb2,
     sample_pb2,
     task_pb2,
@@ -38,7 +37,7 @@ from godel_grpc.core import bulkheads as bulkhead_labels
 from godel_grpc.core import events
 from godel_grpc.core import swarms as swarm_labels
 from godel_grpc.core.agent_history import AgentHistory
-from godel_grpc.core.breakers import BreakerBook
+from godel_grpc.core.breakers import BreakerBook, ForcedCircuits, breaker_settings
 from godel_grpc.core.bulkheads import BulkheadManager
 from godel_grpc.core.convoys import ConvoyManager
 from godel_grpc.core.fields import copy_common_fields
@@ -64,7 +63,7 @@ from godel_grpc.errors import (
     Unavailable,
 )
 from godel_grpc.metrics import CoordinatorMetrics
-from godel_grpc.patterns.breaker import BreakerConfig, CircuitState, Transition
+from godel_grpc.patterns.breaker import Transition
 from godel_grpc.store.base import EventStore
 
 log = logging.getLogger(__name__)
@@ -515,6 +514,7 @@ class Coordinator:
         self.workflows = WorkflowManager()
         self.swarms = SwarmManager(self.state.tasks)
         self.reflex = ReflexManager(self.state.agents)
+        self.forced_circuits = ForcedCircuits()
         self.managers: list[PatternManager] = [
             self.convoys,
             self.sagas,
@@ -523,6 +523,7 @@ class Coordinator:
             self.workflows,
             self.swarms,
             self.reflex,
+            self.forced_circuits,
         ]
         self.state.observers[:] = self.managers
 
@@ -631,6 +632,10 @@ class Coordinator:
     async def open_session(self, hello: link_pb2.AgentHello) -> AgentSession:
         """Registers or resumes an agent and returns its session, welcome queued."""
         self._require_open()
+        breaker = breaker_settings(
+            hello.circuit_breaker if hello.HasField("circuit_breaker") else None,
+            "hello.circuit_breaker",
+        )
         token = hello.resume_token
         agent_id = self.state.agents_by_token.get(_sha256(token)) if token else None
         if agent_id is None and self.spawned_ids.get(hello.name) in self.state.agents:
@@ -690,7 +695,9 @@ class Coordinator:
         session.send_welcome(welcome)
         await done
         if not session.closed:
-            self.breakers.attach(agent_id, name, breaker_config(hello))
+            self.breakers.attach(agent_id, name, breaker)
+            if self.forced_circuits.is_forced(agent_id):  # until ResetCircuit, restarts too
+                self.breakers.force_open(agent_id, "still forced open from before it reconnected")
             self.scheduler.add_agent(agent_id, self._pools_of(agent), capacity)
             self.scheduler.set_score(agent_id, self.reflex.preference(agent_id))
             self.metrics.agents_connected.set(len(self.sessions))
@@ -804,10 +811,10 @@ class Coordinator:
     def _feed_breaker(self, session: AgentSession, success: bool, seconds: float) -> None:
         self.breakers.record(session.agent_id, success, seconds)
 
-    def _circuit_changed(self, agent_id: str, change: Transition) -> None:
+    def _circuit_changed(self, agent_id: str, change: Transition, comment: str) -> None:
         """Records a breaker's change of state as an event, and logs it."""
         event = events.agent_circuit_changed(
-            agent_id, change.from_state.value, change.to_state.value, change.reason.value
+            agent_id, change.from_state.value, change.to_state.value, change.reason.value, comment
         )
         self.state.apply(event)
         self.journal.record([event], urgent=False)
@@ -945,41 +952,6 @@ class Coordinator:
                 reason="NO_AGENT",
             )
 
-    def circuit_state(self, agent_id: str) -> agent_service_pb2.GetCircuitStateResponse:
-        """The agent's circuit breaker as of now. NotFound for an unknown agent;
-        FailedPrecondition when it has not connected since the coordinator started."""
-        if agent_id not in self.state.agents:
-            raise NotFound("agent", agent_id)
-        found = self.breakers.view(agent_id)
-        if found is None:
-            raise FailedPrecondition(
-                f"agent {agent_id!r} has no circuit breaker: it is not connected",
-                subject=f"agents/{agent_id}",
-            )
-        view, config = found
-        response = agent_service_pb2.GetCircuitStateResponse(
-            agent_id=agent_id,
-            state=_CIRCUIT_STATES[view.state],
-            consecutive_failures=view.consecutive_failures,
-            failure_count=view.failure_count,
-            success_count=view.success_count,
-            open_count=view.open_count,
-            half_open_remaining=view.half_open_remaining,
-        )
-        response.config.enabled = config.enabled
-        response.config.failure_threshold = config.failure_threshold
-        response.config.timeout = config.timeout
-        response.config.half_open_requests = config.half_open_requests
-        if view.opened_at is not None:
-            response.opened_time.FromNanoseconds(
-                int(self.breakers.to_wall_time(view.opened_at) * 1e9)
-            )
-        if view.next_probe_at is not None:
-            response.next_probe_time.FromNanoseconds(
-                int(self.breakers.to_wall_time(view.next_probe_at) * 1e9)
-            )
-        return response
-
     def report_sample(self, agent_id: str, sample: sample_pb2.Sample) -> None:
         """Keeps a monitor sidecar's latest sample of a connected agent (not an event:
         a sample is a reading, not a change of the coordinator's state)."""
@@ -1071,27 +1043,6 @@ class Coordinator:
 
 
 _TERMINAL = (Task.STATE_SUCCEEDED, Task.STATE_FAILED, Task.STATE_CANCELLED)
-
-
-_CIRCUIT_STATES = {
-    CircuitState.CLOSED: agent_service_pb2.GetCircuitStateResponse.STATE_CLOSED,
-    CircuitState.OPEN: agent_service_pb2.GetCircuitStateResponse.STATE_OPEN,
-    CircuitState.HALF_OPEN: agent_service_pb2.GetCircuitStateResponse.STATE_HALF_OPEN,
-}
-
-
-def breaker_config(hello: link_pb2.AgentHello) -> BreakerConfig:
-    """The agent's circuit breaker settings: the seed's defaults unless its hello says
-    otherwise (an unset `circuit_breaker` means on, with defaults)."""
-    if not hello.HasField("circuit_breaker"):
-        return BreakerConfig()
-    given = hello.circuit_breaker
-    return BreakerConfig.from_request(
-        enabled=given.enabled,
-        failure_threshold=given.failure_threshold,
-        timeout=given.timeout,
-        half_open_requests=given.half_open_requests,
-    )
 
 
 def _page_start(token: str, limit: int) -> int:

@@ -226,7 +226,7 @@ def saga_deleted(saga_id: str) -> event_pb2.Event:
 
 
 def agent_circuit_changed(
-    agent_id: str, from_state: str, to_state: str, reason: str
+    agent_id: str, from_state: str, to_state: str, reason: str, comment: str = ""
 ) -> event_pb2.Event:
     event = _event(agent_stream(agent_id), agent_id)
     changed = event.agent_circuit_changed
@@ -234,6 +234,7 @@ def agent_circuit_changed(
     changed.from_state = from_state
     changed.to_state = to_state
     changed.reason = reason
+    changed.comment = comment
     return event
 
 

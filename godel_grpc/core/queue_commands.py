@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -157,7 +158,23 @@ class QueueCommands:
     async def admit(
         self, record: QueueRecord, request: EnqueueMessage, wait_until: float | None
     ) -> Admitted:
-        """Offers one task to the queue and carries out the verdict.
+        """Offers one task to the queue, carries out the verdict, and returns once what
+        it changed is durable. See `admit_pending`."""
+        admitted, durable = await self.admit_pending(record, request, wait_until)
+        if durable is not None:
+            await durable
+        return admitted
+
+    async def admit_pending(
+        self, record: QueueRecord, request: EnqueueMessage, wait_until: float | None
+    ) -> tuple[Admitted, Awaitable[object] | None]:
+        """Offers one task to the queue and carries out the verdict in memory, without
+        waiting for the event log.
+
+        The verdict is final at once (later offers see it), but the caller must await
+        the returned awaitable (None when nothing was recorded) before telling the
+        producer: that is how a stream of offers shares one commit (group commit)
+        while every ack still means durable.
 
         Args:
             record: the queue.
@@ -180,7 +197,7 @@ class QueueCommands:
         existing = coordinator.state.idempotency.get(key) if key else None
         if existing is not None:
             task = await coordinator.get_task(existing)
-            return Admitted(Outcome.ACCEPTED, task, policy.pressure, policy.depth)
+            return Admitted(Outcome.ACCEPTED, task, policy.pressure, policy.depth), None
         priority = Priority.parse(request.priority)
         if request.HasField("deadline"):
             by_task = asyncio.get_running_loop().time() + (
@@ -207,7 +224,7 @@ class QueueCommands:
                 retry_after,
                 f"queue {record.name} is full and holds nothing of lower priority than "
                 f"{priority.label}: the task was shed",
-            )
+            ), None
         if admission.outcome is Outcome.REJECTED:
             return Admitted(
                 Outcome.REJECTED,
@@ -216,7 +233,7 @@ class QueueCommands:
                 admission.depth,
                 retry_after,
                 f"queue {record.name} is full ({policy.config.max_size} tasks)",
-            )
+            ), None
         batch: list[event_pb2.Event] = []
         for victim_id, reason in admission.evicted:
             victim = coordinator.state.tasks.get(victim_id)
@@ -226,8 +243,12 @@ class QueueCommands:
             request, task_id=task_id, shape=lambda spec: _route(spec, record)
         )
         batch.append(event)
-        await coordinator.commit(batch)
-        return Admitted(Outcome.ACCEPTED, event.task_submitted.task, policy.pressure, policy.depth)
+        durable = coordinator.journal.record(batch)
+        more = coordinator.run_pattern_actions()
+        admitted = Admitted(
+            Outcome.ACCEPTED, event.task_submitted.task, policy.pressure, policy.depth
+        )
+        return admitted, (durable if more is None else asyncio.gather(durable, more))
 
     async def _wait_for_room(
         self, record: QueueRecord, priority: Priority, wait_until: float | None

@@ -220,13 +220,14 @@ class QueueManager:
         queue.pressure_change_time.FromNanoseconds(int(record.pressure_change_time * 1e9))
         return queue
 
-    def metric_rows(self) -> Iterator[tuple[str, int, bool, dict[str, int]]]:
-        """(queue name, depth, pressure, {outcome: tasks}) per queue, for the metrics."""
+    def metric_rows(self) -> Iterator[tuple[str, int, bool, dict[tuple[str, str], int]]]:
+        """(queue name, depth, pressure, {(priority, outcome): tasks}) per queue, for
+        the metrics; every priority and outcome has a series, zeros included."""
         for record in self.queues.values():
-            counts = record.policy.counts()
-            yield (
-                record.name,
-                record.policy.depth,
-                record.policy.pressure,
-                {"accepted": counts.accepted, "shed": counts.dropped, "rejected": counts.rejected},
-            )
+            outcomes: dict[tuple[str, str], int] = {}
+            for priority in Priority:
+                counts = record.policy.counts(priority)
+                outcomes[priority.label, "accepted"] = counts.accepted
+                outcomes[priority.label, "shed"] = counts.dropped
+                outcomes[priority.label, "rejected"] = counts.rejected
+            yield record.name, record.policy.depth, record.policy.pressure, outcomes

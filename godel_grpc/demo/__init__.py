@@ -2,8 +2,10 @@
 
 Starts `godel serve` on free loopback ports with a scratch data directory, starts agent
 processes (Python handlers and one `--exec` agent wrapping a shell command), submits
-tasks singly and in a batch, shows progress while they run, prints the results, and
-stops every process it started before returning.
+tasks singly and in a batch, shows progress while they run, prints the results, then
+runs the seed's examples as chapters (convoy, saga, circuit breaker, backpressure,
+bulkhead: `examples/`), and stops every process it started before returning (the
+agent the breaker chapter spawns is stopped by the coordinator's runtime).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +239,54 @@ async def _workflow_chapter(client: Client) -> int:
     return failed + int(undone.state != undone.STATE_FAILED or not undone.compensation_state)
 
 
+async def _breaker_chapter(client: Client) -> int:
+    """The seed's circuit breaker (section 4), from examples/breakers.py: an agent
+    spawned with the seed's settings opens after five failures; an operator resets it,
+    forces it open and resets it again."""
+    _say("\n── circuit breaker (seed section 4) ──")
+    try:
+        from examples import breakers as example
+    except ImportError:
+        _say("  examples/ is not importable here; run the demo from the repository")
+        return 1
+    circuit = await example.run(client, lambda line: _say("  " + line))
+    return 0 if circuit.state == circuit.STATE_CLOSED and circuit.failure_count == 5 else 1
+
+
+async def _queue_chapter(client: Client) -> int:
+    """The seed's backpressure queue (section 8), from examples/queues.py: 11,000 tasks
+    streamed into the 10,000-task shed-load queue; every one accounted for."""
+    _say("\n── backpressure (seed section 8) ──")
+    try:
+        from examples import queues as example
+    except ImportError:
+        _say("  examples/ is not importable here; run the demo from the repository")
+        return 1
+    queue = await example.run(client, lambda line: _say("  " + line))
+    counts = queue.counts
+    return 0 if queue.depth + counts.shed + counts.rejected == len(example.priorities()) else 1
+
+
+async def _bulkhead_chapter(client: Client, processes: _Processes, log: Path) -> int:
+    """The seed's bulkhead (section 9), from examples/bulkheads.py: analytics flooded
+    and failing while auth's tasks all complete."""
+    _say("\n── bulkhead (seed section 9) ──")
+    try:
+        from examples import bulkheads as example
+    except ImportError:
+        _say("  examples/ is not importable here; run the demo from the repository")
+        return 1
+
+    def start_agents(argument_lists: Sequence[Sequence[str]]) -> None:
+        for arguments in argument_lists:
+            processes.start("agent", *arguments, log=log)
+
+    shown = await example.run(client, start_agents, lambda line: _say("  " + line))
+    auth = next(p for p in shown.partitions if p.name == "auth")
+    analytics = next(p for p in shown.partitions if p.name == "analytics")
+    return 0 if auth.completed == 20 and auth.failed == 0 and analytics.rejected > 0 else 1
+
+
 async def run_demo(keep: bool = False) -> int:
     """Runs the demo; returns the exit code."""
     work = Path(tempfile.mkdtemp(prefix="godel-demo-"))
@@ -268,8 +319,11 @@ async def run_demo(keep: bool = False) -> int:
             failed += await _convoy_chapter(client)
             failed += await _reflex_chapter(client)
             failed += await _swarm_chapter(client)
+            failed += await _breaker_chapter(client)
             failed += await _saga_chapter(client)
             failed += await _event_sourcing_chapter(client)
+            failed += await _queue_chapter(client)
+            failed += await _bulkhead_chapter(client, processes, log)
             failed += await _sidecar_chapter(client, work / "data")
             failed += await _workflow_chapter(client)
             agents = await client.agents.list()

@@ -43,3 +43,10 @@ async def onboarding(task: TaskContext) -> dict[str, Any]:
         raise TaskFailed("DEMO_FAILURE", f"{task.action} failed on purpose", retryable=False)
     await asyncio.sleep(0.05)
     return {"done": task.action, "for": saga_input.get("email", "")}
+
+
+async def broken(task: TaskContext) -> dict[str, Any]:
+    """An unhealthy dependency: hangs for ``payload["seconds"]`` (default 0.5), then
+    fails. The bulkhead chapter floods a partition served by it."""
+    await asyncio.sleep(float(task.payload.get("seconds", 0.5)))
+    raise TaskFailed("UPSTREAM_DOWN", "the analytics store did not answer", retryable=False)

@@ -13,12 +13,15 @@ The states:
 - CLOSED: every dispatch is allowed; `failure_threshold` consecutive failures open it.
   Optionally, like Resilience4j, a failure rate of at least `failure_rate_threshold`
   over the last `window_size` results (once `minimum_calls` are in) opens it too, and
-  a success slower than `slow_call_seconds` counts as a failure.
+  a success slower than `slow_call_seconds` counts as a failure; or, with
+  `slow_call_rate_threshold`, slow calls are judged by their own rate over the
+  window instead (Resilience4j's slow-call rate), a slow success staying a success.
 - OPEN: nothing is dispatched. Once `timeout` seconds have passed since it opened it
   becomes HALF_OPEN, lazily, the next time any method is called with a later ``now``.
 - HALF_OPEN: up to `half_open_requests` trial dispatches are allowed in total until
   they report. All of them succeeding closes it; one failure reopens it, restarting
-  the timeout. A trial slot whose task never reports (dispatch aborted, lease lost,
+  the timeout. A slow trial reopens it too: a trial must succeed in time. A trial slot
+  whose task never reports (dispatch aborted, lease lost,
   cancelled) must be handed back with `release`, or the breaker waits for it.
 
 `force_open` holds it OPEN with no probing until `reset`, as Polly's Isolate and
@@ -34,13 +37,17 @@ wall time for `GetCircuitStateResponse`.
 from __future__ import annotations
 
 import enum
+import inspect
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "DEFAULT_FAILURE_THRESHOLD",
     "DEFAULT_HALF_OPEN_REQUESTS",
+    "DEFAULT_MINIMUM_CALLS",
     "DEFAULT_TIMEOUT",
+    "DEFAULT_WINDOW_SIZE",
     "BreakerConfig",
     "BreakerView",
     "CircuitBreaker",
@@ -52,6 +59,8 @@ __all__ = [
 DEFAULT_FAILURE_THRESHOLD = 5
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_HALF_OPEN_REQUESTS = 3
+DEFAULT_WINDOW_SIZE = 100
+DEFAULT_MINIMUM_CALLS = 10
 
 
 class CircuitState(enum.Enum):
@@ -67,8 +76,10 @@ class TransitionReason(enum.Enum):
 
     CONSECUTIVE_FAILURES = "consecutive-failures"
     FAILURE_RATE = "failure-rate"
+    SLOW_CALL_RATE = "slow-call-rate"
     TIMEOUT_ELAPSED = "timeout-elapsed"
     TRIAL_FAILED = "trial-failed"
+    TRIAL_SLOW = "trial-slow"
     TRIALS_SUCCEEDED = "trials-succeeded"
     FORCED_OPEN = "forced-open"
     RESET = "reset"
@@ -107,8 +118,11 @@ class BreakerConfig:
         window_size: results (most recent) the rate is taken over.
         minimum_calls: results the window needs before the rate can open it, so two
             early failures out of two do not read as 100%.
-        slow_call_seconds: a success slower than this counts as a failure; None turns
-            the rule off.
+        slow_call_seconds: a success slower than this is a slow call; None turns
+            the rule off. A slow call counts as a failure unless
+            `slow_call_rate_threshold` is set.
+        slow_call_rate_threshold: fraction of slow calls over the window that opens
+            it, in (0, 1]; None makes every slow call a failure instead.
     """
 
     enabled: bool = True
@@ -116,9 +130,10 @@ class BreakerConfig:
     timeout: float = DEFAULT_TIMEOUT
     half_open_requests: int = DEFAULT_HALF_OPEN_REQUESTS
     failure_rate_threshold: float | None = None
-    window_size: int = 100
-    minimum_calls: int = 10
+    window_size: int = DEFAULT_WINDOW_SIZE
+    minimum_calls: int = DEFAULT_MINIMUM_CALLS
     slow_call_seconds: float | None = None
+    slow_call_rate_threshold: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -136,6 +151,11 @@ class BreakerConfig:
             problems.append("minimum_calls must be 1 to window_size")
         if self.slow_call_seconds is not None and self.slow_call_seconds <= 0:
             problems.append("slow_call_seconds must be positive")
+        rate = self.slow_call_rate_threshold
+        if rate is not None and not 0 < rate <= 1:
+            problems.append("slow_call_rate_threshold must be above 0 and at most 1")
+        if rate is not None and self.slow_call_seconds is None:
+            problems.append("slow_call_rate_threshold needs slow_call_seconds")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -147,14 +167,47 @@ class BreakerConfig:
         failure_threshold: int = 0,
         timeout: float = 0.0,
         half_open_requests: int = 0,
+        failure_rate_threshold: float = 0.0,
+        window_size: int = 0,
+        minimum_calls: int = 0,
+        slow_call_seconds: float = 0.0,
+        slow_call_rate_threshold: float = 0.0,
     ) -> BreakerConfig:
-        """Settings from `CircuitBreakerConfig`, whose zero values mean the defaults."""
+        """Settings from `CircuitBreakerConfig`, whose zero values mean the defaults
+        (or, for the optional rules, that the rule is off).
+
+        Raises:
+            ValueError: settings that contradict each other (say `minimum_calls`
+                above `window_size`).
+        """
+        window = window_size or DEFAULT_WINDOW_SIZE
         return cls(
             enabled=enabled,
             failure_threshold=failure_threshold or DEFAULT_FAILURE_THRESHOLD,
             timeout=timeout or DEFAULT_TIMEOUT,
             half_open_requests=half_open_requests or DEFAULT_HALF_OPEN_REQUESTS,
+            failure_rate_threshold=failure_rate_threshold or None,
+            window_size=window,
+            minimum_calls=minimum_calls or min(DEFAULT_MINIMUM_CALLS, window),
+            slow_call_seconds=slow_call_seconds or None,
+            slow_call_rate_threshold=slow_call_rate_threshold or None,
         )
+
+    @classmethod
+    def from_proto(cls, message: Any) -> BreakerConfig:
+        """Settings from a `CircuitBreakerConfig` message (any object with its field
+        names), as `from_request` reads them.
+
+        Raises:
+            ValueError: as `from_request`.
+        """
+        names = inspect.signature(cls.from_request).parameters
+        return cls.from_request(**{name: getattr(message, name) for name in names})
+
+    @property
+    def windowed(self) -> bool:
+        """Is any rate rule on (so results go into the sliding window)?"""
+        return self.failure_rate_threshold is not None or self.slow_call_rate_threshold is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +228,8 @@ class BreakerView:
         trials_in_flight: trial dispatches allowed and not yet reported.
         trial_successes: trials that succeeded in this HALF_OPEN period.
         half_open_remaining: trials still allowed before it decides (HALF_OPEN only).
-        window_calls, window_failures: the failure-rate window's content (CLOSED).
+        window_calls, window_failures, window_slow_calls: the sliding window's
+            content (CLOSED, with a rate rule on).
     """
 
     state: CircuitState
@@ -193,11 +247,17 @@ class BreakerView:
     half_open_remaining: int
     window_calls: int
     window_failures: int
+    window_slow_calls: int
 
     @property
     def failure_rate(self) -> float:
         """Failures over the window's results; 0 when it is empty."""
         return self.window_failures / self.window_calls if self.window_calls else 0.0
+
+    @property
+    def slow_call_rate(self) -> float:
+        """Slow calls over the window's results; 0 when it is empty."""
+        return self.window_slow_calls / self.window_calls if self.window_calls else 0.0
 
 
 class CircuitBreaker:
@@ -223,6 +283,7 @@ class CircuitBreaker:
         "_trial_successes",
         "_window",
         "_window_failures",
+        "_window_slow",
     )
 
     def __init__(self, config: BreakerConfig | None = None) -> None:
@@ -238,8 +299,10 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._in_flight = 0
         self._trial_successes = 0
-        self._window: deque[bool] = deque(maxlen=self._config.window_size)
+        self._window: deque[tuple[bool, bool]] = deque(maxlen=self._config.window_size)
+        """(failed, slow) of the most recent results while CLOSED."""
         self._window_failures = 0
+        self._window_slow = 0
         self._transitions: list[Transition] = []
 
     @property
@@ -281,18 +344,26 @@ class CircuitBreaker:
     def record_success(self, now: float, duration: float = 0.0) -> None:
         """A task dispatched to the agent succeeded after ``duration`` seconds.
 
-        A success slower than `slow_call_seconds` is handled as a failure.
+        A success slower than `slow_call_seconds` is a slow call: a failure, unless
+        slow calls are judged by their rate (`slow_call_rate_threshold`).
         """
-        slow = self._config.slow_call_seconds
-        if slow is not None and duration > slow:
+        config = self._config
+        slow = config.slow_call_seconds is not None and duration > config.slow_call_seconds
+        if slow:
             self._slow += 1
-            self.record_failure(now)
-            return
+            if config.slow_call_rate_threshold is None:
+                self.record_failure(now)
+                return
         self._advance(now)
         self._successes += 1
         self._consecutive = 0
         if self._state is CircuitState.CLOSED:
-            self._remember(False)
+            self._remember(False, slow)
+            # A success lowers the failure rate; only a slow one can raise a rate.
+            if slow and config.enabled and self._slow_rate_exceeded():
+                self._open(now, TransitionReason.SLOW_CALL_RATE)
+        elif self._state is CircuitState.HALF_OPEN and slow and config.enabled:
+            self._open(now, TransitionReason.TRIAL_SLOW)
         elif self._state is CircuitState.HALF_OPEN and self._in_flight > 0:
             # A success arriving with no trial out is a straggler dispatched before
             # the breaker opened: counted, but it is no evidence from a trial.
@@ -309,11 +380,13 @@ class CircuitBreaker:
         if not self._config.enabled:
             return
         if self._state is CircuitState.CLOSED:
-            self._remember(True)
+            self._remember(True, False)
             if self._consecutive >= self._config.failure_threshold:
                 self._open(now, TransitionReason.CONSECUTIVE_FAILURES)
-            elif self._rate_exceeded():
-                self._open(now, TransitionReason.FAILURE_RATE)
+            else:
+                reason = self._rate_exceeded()
+                if reason is not None:
+                    self._open(now, reason)
         elif self._state is CircuitState.HALF_OPEN:
             # Any failure now is fresh evidence the agent is still unwell, trial or not.
             self._open(now, TransitionReason.TRIAL_FAILED)
@@ -365,6 +438,7 @@ class CircuitBreaker:
             ),
             window_calls=len(self._window),
             window_failures=self._window_failures,
+            window_slow_calls=self._window_slow,
         )
 
     def drain_transitions(self) -> list[Transition]:
@@ -403,22 +477,38 @@ class CircuitBreaker:
         self._trial_successes = 0
         self._window.clear()
         self._window_failures = 0
+        self._window_slow = 0
 
-    def _remember(self, failed: bool) -> None:
-        """Add a CLOSED-state result to the failure-rate window."""
-        if self._config.failure_rate_threshold is None:
+    def _remember(self, failed: bool, slow: bool) -> None:
+        """Add a CLOSED-state result to the sliding window (when a rate rule is on)."""
+        if not self._config.windowed:
             return
         window = self._window
-        if len(window) == window.maxlen and window[0]:
-            self._window_failures -= 1
-        window.append(failed)
+        if len(window) == window.maxlen:
+            old_failed, old_slow = window[0]
+            self._window_failures -= old_failed
+            self._window_slow -= old_slow
+        window.append((failed, slow))
         self._window_failures += failed
+        self._window_slow += slow
 
-    def _rate_exceeded(self) -> bool:
+    def _rate_exceeded(self) -> TransitionReason | None:
+        """After a failure: the rate rule the window now breaks, if any."""
         threshold = self._config.failure_rate_threshold
+        calls = len(self._window)
+        if (
+            threshold is not None
+            and calls >= self._config.minimum_calls
+            and self._window_failures / calls >= threshold
+        ):
+            return TransitionReason.FAILURE_RATE
+        return None
+
+    def _slow_rate_exceeded(self) -> bool:
+        threshold = self._config.slow_call_rate_threshold
         calls = len(self._window)
         return (
             threshold is not None
             and calls >= self._config.minimum_calls
-            and self._window_failures / calls >= threshold
+            and self._window_slow / calls >= threshold
         )

@@ -21,6 +21,7 @@ import time
 from google.protobuf import json_format
 
 from godel_grpc._proto.godel.v1 import agent_pb2, agent_service_pb2
+from godel_grpc.core.breakers import breaker_settings
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.errors import (
     AlreadyExists,
@@ -55,6 +56,8 @@ class SpawnedAgents:
         problems = check_sidecars(request.sidecars)
         if problems:
             raise InvalidArgument(problems)
+        if request.HasField("circuit_breaker"):
+            breaker_settings(request.circuit_breaker)  # refuse now, not in the agent's hello
         running = [h for h in self.runtime.list() if h.phase is not Phase.STOPPED]
         if len(running) >= MAX_SPAWNED:
             raise ResourceExhausted(

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from godel_grpc._proto.godel.v1 import agent_service_pb2, task_pb2
 from godel_grpc.client import Client, RPCError, task_request
-from godel_grpc.server import RunningServer
+from godel_grpc.config import ServeConfig
+from godel_grpc.server import RunningServer, start_server
+from tests.integration.test_agent_link import RawAgent
 from tests.support import agent_processes
 
 pytestmark = pytest.mark.integration
@@ -117,3 +121,138 @@ async def test_unknown_agent_has_no_breaker(client: Client) -> None:
     with pytest.raises(RPCError) as missing:
         await client.agents.get_circuit_state("ag-404")
     assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def circuit_events(server: RunningServer, client: Client, agent_id: str) -> list[tuple]:  # type: ignore[type-arg]
+    await server.coordinator.journal.flush()
+    return [
+        (e.agent_circuit_changed.to_state, e.agent_circuit_changed.reason,
+         e.agent_circuit_changed.comment)
+        for e in await client.events.get_for_agent(agent_id)
+        if e.type == "agent.circuit_changed"
+    ]  # fmt: skip
+
+
+async def test_force_open_holds_every_task_back_until_reset(
+    server: RunningServer, client: Client
+) -> None:
+    address = f"127.0.0.1:{server.port}"
+    with agent_processes(address, "flaky", 1, "--handler", "tests.agents.handlers:fail_when"):
+        agent_id = await the_agent(client)
+        # Given an operator forces the healthy agent's breaker open
+        forced = await client.agents.force_open_circuit(agent_id, reason="maintenance")
+        assert forced.state == Breaker.STATE_OPEN and forced.forced
+        assert not forced.HasField("next_probe_time")  # forced: no probing
+        # When a task arrives, then the breaker holds it back and it stays queued
+        task = await client.tasks.submit(role="flaky")
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await client.agents.get_circuit_state(agent_id)).refused_count == 0:
+            assert asyncio.get_running_loop().time() < deadline, "dispatch was never tried"
+            await asyncio.sleep(0.02)
+        assert (await client.tasks.get(task.id)).state == Task.STATE_QUEUED
+        # And forcing again changes nothing
+        again = await client.agents.force_open_circuit(agent_id)
+        assert again.forced and again.open_count == 1
+        # When reset, then the task runs at once
+        reset = await client.agents.reset_circuit(agent_id, reason="maintenance over")
+        assert reset.state == Breaker.STATE_CLOSED and not reset.forced
+        assert (await client.tasks.wait(task.id, timeout=10)).state == Task.STATE_SUCCEEDED
+        # And both changes are events with the operator's words, and metrics
+        assert await circuit_events(server, client, agent_id) == [
+            ("OPEN", "forced-open", "maintenance"),
+            ("CLOSED", "reset", "maintenance over"),
+        ]
+        sample = server.registry.get_sample_value
+        for to, reason in (("open", "forced-open"), ("closed", "reset")):
+            labels = {"to": to, "reason": reason}
+            assert sample("godel_circuit_transitions_total", labels) == 1
+        # And an unknown agent is NOT_FOUND
+        with pytest.raises(RPCError) as missing:
+            await client.agents.reset_circuit("ag-404")
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_failure_rate_over_a_window_opens_the_breaker(
+    server: RunningServer, client: Client
+) -> None:
+    # Given a breaker that ignores runs of failures but trips at 50% over 4 results
+    rate = json.dumps({"failureThreshold": 100, "failureRateThreshold": 0.5, "windowSize": 4})
+    address = f"127.0.0.1:{server.port}"
+    with agent_processes(
+        address, "flaky", 1, "--handler", "tests.agents.handlers:fail_when",
+        "--circuit-breaker", rate,
+    ):  # fmt: skip
+        agent_id = await the_agent(client)
+        shown = await client.agents.get_circuit_state(agent_id)
+        assert (shown.config.window_size, shown.config.minimum_calls) == (4, 4)
+        # When success, failure, success: the window is too short to judge
+        for fail in (False, True, False):
+            await client.tasks.run(role="flaky", payload={"fail": fail}, max_attempts=1)
+        window = await client.agents.get_circuit_state(agent_id)
+        assert window.state == Breaker.STATE_CLOSED and window.window_calls == 3
+        assert window.failure_rate == pytest.approx(1 / 3)
+        # When a second failure makes it 2 of 4, then it opens on the rate
+        await client.tasks.run(role="flaky", payload={"fail": True}, max_attempts=1)
+        opened = await client.agents.get_circuit_state(agent_id)
+        assert opened.state == Breaker.STATE_OPEN and opened.failure_count == 2
+        assert (await circuit_events(server, client, agent_id))[-1][:2] == ("OPEN", "failure-rate")
+
+
+async def test_slow_successes_count_as_failures(server: RunningServer, client: Client) -> None:
+    # Given tasks slower than 0.2 s count as failures, and two failures open it
+    slow = json.dumps({"failureThreshold": 2, "slowCallSeconds": 0.2})
+    address = f"127.0.0.1:{server.port}"
+    with agent_processes(
+        address, "flaky", 1, "--handler", "tests.agents.handlers:sleep", "--circuit-breaker", slow
+    ):
+        agent_id = await the_agent(client)
+        # When one fast and two slow tasks succeed
+        for seconds in (0.0, 0.4, 0.4):
+            done = await client.tasks.run(role="flaky", payload={"seconds": seconds})
+            assert done.state == Task.STATE_SUCCEEDED
+        # Then the two slow ones opened the breaker
+        state = await client.agents.get_circuit_state(agent_id)
+        assert state.state == Breaker.STATE_OPEN
+        assert (state.slow_call_count, state.failure_count, state.success_count) == (2, 2, 1)
+
+
+async def test_contradictory_breaker_settings_are_refused_at_spawn(client: Client) -> None:
+    with pytest.raises(RPCError) as refused:
+        await client.agents.spawn(
+            role="worker", circuitBreaker={"windowSize": 4, "minimumCalls": 5}
+        )
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_forced_breaker_stays_forced_across_a_coordinator_restart(
+    tmp_path: Path,
+) -> None:
+    config = ServeConfig(listen="127.0.0.1:0", metrics_listen="", data_dir=tmp_path)
+    # Given an agent whose breaker an operator forced open
+    running = await start_server(config, CollectorRegistry())
+    try:
+        async with Client(f"127.0.0.1:{running.port}") as client:
+            agent = RawAgent(f"127.0.0.1:{running.port}")
+            welcome = await agent.hello(role="worker", name="held")
+            await client.agents.force_open_circuit(welcome.agent_id, reason="bad deploy")
+            await agent.close()
+    finally:
+        await running.stop(grace=1.0)
+    # When the coordinator restarts and the agent resumes its identity
+    running = await start_server(config, CollectorRegistry())
+    try:
+        async with Client(f"127.0.0.1:{running.port}") as client:
+            agent = RawAgent(f"127.0.0.1:{running.port}")
+            again = await agent.hello(role="worker", resume_token=welcome.resume_token)
+            assert again.agent_id == welcome.agent_id
+            # Then its breaker is still forced open, until an operator resets it
+            held = await client.agents.get_circuit_state(again.agent_id)
+            assert held.state == Breaker.STATE_OPEN and held.forced
+            task = await client.tasks.submit(role="worker")
+            reset = await client.agents.reset_circuit(again.agent_id)
+            assert reset.state == Breaker.STATE_CLOSED
+            (assignment,) = await agent.next_assignments()
+            assert assignment.task_id == task.id
+            await agent.close()
+    finally:
+        await running.stop(grace=1.0)

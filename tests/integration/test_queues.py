@@ -166,8 +166,15 @@ async def test_shed_load_keeps_the_highest_priorities_and_accounts_for_every_tas
     assert counts.completed == 20 and counts.shed == 27 and counts.rejected == 0
     assert counts.completed + counts.shed + counts.rejected == sent
     sample = server.registry.get_sample_value
-    assert sample("godel_queue_tasks_total", {"queue": "shed", "outcome": "shed"}) == 27
-    assert sample("godel_queue_tasks_total", {"queue": "shed", "outcome": "accepted"}) == 40
+
+    def tasks(priority: str, outcome: str) -> float | None:
+        labels = {"queue": "shed", "priority": priority, "outcome": outcome}
+        return sample("godel_queue_tasks_total", labels)
+
+    # 20 low tasks evicted and 5 low newcomers shed; 2 critical newcomers shed
+    assert (tasks("low", "accepted"), tasks("low", "shed")) == (20, 25)
+    assert (tasks("critical", "accepted"), tasks("critical", "shed")) == (20, 2)
+    assert (tasks("normal", "accepted"), tasks("high", "rejected")) == (0, 0)
     assert sample("godel_queue_depth", {"queue": "shed"}) == 0
     assert sample("godel_queue_pressure", {"queue": "shed"}) == 0
 
@@ -341,3 +348,53 @@ async def test_agents_named_for_a_queue_run_its_tasks(
     assert sorted(int(t.output["echo"]["i"]) for t in done) == list(range(6))
     assert {t.agent_id for t in done} <= {a.id for a in await client.agents.list(role="consumer")}
     assert (await client.queues.get(queue.id)).depth == 0
+
+
+async def test_enqueue_stream_decides_ahead_but_acks_only_what_is_durable(
+    server: RunningServer, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = await client.queues.create(
+        name="piped", role="worker", backpressure={"strategy": "reject", "maxSize": 100}
+    )
+    # Given an event store whose appends are held until the test lets them through
+    store = server.coordinator.store
+    original = store.write
+    gate = asyncio.Event()
+    appends: list[int] = []
+
+    async def held(batch):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        appends.append(len(batch))
+        return await original(batch)
+
+    monkeypatch.setattr(store, "write", held)
+    requests = [queue_pb.EnqueueStreamRequest(queue_id=queue.id, sequence=n) for n in range(1, 51)]
+
+    async def produce() -> AsyncIterator[queue_pb.EnqueueStreamRequest]:
+        for request in requests:
+            yield request
+
+    acks: list[Ack] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = queue_grpc.QueueServiceStub(channel).EnqueueStream(produce(), timeout=30)
+
+        async def read() -> None:
+            async for ack in call:
+                acks.append(ack)
+
+        reading = asyncio.create_task(read())
+        try:
+            # When the producer streams 50 tasks, then all 50 are decided (queued) at once
+            deadline = asyncio.get_running_loop().time() + 10
+            while (await client.queues.get(queue.id)).depth < 50:
+                assert asyncio.get_running_loop().time() < deadline, "no read-ahead"
+                await asyncio.sleep(0.01)
+            # ...but none is acknowledged while nothing is durable
+            assert acks == []
+        finally:
+            gate.set()  # whatever happened, let the server finish
+        await asyncio.wait_for(reading, 10)
+    # Then every ack came, in order, and the 50 offers shared a few commits
+    assert [a.sequence for a in acks] == list(range(1, 51))
+    assert all(a.outcome == Ack.OUTCOME_ACCEPTED for a in acks)
+    assert sum(appends) >= 50 and len(appends) <= 3, appends

@@ -117,3 +117,28 @@ def test_reflex_takes_the_seed_object_from_flag_or_environment() -> None:
     agent = build_agent(config)
     assert agent._hello().reflex.enabled  # what the coordinator hears
     assert resolve_config(parse("--role", "r", "--exec", "cat"), {}).reflex is None
+
+
+def test_circuit_breaker_json_takes_every_option() -> None:
+    # Given the seed's object plus the options past the seed, as --circuit-breaker
+    text = (
+        '{"failureThreshold": 5, "timeout": 30, "halfOpenRequests": 3, '
+        '"failureRateThreshold": 0.5, "windowSize": 20, "minimumCalls": 5, '
+        '"slowCallSeconds": 2.5, "slowCallRateThreshold": 0.8}'
+    )
+    config = resolve_config(parse("--role", "r", "--exec", "cat", "--circuit-breaker", text), {})
+    breaker = config.circuit_breaker
+    assert breaker is not None and breaker.enabled  # naming settings turns it on
+    assert (breaker.window_size, breaker.minimum_calls) == (20, 5)
+    assert (breaker.slow_call_seconds, breaker.slow_call_rate_threshold) == (2.5, 0.8)
+    # And settings that contradict each other are a usage error before connecting
+    contradictory = '{"windowSize": 4, "minimumCalls": 5}'
+    with pytest.raises(UsageError, match="minimum_calls"):
+        resolve_config(
+            parse("--role", "r", "--exec", "cat", "--circuit-breaker", contradictory), {}
+        )
+    # And a misspelled option is a usage error, not a silent default
+    with pytest.raises(UsageError):
+        resolve_config(
+            parse("--role", "r", "--exec", "cat", "--circuit-breaker", '{"slowCalls": 1}'), {}
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
@@ -260,6 +260,57 @@ def test_a_slow_trial_reopens_it() -> None:
     assert breaker.state(35.0) is OPEN
 
 
+def test_slow_calls_judged_by_their_rate_open_it_on_the_rate() -> None:
+    # Given slow means over 1 s, and 50% slow calls over a window of 4 opens it
+    breaker = CircuitBreaker(
+        BreakerConfig(
+            slow_call_seconds=1.0, slow_call_rate_threshold=0.5, window_size=4, minimum_calls=4
+        )
+    )
+
+    # When fast, slow, fast succeed: a slow call is still a success, and 3 calls are
+    # too few to judge
+    for duration in (0.1, 2.0, 0.1):
+        breaker.record_success(1.0, duration)
+    view = breaker.view(1.0)
+    assert (view.state, view.success_count, view.failure_count, view.slow_call_count) == (
+        CLOSED,
+        3,
+        0,
+        1,
+    )
+    assert view.slow_call_rate == pytest.approx(1 / 3)
+
+    # When a fourth call is slow (2 of 4), then it opens on the slow-call rate
+    breaker.record_success(2.0, 3.0)
+    assert breaker.state(2.0) is OPEN
+    assert breaker.drain_transitions()[-1].reason is TransitionReason.SLOW_CALL_RATE
+
+
+def test_a_slow_trial_reopens_it_even_when_slow_calls_are_judged_by_rate() -> None:
+    breaker = CircuitBreaker(
+        BreakerConfig(failure_threshold=1, slow_call_seconds=1.0, slow_call_rate_threshold=1.0)
+    )
+    breaker.record_failure(0.0)
+    assert breaker.allow(30.0)
+    breaker.record_success(31.0, duration=5.0)
+    assert breaker.state(31.0) is OPEN
+    assert breaker.drain_transitions()[-1].reason is TransitionReason.TRIAL_SLOW
+
+
+def test_request_zeros_mean_defaults_and_rules_off() -> None:
+    # Given the proto's zero values, then the seed's breaker with no optional rule
+    config = BreakerConfig.from_request()
+    assert config == BreakerConfig()
+    assert not config.windowed
+    # Given a small window and no minimum, then the minimum is the window
+    small = BreakerConfig.from_request(failure_rate_threshold=0.5, window_size=4)
+    assert (small.window_size, small.minimum_calls, small.windowed) == (4, 4, True)
+    # Given a minimum above the window, then the settings are refused
+    with pytest.raises(ValueError):
+        BreakerConfig.from_request(window_size=4, minimum_calls=5)
+
+
 def test_force_open_holds_it_open_until_reset() -> None:
     # Given a closed breaker forced open by an operator
     breaker = CircuitBreaker()
@@ -323,6 +374,8 @@ def test_a_disabled_breaker_counts_but_never_trips() -> None:
         {"failure_rate_threshold": 1.5},
         {"window_size": 5, "minimum_calls": 6},
         {"slow_call_seconds": 0.0},
+        {"slow_call_seconds": 1.0, "slow_call_rate_threshold": 0.0},
+        {"slow_call_rate_threshold": 0.5},
     ],
 )
 def test_nonsense_settings_are_refused(kwargs: dict[str, float]) -> None:
@@ -443,3 +496,203 @@ def test_random_histories_match_the_reference_model(
     for earlier, later in itertools.pairwise(chain):
         assert earlier.to_state is later.from_state
         assert earlier.at <= later.at
+
+
+# -- property: every option against a reference model ----------------------------------------
+
+
+@dataclass
+class FullModel:
+    """The breaker with every option (rates, slow calls, forcing), written as plainly
+    as possible: the window is a list, re-counted on every question."""
+
+    config: BreakerConfig
+    state: CircuitState = CLOSED
+    forced: bool = False
+    run: int = 0
+    opened_at: float = 0.0
+    out: int = 0
+    passed: int = 0
+    window: list[tuple[bool, bool]] = field(default_factory=list)
+    slow_calls: int = 0
+    failures: int = 0
+    successes: int = 0
+
+    def enter(self, state: CircuitState) -> None:
+        self.state, self.out, self.passed, self.window = state, 0, 0, []
+        if state is CLOSED:
+            self.run = 0
+
+    def tick(self, now: float) -> None:
+        if self.state is OPEN and not self.forced and now >= self.opened_at + self.config.timeout:
+            self.enter(HALF_OPEN)
+
+    def open(self, now: float) -> None:
+        self.opened_at = now
+        self.enter(OPEN)
+
+    def rate(self, index: int) -> float | None:
+        """Share of the window with flag `index` set, once it holds enough calls."""
+        if len(self.window) < self.config.minimum_calls:
+            return None
+        return sum(call[index] for call in self.window) / len(self.window)
+
+    def remember(self, failed: bool, slow: bool) -> None:
+        rated = self.config.failure_rate_threshold, self.config.slow_call_rate_threshold
+        if rated != (None, None):
+            self.window = [*self.window, (failed, slow)][-self.config.window_size :]
+
+    def allow(self, now: float) -> bool:
+        self.tick(now)
+        if self.state is CLOSED:
+            return True
+        if self.state is HALF_OPEN and self.out + self.passed < self.config.half_open_requests:
+            self.out += 1
+            return True
+        return False
+
+    def success(self, now: float, duration: float) -> None:
+        config = self.config
+        slow = config.slow_call_seconds is not None and duration > config.slow_call_seconds
+        self.slow_calls += slow
+        if slow and config.slow_call_rate_threshold is None:
+            self.failure(now)
+            return
+        self.tick(now)
+        self.successes += 1
+        self.run = 0
+        if self.state is CLOSED:
+            self.remember(False, slow)
+            rate, threshold = self.rate(1), config.slow_call_rate_threshold
+            tripped = rate is not None and threshold is not None and rate >= threshold
+            if slow and config.enabled and tripped:
+                self.open(now)
+        elif self.state is HALF_OPEN and slow and config.enabled:
+            self.open(now)
+        elif self.state is HALF_OPEN and self.out:
+            self.out -= 1
+            self.passed += 1
+            if self.passed == config.half_open_requests:
+                self.enter(CLOSED)
+
+    def failure(self, now: float) -> None:
+        self.tick(now)
+        self.failures += 1
+        self.run += 1
+        if not self.config.enabled:
+            return
+        if self.state is CLOSED:
+            self.remember(True, False)
+            rate, threshold = self.rate(0), self.config.failure_rate_threshold
+            if self.run >= self.config.failure_threshold or (
+                rate is not None and threshold is not None and rate >= threshold
+            ):
+                self.open(now)
+        elif self.state is HALF_OPEN:
+            self.open(now)
+
+    def release(self, now: float) -> None:
+        self.tick(now)
+        if self.state is HALF_OPEN and self.out:
+            self.out -= 1
+
+    def force(self, now: float) -> None:
+        self.tick(now)
+        if self.forced:
+            return
+        self.forced = True
+        if self.state is OPEN:
+            self.enter(OPEN)
+        else:
+            self.open(now)
+
+    def reset(self, now: float) -> None:
+        self.tick(now)
+        self.forced = False
+        self.enter(CLOSED)
+
+
+@st.composite
+def _configs(draw: st.DrawFn) -> BreakerConfig:
+    window = draw(st.integers(1, 6))
+    slow_seconds = draw(st.sampled_from([None, 1.0]))
+    return BreakerConfig(
+        enabled=draw(st.booleans()),
+        failure_threshold=draw(st.integers(1, 5)),
+        timeout=draw(st.sampled_from([0.0, 5.0, 30.0])),
+        half_open_requests=draw(st.integers(1, 3)),
+        failure_rate_threshold=draw(st.sampled_from([None, 0.3, 0.5, 1.0])),
+        window_size=window,
+        minimum_calls=draw(st.integers(1, window)),
+        slow_call_seconds=slow_seconds,
+        slow_call_rate_threshold=(
+            draw(st.sampled_from([None, 0.5, 1.0])) if slow_seconds is not None else None
+        ),
+    )
+
+
+_full_step = st.one_of(
+    st.tuples(st.just("advance"), st.floats(0.0, 20.0)),
+    st.tuples(st.just("success"), st.sampled_from([0.0, 0.5, 2.0])),
+    st.tuples(
+        st.sampled_from(["allow", "allow", "failure", "release", "force", "reset"]),
+        st.just(0.0),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(config=_configs(), steps=st.lists(_full_step, max_size=120))
+def test_every_option_matches_the_full_reference_model(
+    config: BreakerConfig, steps: list[tuple[str, float]]
+) -> None:
+    # Given a breaker and the full model with the same (random) settings
+    breaker = CircuitBreaker(config)
+    model = FullModel(config)
+    now = 0.0
+
+    # When time passes and anything happens in any order
+    for kind, amount in steps:
+        if kind == "advance":
+            now += amount
+            continue
+        if kind == "allow":
+            assert breaker.allow(now) == model.allow(now)
+        elif kind == "success":
+            breaker.record_success(now, amount)
+            model.success(now, amount)
+        elif kind == "failure":
+            breaker.record_failure(now)
+            model.failure(now)
+        elif kind == "release":
+            breaker.release(now)
+            model.release(now)
+        elif kind == "force":
+            breaker.force_open(now)
+            model.force(now)
+        else:
+            breaker.reset(now)
+            model.reset(now)
+
+        # Then the breaker agrees with the model on everything GetCircuitState shows
+        view = breaker.view(now)
+        model.tick(now)
+        assert (view.state, view.forced) == (model.state, model.forced)
+        assert view.consecutive_failures == model.run
+        assert view.trials_in_flight == model.out
+        assert view.trial_successes == model.passed
+        assert view.window_calls == len(model.window)
+        assert view.window_failures == sum(f for f, _ in model.window)
+        assert view.window_slow_calls == sum(s for _, s in model.window)
+        assert (view.failure_count, view.success_count, view.slow_call_count) == (
+            model.failures,
+            model.successes,
+            model.slow_calls,
+        )
+        # A forced breaker never probes; an open one probes at opened + timeout
+        if view.state is OPEN:
+            expected = None if model.forced else model.opened_at + config.timeout
+            assert view.next_probe_at == expected
+        # A disabled breaker only ever opens when forced
+        if not config.enabled and view.state is not CLOSED:
+            assert view.forced and view.state is OPEN

@@ -352,6 +352,11 @@ class CircuitBreakerConfig(_message.Message):
     FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     HALF_OPEN_REQUESTS_FIELD_NUMBER: _builtins.int
+    FAILURE_RATE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    WINDOW_SIZE_FIELD_NUMBER: _builtins.int
+    MINIMUM_CALLS_FIELD_NUMBER: _builtins.int
+    SLOW_CALL_SECONDS_FIELD_NUMBER: _builtins.int
+    SLOW_CALL_RATE_THRESHOLD_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     """Whether the breaker is on. Breakers are on by default with the values below."""
     failure_threshold: _builtins.int
@@ -364,6 +369,31 @@ class CircuitBreakerConfig(_message.Message):
     """Trial tasks let through when half-open; all must succeed to close. 1 to 1,000;
     0 means 3.
     """
+    failure_rate_threshold: _builtins.float
+    """Failure-rate rule: the breaker also opens when at least this fraction of the
+    results in the sliding window failed, once the window holds `minimum_calls`
+    results. Above 0 and at most 1; 0 turns the rule off.
+    """
+    window_size: _builtins.int
+    """Size of the sliding window the failure and slow-call rates are taken over, in
+    results (the most recent ones while closed), 1 to 10,000. 0 means 100.
+    """
+    minimum_calls: _builtins.int
+    """Results the window must hold before a rate can open the breaker, so that two
+    early failures out of two do not read as 100%. 1 to `window_size`; 0 means 10
+    (or `window_size`, if that is smaller). INVALID_ARGUMENT if above `window_size`.
+    """
+    slow_call_seconds: _builtins.float
+    """Slow-call rule: a task that succeeds but took longer than this, in seconds
+    (0 to 86,400), is a slow call. Unless `slow_call_rate_threshold` is set, a slow
+    call counts as a failure. 0 turns the rule off.
+    """
+    slow_call_rate_threshold: _builtins.float
+    """With `slow_call_seconds`: the breaker opens when at least this fraction of the
+    results in the window were slow (once it holds `minimum_calls`), and a slow call
+    is otherwise a success. Above 0 and at most 1; 0 means every slow call counts as
+    a failure instead.
+    """
     def __init__(
         self,
         *,
@@ -371,10 +401,15 @@ class CircuitBreakerConfig(_message.Message):
         failure_threshold: _builtins.int = ...,
         timeout: _builtins.float = ...,
         half_open_requests: _builtins.int = ...,
+        failure_rate_threshold: _builtins.float = ...,
+        window_size: _builtins.int = ...,
+        minimum_calls: _builtins.int = ...,
+        slow_call_seconds: _builtins.float = ...,
+        slow_call_rate_threshold: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "failure_threshold", b"failure_threshold", "half_open_requests", b"half_open_requests", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "failure_rate_threshold", b"failure_rate_threshold", "failure_threshold", b"failure_threshold", "half_open_requests", b"half_open_requests", "minimum_calls", b"minimum_calls", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_call_seconds", b"slow_call_seconds", "timeout", b"timeout", "window_size", b"window_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

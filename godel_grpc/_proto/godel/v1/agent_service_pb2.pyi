@@ -493,8 +493,8 @@ class GetCircuitStateResponse(_message.Message):
         STATE_CLOSED: GetCircuitStateResponse._State.ValueType  # 1
         """Tasks are dispatched to the agent normally; failures are counted."""
         STATE_OPEN: GetCircuitStateResponse._State.ValueType  # 2
-        """Too many consecutive failures: nothing is dispatched to the agent until the open
-        timeout passes.
+        """Too many failures (or forced open): nothing is dispatched to the agent until the
+        open timeout passes (or, when forced, until ResetCircuit).
         """
         STATE_HALF_OPEN: GetCircuitStateResponse._State.ValueType  # 3
         """The open timeout passed: a limited number of trial tasks go through; if all
@@ -509,8 +509,8 @@ class GetCircuitStateResponse(_message.Message):
     STATE_CLOSED: GetCircuitStateResponse.State.ValueType  # 1
     """Tasks are dispatched to the agent normally; failures are counted."""
     STATE_OPEN: GetCircuitStateResponse.State.ValueType  # 2
-    """Too many consecutive failures: nothing is dispatched to the agent until the open
-    timeout passes.
+    """Too many failures (or forced open): nothing is dispatched to the agent until the
+    open timeout passes (or, when forced, until ResetCircuit).
     """
     STATE_HALF_OPEN: GetCircuitStateResponse.State.ValueType  # 3
     """The open timeout passed: a limited number of trial tasks go through; if all
@@ -527,6 +527,13 @@ class GetCircuitStateResponse(_message.Message):
     NEXT_PROBE_TIME_FIELD_NUMBER: _builtins.int
     HALF_OPEN_REMAINING_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    FORCED_FIELD_NUMBER: _builtins.int
+    SLOW_CALL_COUNT_FIELD_NUMBER: _builtins.int
+    WINDOW_CALLS_FIELD_NUMBER: _builtins.int
+    FAILURE_RATE_FIELD_NUMBER: _builtins.int
+    SLOW_CALL_RATE_FIELD_NUMBER: _builtins.int
+    REFUSED_COUNT_FIELD_NUMBER: _builtins.int
+    TRIALS_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent's id."""
     state: Global___GetCircuitStateResponse.State.ValueType
@@ -541,6 +548,30 @@ class GetCircuitStateResponse(_message.Message):
     """Times the breaker has opened since the agent registered."""
     half_open_remaining: _builtins.int
     """While HALF_OPEN: trial tasks still allowed through before the breaker decides."""
+    forced: _builtins.bool
+    """True while the breaker is held open by ForceOpenCircuit (state OPEN, no trial
+    tasks, no next probe time) until ResetCircuit.
+    """
+    slow_call_count: _builtins.int
+    """Successful attempts that took longer than `config.slow_call_seconds`, since the
+    agent registered. Without a slow-call rate they are in `failure_count` too.
+    """
+    window_calls: _builtins.int
+    """Results in the sliding window (the most recent ones since the breaker last
+    closed), 0 to `config.window_size`. 0 when no rate rule is on.
+    """
+    failure_rate: _builtins.float
+    """Fraction of the window's results that failed, 0 to 1; 0 when the window is empty."""
+    slow_call_rate: _builtins.float
+    """Fraction of the window's results that were slow, 0 to 1; 0 when the window is
+    empty.
+    """
+    refused_count: _builtins.int
+    """Dispatches to the agent the breaker held back (while open, or half-open with no
+    trial left), since the agent registered.
+    """
+    trials_in_flight: _builtins.int
+    """While HALF_OPEN: trial tasks dispatched and not yet reported."""
     @_builtins.property
     def opened_time(self) -> _timestamp_pb2.Timestamp:
         """When the breaker last opened; unset if it never has."""
@@ -566,14 +597,121 @@ class GetCircuitStateResponse(_message.Message):
         next_probe_time: _timestamp_pb2.Timestamp | None = ...,
         half_open_remaining: _builtins.int = ...,
         config: _agent_pb2.CircuitBreakerConfig | None = ...,
+        forced: _builtins.bool = ...,
+        slow_call_count: _builtins.int = ...,
+        window_calls: _builtins.int = ...,
+        failure_rate: _builtins.float = ...,
+        slow_call_rate: _builtins.float = ...,
+        refused_count: _builtins.int = ...,
+        trials_in_flight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "next_probe_time", b"next_probe_time", "opened_time", b"opened_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "config", b"config", "consecutive_failures", b"consecutive_failures", "failure_count", b"failure_count", "half_open_remaining", b"half_open_remaining", "next_probe_time", b"next_probe_time", "open_count", b"open_count", "opened_time", b"opened_time", "state", b"state", "success_count", b"success_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "config", b"config", "consecutive_failures", b"consecutive_failures", "failure_count", b"failure_count", "failure_rate", b"failure_rate", "forced", b"forced", "half_open_remaining", b"half_open_remaining", "next_probe_time", b"next_probe_time", "open_count", b"open_count", "opened_time", b"opened_time", "refused_count", b"refused_count", "slow_call_count", b"slow_call_count", "slow_call_rate", b"slow_call_rate", "state", b"state", "success_count", b"success_count", "trials_in_flight", b"trials_in_flight", "window_calls", b"window_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCircuitStateResponse: _TypeAlias = GetCircuitStateResponse  # noqa: Y015
+
+@_typing.final
+class ForceOpenCircuitRequest(_message.Message):
+    """Request of AgentService.ForceOpenCircuit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """Required. The agent's id."""
+    reason: _builtins.str
+    """Why the breaker is forced open, recorded in the event. At most 1,024 characters."""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForceOpenCircuitRequest: _TypeAlias = ForceOpenCircuitRequest  # noqa: Y015
+
+@_typing.final
+class ForceOpenCircuitResponse(_message.Message):
+    """Response of AgentService.ForceOpenCircuit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def circuit(self) -> Global___GetCircuitStateResponse:
+        """The breaker after the change, as GetCircuitState shows it."""
+
+    def __init__(
+        self,
+        *,
+        circuit: Global___GetCircuitStateResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForceOpenCircuitResponse: _TypeAlias = ForceOpenCircuitResponse  # noqa: Y015
+
+@_typing.final
+class ResetCircuitRequest(_message.Message):
+    """Request of AgentService.ResetCircuit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """Required. The agent's id."""
+    reason: _builtins.str
+    """Why the breaker is reset, recorded in the event. At most 1,024 characters."""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetCircuitRequest: _TypeAlias = ResetCircuitRequest  # noqa: Y015
+
+@_typing.final
+class ResetCircuitResponse(_message.Message):
+    """Response of AgentService.ResetCircuit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def circuit(self) -> Global___GetCircuitStateResponse:
+        """The breaker after the change, as GetCircuitState shows it."""
+
+    def __init__(
+        self,
+        *,
+        circuit: Global___GetCircuitStateResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetCircuitResponse: _TypeAlias = ResetCircuitResponse  # noqa: Y015
 
 @_typing.final
 class ReplayAgentRequest(_message.Message):

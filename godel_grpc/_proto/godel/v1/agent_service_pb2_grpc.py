@@ -71,6 +71,16 @@ class AgentServiceStub:
                 request_serializer=godel_dot_v1_dot_agent__service__pb2.GetCircuitStateRequest.SerializeToString,
                 response_deserializer=godel_dot_v1_dot_agent__service__pb2.GetCircuitStateResponse.FromString,
                 _registered_method=True)
+        self.ForceOpenCircuit = channel.unary_unary(
+                '/godel.v1.AgentService/ForceOpenCircuit',
+                request_serializer=godel_dot_v1_dot_agent__service__pb2.ForceOpenCircuitRequest.SerializeToString,
+                response_deserializer=godel_dot_v1_dot_agent__service__pb2.ForceOpenCircuitResponse.FromString,
+                _registered_method=True)
+        self.ResetCircuit = channel.unary_unary(
+                '/godel.v1.AgentService/ResetCircuit',
+                request_serializer=godel_dot_v1_dot_agent__service__pb2.ResetCircuitRequest.SerializeToString,
+                response_deserializer=godel_dot_v1_dot_agent__service__pb2.ResetCircuitResponse.FromString,
+                _registered_method=True)
         self.ReplayAgent = channel.unary_unary(
                 '/godel.v1.AgentService/ReplayAgent',
                 request_serializer=godel_dot_v1_dot_agent__service__pb2.ReplayAgentRequest.SerializeToString,
@@ -152,6 +162,29 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForceOpenCircuit(self, request, context):
+        """Forces the circuit breaker of one agent open: nothing is dispatched to the agent,
+        and no trial tasks go through, until ResetCircuit. Its running tasks finish. Works
+        on a disabled breaker too; forcing a forced breaker changes nothing. The change is
+        recorded as an "agent.circuit_changed" event with reason "forced-open" before the
+        reply. NOT_FOUND if the agent is unknown; FAILED_PRECONDITION if it is not
+        connected (breakers live with the agent's link).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetCircuit(self, request, context):
+        """Closes the circuit breaker of one agent, forced or not, and forgets its recent
+        history (consecutive failures, the sliding window, trials); the running totals
+        stay. Dispatch to the agent resumes at once. A change of state is recorded as an
+        "agent.circuit_changed" event with reason "reset" before the reply. NOT_FOUND if
+        the agent is unknown; FAILED_PRECONDITION if it is not connected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReplayAgent(self, request, context):
         """Rebuilds an agent's state as of one event of the log: the latest snapshot at or
         before that event plus the agent's later events up to it. Changes nothing.
@@ -209,6 +242,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.GetCircuitState,
                     request_deserializer=godel_dot_v1_dot_agent__service__pb2.GetCircuitStateRequest.FromString,
                     response_serializer=godel_dot_v1_dot_agent__service__pb2.GetCircuitStateResponse.SerializeToString,
+            ),
+            'ForceOpenCircuit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForceOpenCircuit,
+                    request_deserializer=godel_dot_v1_dot_agent__service__pb2.ForceOpenCircuitRequest.FromString,
+                    response_serializer=godel_dot_v1_dot_agent__service__pb2.ForceOpenCircuitResponse.SerializeToString,
+            ),
+            'ResetCircuit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetCircuit,
+                    request_deserializer=godel_dot_v1_dot_agent__service__pb2.ResetCircuitRequest.FromString,
+                    response_serializer=godel_dot_v1_dot_agent__service__pb2.ResetCircuitResponse.SerializeToString,
             ),
             'ReplayAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.ReplayAgent,
@@ -412,6 +455,60 @@ class AgentService:
             '/godel.v1.AgentService/GetCircuitState',
             godel_dot_v1_dot_agent__service__pb2.GetCircuitStateRequest.SerializeToString,
             godel_dot_v1_dot_agent__service__pb2.GetCircuitStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForceOpenCircuit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/godel.v1.AgentService/ForceOpenCircuit',
+            godel_dot_v1_dot_agent__service__pb2.ForceOpenCircuitRequest.SerializeToString,
+            godel_dot_v1_dot_agent__service__pb2.ForceOpenCircuitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetCircuit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/godel.v1.AgentService/ResetCircuit',
+            godel_dot_v1_dot_agent__service__pb2.ResetCircuitRequest.SerializeToString,
+            godel_dot_v1_dot_agent__service__pb2.ResetCircuitResponse.FromString,
             options,
             channel_credentials,
             insecure,

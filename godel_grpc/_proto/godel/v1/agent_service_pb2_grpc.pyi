@@ -69,6 +69,21 @@ class AgentServiceStub:
     """Returns the state of the circuit breaker that guards dispatch to one agent.
     NOT_FOUND if the agent is unknown.
     """
+    ForceOpenCircuit: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ForceOpenCircuitRequest, _agent_service_pb2.ForceOpenCircuitResponse]
+    """Forces the circuit breaker of one agent open: nothing is dispatched to the agent,
+    and no trial tasks go through, until ResetCircuit. Its running tasks finish. Works
+    on a disabled breaker too; forcing a forced breaker changes nothing. The change is
+    recorded as an "agent.circuit_changed" event with reason "forced-open" before the
+    reply. NOT_FOUND if the agent is unknown; FAILED_PRECONDITION if it is not
+    connected (breakers live with the agent's link).
+    """
+    ResetCircuit: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ResetCircuitRequest, _agent_service_pb2.ResetCircuitResponse]
+    """Closes the circuit breaker of one agent, forced or not, and forgets its recent
+    history (consecutive failures, the sliding window, trials); the running totals
+    stay. Dispatch to the agent resumes at once. A change of state is recorded as an
+    "agent.circuit_changed" event with reason "reset" before the reply. NOT_FOUND if
+    the agent is unknown; FAILED_PRECONDITION if it is not connected.
+    """
     ReplayAgent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ReplayAgentRequest, _agent_service_pb2.ReplayAgentResponse]
     """Rebuilds an agent's state as of one event of the log: the latest snapshot at or
     before that event plus the agent's later events up to it. Changes nothing.
@@ -122,6 +137,21 @@ class AgentServiceAsyncStub(AgentServiceStub):
     GetCircuitState: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.GetCircuitStateRequest, _agent_service_pb2.GetCircuitStateResponse]  # type: ignore[assignment]
     """Returns the state of the circuit breaker that guards dispatch to one agent.
     NOT_FOUND if the agent is unknown.
+    """
+    ForceOpenCircuit: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ForceOpenCircuitRequest, _agent_service_pb2.ForceOpenCircuitResponse]  # type: ignore[assignment]
+    """Forces the circuit breaker of one agent open: nothing is dispatched to the agent,
+    and no trial tasks go through, until ResetCircuit. Its running tasks finish. Works
+    on a disabled breaker too; forcing a forced breaker changes nothing. The change is
+    recorded as an "agent.circuit_changed" event with reason "forced-open" before the
+    reply. NOT_FOUND if the agent is unknown; FAILED_PRECONDITION if it is not
+    connected (breakers live with the agent's link).
+    """
+    ResetCircuit: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ResetCircuitRequest, _agent_service_pb2.ResetCircuitResponse]  # type: ignore[assignment]
+    """Closes the circuit breaker of one agent, forced or not, and forgets its recent
+    history (consecutive failures, the sliding window, trials); the running totals
+    stay. Dispatch to the agent resumes at once. A change of state is recorded as an
+    "agent.circuit_changed" event with reason "reset" before the reply. NOT_FOUND if
+    the agent is unknown; FAILED_PRECONDITION if it is not connected.
     """
     ReplayAgent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ReplayAgentRequest, _agent_service_pb2.ReplayAgentResponse]  # type: ignore[assignment]
     """Rebuilds an agent's state as of one event of the log: the latest snapshot at or
@@ -215,6 +245,33 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_service_pb2.GetCircuitStateResponse, _abc.Awaitable[_agent_service_pb2.GetCircuitStateResponse]]:
         """Returns the state of the circuit breaker that guards dispatch to one agent.
         NOT_FOUND if the agent is unknown.
+        """
+
+    @_abc_1.abstractmethod
+    def ForceOpenCircuit(
+        self,
+        request: _agent_service_pb2.ForceOpenCircuitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.ForceOpenCircuitResponse, _abc.Awaitable[_agent_service_pb2.ForceOpenCircuitResponse]]:
+        """Forces the circuit breaker of one agent open: nothing is dispatched to the agent,
+        and no trial tasks go through, until ResetCircuit. Its running tasks finish. Works
+        on a disabled breaker too; forcing a forced breaker changes nothing. The change is
+        recorded as an "agent.circuit_changed" event with reason "forced-open" before the
+        reply. NOT_FOUND if the agent is unknown; FAILED_PRECONDITION if it is not
+        connected (breakers live with the agent's link).
+        """
+
+    @_abc_1.abstractmethod
+    def ResetCircuit(
+        self,
+        request: _agent_service_pb2.ResetCircuitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.ResetCircuitResponse, _abc.Awaitable[_agent_service_pb2.ResetCircuitResponse]]:
+        """Closes the circuit breaker of one agent, forced or not, and forgets its recent
+        history (consecutive failures, the sliding window, trials); the running totals
+        stay. Dispatch to the agent resumes at once. A change of state is recorded as an
+        "agent.circuit_changed" event with reason "reset" before the reply. NOT_FOUND if
+        the agent is unknown; FAILED_PRECONDITION if it is not connected.
         """
 
     @_abc_1.abstractmethod

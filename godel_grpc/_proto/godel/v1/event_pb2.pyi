@@ -661,6 +661,7 @@ class AgentCircuitChanged(_message.Message):
     FROM_STATE_FIELD_NUMBER: _builtins.int
     TO_STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent's id."""
     from_state: _builtins.str
@@ -669,7 +670,12 @@ class AgentCircuitChanged(_message.Message):
     """The state entered: "CLOSED", "OPEN" or "HALF_OPEN"."""
     reason: _builtins.str
     """The rule that fired, for example "consecutive-failures", "timeout-elapsed",
-    "trials-succeeded", "trial-failed", "forced-open", "reset".
+    "failure-rate", "slow-call-rate", "trials-succeeded", "trial-failed",
+    "forced-open", "reset".
+    """
+    comment: _builtins.str
+    """For "forced-open" and "reset": the reason the operator gave in
+    ForceOpenCircuit or ResetCircuit. Empty otherwise.
     """
     def __init__(
         self,
@@ -678,10 +684,11 @@ class AgentCircuitChanged(_message.Message):
         from_state: _builtins.str = ...,
         to_state: _builtins.str = ...,
         reason: _builtins.str = ...,
+        comment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "from_state", b"from_state", "reason", b"reason", "to_state", b"to_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "comment", b"comment", "from_state", b"from_state", "reason", b"reason", "to_state", b"to_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
