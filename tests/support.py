@@ -38,6 +38,78 @@ def require_tool(name: str) -> str:
     return path
 
 
+POSTGRES_URL = os.environ.get(
+    "GODEL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+"""The maintenance database of the PostgreSQL server tests use; each test gets its own
+database created from it."""
+
+
+def _postgres(*statements: str) -> None:
+    """Runs `statements` on the maintenance database, from any thread or event loop."""
+    import asyncio
+    import concurrent.futures
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def require_postgres() -> str:
+    """The maintenance database URL; skips on a laptop without PostgreSQL, fails under CI."""
+    try:
+        _postgres("SELECT 1")
+    except Exception as exc:  # any failure to connect means "not available"
+        message = f"PostgreSQL is not reachable at {POSTGRES_URL.rpartition('@')[2]}: {exc}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_URL
+
+
+class PostgresDatabases:
+    """Fresh, uniquely named databases, one per key, all dropped by `drop_all`, so
+    tests never see each other's rows."""
+
+    def __init__(self) -> None:
+        require_postgres()
+        self._names: dict[object, str] = {}
+
+    def url_for(self, key: object = None) -> str:
+        """The URL of the database for `key`, creating it on first use."""
+        name = self._names.get(key)
+        if name is None:
+            import uuid
+
+            name = self._names[key] = f"godel_test_{uuid.uuid4().hex[:16]}"
+            _postgres(f"CREATE DATABASE {name}")
+        return POSTGRES_URL.rpartition("/")[0] + "/" + name
+
+    def drop_all(self) -> None:
+        names, self._names = list(self._names.values()), {}
+        if names:
+            _postgres(*(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)" for name in names))
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database's URL, dropped afterwards."""
+    databases = PostgresDatabases()
+    try:
+        yield databases.url_for()
+    finally:
+        databases.drop_all()
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """Environment for child processes: the repo importable, no inherited GODEL_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GODEL_")}
