@@ -3,6 +3,11 @@
 Serves every `godel.v1` service of the API (services not implemented yet answer
 UNIMPLEMENTED through their generated base class), server reflection, the standard
 health service, and Prometheus metrics on a separate HTTP port.
+
+The server listens before the coordinator recovers its state: with a shared PostgreSQL
+log, recovery first waits for the log's advisory lock, possibly for as long as another
+coordinator stays active. Until then this one is a standby: health answers NOT_SERVING
+and every API call is refused with UNAVAILABLE (`api/standby.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from godel_grpc.api.interceptor import BoundaryInterceptor
 from godel_grpc.api.queues import QueueServicer
 from godel_grpc.api.reflection_pool import MethodAwarePool
 from godel_grpc.api.sagas import SagaServicer
+from godel_grpc.api.standby import StandbyGate
 from godel_grpc.api.tasks import TaskServicer
 from godel_grpc.config import ServeConfig
 from godel_grpc.core.bulkhead_commands import BulkheadCommands
@@ -41,6 +47,7 @@ from godel_grpc.core.saga_commands import SagaCommands
 from godel_grpc.metrics import CoordinatorMetrics
 from godel_grpc.runtime.local import LocalRuntime
 from godel_grpc.store.factory import open_store
+from godel_grpc.store.postgres import redact
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +119,10 @@ async def start_server(
             retention=config.task_retention,
         ),
     )
-    await coordinator.start()
     runtime = LocalRuntime(config.data_dir / "agents", default_exec=config.agent_exec)
+    gate = StandbyGate()
     server = grpc.aio.server(
-        interceptors=[BoundaryInterceptor(metrics)],
+        interceptors=[gate, BoundaryInterceptor(metrics)],
         options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             # Agents ping every 20 s to notice a dead coordinator; allow that.
@@ -148,10 +155,10 @@ async def start_server(
     port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"could not listen on {config.listen}")
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     runtime.coordinator_address = f"127.0.0.1:{port}"  # spawned agents dial loopback
-    for name in ["", *names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_server = None
     metrics_port = None
     if config.metrics_listen:
@@ -160,13 +167,24 @@ async def start_server(
             int(raw_port), addr=host or "127.0.0.1", registry=registry
         )
         metrics_port = metrics_server.server_port
+    log.info("listening", extra={"port": port, "metrics_port": metrics_port})
+    try:
+        await coordinator.start()  # waits here while another coordinator holds the log
+    except BaseException:
+        await server.stop(grace=0)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        raise
+    gate.activate()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "serving",
         extra={
             "listen": config.listen,
             "port": port,
             "metrics_port": metrics_port,
-            "store": config.store or str(config.data_dir / "events.db"),
+            "store": redact(config.store) if config.store else str(config.data_dir / "events.db"),
         },
     )
     return RunningServer(

@@ -171,7 +171,9 @@ class CoordinatorProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, port: int = 0) -> CoordinatorProcess:
+    def start(self, port: int = 0, until: str = "serving") -> CoordinatorProcess:
+        """Starts the process and waits for its `until` log line ("serving" once it is
+        active; "standby" for one waiting on another coordinator's log)."""
         args = [
             PYTHON,
             "-m",
@@ -189,10 +191,10 @@ class CoordinatorProcess:
             args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=child_env(), cwd=ROOT
         )
         self.log = LineReader(self.proc.stderr)
-        line = self.log.wait_for(lambda text: '"serving"' in text)
-        record = json.loads(line)
+        record = json.loads(self.log.wait_for(lambda text: '"listening"' in text))
         self.port = record["port"]
         self.metrics_port = record["metrics_port"]
+        self.log.wait_for(lambda text: f'"{until}"' in text)
         return self
 
     def kill(self) -> None:
