@@ -46,6 +46,7 @@ from godel_grpc.core.queue_commands import QueueCommands
 from godel_grpc.core.saga_commands import SagaCommands
 from godel_grpc.metrics import CoordinatorMetrics
 from godel_grpc.runtime.local import LocalRuntime
+from godel_grpc.store.base import EventStore
 from godel_grpc.store.factory import open_store
 from godel_grpc.store.postgres import redact
 
@@ -175,6 +176,7 @@ async def start_server(
         if metrics_server is not None:
             metrics_server.shutdown()
         raise
+    watch_store_failure(store, coordinator)
     gate.activate()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -219,6 +221,22 @@ async def serve(config: ServeConfig) -> int:
     await running.stop(config.drain_grace)
     log.info("stopped")
     return 0
+
+
+def watch_store_failure(store: EventStore, coordinator: Coordinator) -> None:
+    """Stops the coordinator as soon as its store says it can no longer write (for
+    PostgreSQL: the connection holding the log's lock is gone, so a standby may be
+    taking over), rather than at its next append."""
+    failure = store.failure()
+    fatal = coordinator.fatal
+    if failure is None or fatal is None:
+        return
+
+    def stop(done: asyncio.Future[BaseException]) -> None:
+        if not done.cancelled() and not fatal.done():
+            fatal.set_result(done.result())
+
+    failure.add_done_callback(stop)
 
 
 async def runtime_close(running: RunningServer) -> None:

@@ -97,6 +97,13 @@ _STREAM_VERSIONS: Final = (
 DEFAULT_VERSION_CACHE_SIZE: Final = 200_000
 """How many stream versions the writer remembers before asking the database again."""
 
+IDLE_PROBE_SECONDS: Final = 5.0
+"""After this long without writes the writer checks its connection, so a coordinator
+that lost the lock while idle finds out (and stops) without waiting for an append."""
+
+PROBE_TIMEOUT_SECONDS: Final = 10.0
+"""How long the idle check may take before the connection counts as lost."""
+
 READ_POOL_SIZE: Final = 4
 """Connections for reads; the writer and the listener have their own."""
 
@@ -162,6 +169,7 @@ class PostgresEventStore(EventStore):
         self._listener: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
         self._broken: BaseException | None = None
+        self._lost: asyncio.Future[BaseException] | None = None
         self._last = 0  # last committed position known to this instance
         self._w_last = 0  # last position the writer assigned and committed
         self._changed = asyncio.Event()
@@ -182,6 +190,7 @@ class PostgresEventStore(EventStore):
             return
         if self._state == _CLOSED:
             raise RuntimeError("an event store cannot be reopened after close")
+        self._lost = asyncio.get_running_loop().create_future()
         conn: asyncpg.Connection = await asyncpg.connect(self._url)
         try:
             database, schema = await conn.fetchrow("SELECT current_database(), current_schema()")
@@ -248,9 +257,25 @@ class PostgresEventStore(EventStore):
         if self._broken is not None:
             raise StoreConnectionLost(str(self._broken)) from self._broken
 
+    def failure(self) -> asyncio.Future[BaseException] | None:
+        """Resolves if the writer's connection, and with it the log's lock, is lost."""
+        return self._lost
+
     def _on_writer_lost(self, _conn: object) -> None:
-        if self._broken is None and self._state == _OPEN:
-            self._broken = StoreConnectionLost("the connection holding the event log's lock ended")
+        if self._state == _OPEN:
+            self._mark_lost(
+                StoreConnectionLost("the connection holding the event log's lock ended")
+            )
+
+    def _mark_lost(self, error: BaseException) -> None:
+        """From now on every append fails: the lock went with the connection, and another
+        coordinator may already own the log."""
+        if self._broken is not None:
+            return
+        self._broken = error
+        log.error("event store connection lost", extra={"error": str(error)})
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(error)
 
     # --- writes ----------------------------------------------------------------------
 
@@ -276,8 +301,17 @@ class PostgresEventStore(EventStore):
 
     async def _run(self) -> None:
         """The writer: drain the queue, commit the lot, resolve the callers, repeat."""
+        queue = self._queue
         while True:
-            batch = [await self._queue.get()]
+            if queue.empty():
+                try:
+                    first = await asyncio.wait_for(queue.get(), IDLE_PROBE_SECONDS)
+                except TimeoutError:
+                    await self._probe()
+                    continue
+            else:
+                first = queue.get_nowait()
+            batch = [first]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             stop = next((i for i, item in enumerate(batch) if item is _STOP), -1)
@@ -287,6 +321,15 @@ class PostgresEventStore(EventStore):
                 for _, future in batch[stop + 1 :]:
                     _fail(future, closed)
                 return
+
+    async def _probe(self) -> None:
+        """Checks the idle writer connection with a trivial query."""
+        if self._broken is not None or self._wconn is None:
+            return
+        try:
+            await asyncio.wait_for(self._wconn.fetchval("SELECT 1"), PROBE_TIMEOUT_SECONDS)
+        except (*_CONNECTION_ERRORS, TimeoutError) as error:
+            self._mark_lost(StoreConnectionLost(f"lost the event log's connection: {error}"))
 
     async def _commit_safely(self, batch: list[Any]) -> None:
         """Commits `batch`; whatever goes wrong fails its callers instead of hanging them."""
@@ -300,13 +343,16 @@ class PostgresEventStore(EventStore):
             await self._commit(batch)
         except _CONNECTION_ERRORS as error:
             # The lock went with the connection: never write again from this instance.
-            self._broken = error
             lost = StoreConnectionLost(f"lost the event log's connection: {error}")
-            log.error("event store connection lost", extra={"error": str(error)})
+            self._mark_lost(lost)
             for _, future in batch:
                 _fail(future, lost)
         except Exception as error:
-            await self._recover()
+            if self._wconn is None or self._wconn.is_closed():
+                # For example the server ended the session (admin shutdown).
+                self._mark_lost(StoreConnectionLost(f"lost the event log's connection: {error}"))
+            else:
+                await self._recover()
             for _, future in batch:
                 _fail(future, error)
 

@@ -11,6 +11,7 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -184,3 +185,36 @@ async def test_standby_takes_over_when_the_active_dies(tmp_path: Path) -> None:
     assert [t for t in accepted if results[t] != 1] == []
     assert starts == 2  # the active's start, then the standby's takeover
     assert 200 <= before_restart < TOTAL  # the kill hit a run in progress
+
+
+async def test_coordinator_stops_when_its_lock_session_ends(tmp_path: Path) -> None:
+    """Given an active coordinator and a standby, when the server ends the active one's
+    locking session (as a network cut or a database failover would), then the active
+    coordinator exits with status 1 at once instead of serving stale state, and the
+    standby becomes active on the same log."""
+    with postgres_database() as url:
+        active = CoordinatorProcess(tmp_path / "a", "--store", url)
+        standby = CoordinatorProcess(tmp_path / "b", "--store", url)
+        try:
+            active.start()
+            standby.start(until="standby")
+            async with Client(active.address) as client:
+                task = await client.tasks.submit(role="worker")
+            admin = await asyncpg.connect(url)
+            try:
+                ended = await admin.fetchval(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND granted"
+                )
+            finally:
+                await admin.close()
+            assert ended
+            assert active.proc is not None and standby.log is not None
+            assert await asyncio.to_thread(active.proc.wait, 30) == 1
+            await asyncio.to_thread(standby.log.wait_for, lambda line: '"serving"' in line)
+            async with Client(standby.address) as client:
+                assert (await client.tasks.get(task.id)).state == Task.STATE_QUEUED
+            assert standby.terminate() == 0
+        finally:
+            active.stop()
+            standby.stop()

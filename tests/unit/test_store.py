@@ -20,6 +20,7 @@ import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -679,3 +680,38 @@ async def test_postgres_version_cache_eviction_falls_back_to_the_database(
         assert conflict.value.actual == 3
     finally:
         await store.close()
+
+
+async def test_postgres_store_stops_writing_once_its_lock_connection_is_gone(
+    pg_databases: PostgresDatabases,
+) -> None:
+    """Given an open store whose writer session is ended by the server, then its failure
+    future resolves without any append being tried, every later append fails, and a
+    second store can take the lock and continue the log."""
+    url = pg_databases.url_for()
+    first = PostgresEventStore(url)
+    await first.open()
+    await first.append([ev("s")])
+    failure = first.failure()
+    assert failure is not None and not failure.done()
+    admin = await asyncpg.connect(url)
+    try:
+        ended = await admin.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
+        assert ended
+        reason = await asyncio.wait_for(failure, 10)
+        assert "lock" in str(reason) or "connection" in str(reason)
+        with pytest.raises(Exception, match="connection"):
+            await first.append([ev("s")])
+
+        second = PostgresEventStore(url)
+        await asyncio.wait_for(second.open(), 10)
+        try:
+            [next_] = await second.append([ev("s", expected=1)])
+            assert (next_.position, next_.stream_version) == (2, 2)
+        finally:
+            await second.close()
+    finally:
+        await admin.close()
+        await first.close()
