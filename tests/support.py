@@ -45,15 +45,15 @@ POSTGRES_URL = os.environ.get(
 database created from it."""
 
 
-def _postgres(*statements: str) -> None:
-    """Runs `statements` on the maintenance database, from any thread or event loop."""
+def _postgres(*statements: str, url: str = "") -> None:
+    """Runs `statements` on the maintenance database (or `url`), from any thread or loop."""
     import asyncio
     import concurrent.futures
 
     import asyncpg
 
     async def run() -> None:
-        conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        conn = await asyncpg.connect(url or POSTGRES_URL, timeout=5)
         try:
             for statement in statements:
                 await conn.execute(statement)
@@ -77,27 +77,37 @@ def require_postgres() -> str:
 
 
 class PostgresDatabases:
-    """Fresh, uniquely named databases, one per key, all dropped by `drop_all`, so
-    tests never see each other's rows."""
+    """A fresh, uniquely named database for one test, dropped by `drop_all`, so tests
+    never see each other's rows. Within it, each key (a store directory) gets its own
+    schema, so that the examples of a property-based test start empty too without
+    paying for a database each."""
 
     def __init__(self) -> None:
         require_postgres()
-        self._names: dict[object, str] = {}
+        self._database = ""
+        self._schemas: dict[object, str] = {}
 
     def url_for(self, key: object = None) -> str:
-        """The URL of the database for `key`, creating it on first use."""
-        name = self._names.get(key)
-        if name is None:
-            import uuid
+        """The URL of the test's database (key None), or of a schema of it for `key`,
+        creating either on first use."""
+        import uuid
 
-            name = self._names[key] = f"godel_test_{uuid.uuid4().hex[:16]}"
-            _postgres(f"CREATE DATABASE {name}")
-        return POSTGRES_URL.rpartition("/")[0] + "/" + name
+        if not self._database:
+            self._database = f"godel_test_{uuid.uuid4().hex[:16]}"
+            _postgres(f"CREATE DATABASE {self._database}")
+        url = POSTGRES_URL.rpartition("/")[0] + "/" + self._database
+        if key is None:
+            return url
+        schema = self._schemas.get(key)
+        if schema is None:
+            schema = self._schemas[key] = f"s_{uuid.uuid4().hex[:12]}"
+            _postgres(f"CREATE SCHEMA {schema}", url=url)
+        return f"{url}?search_path={schema}"
 
     def drop_all(self) -> None:
-        names, self._names = list(self._names.values()), {}
-        if names:
-            _postgres(*(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)" for name in names))
+        database, self._database, self._schemas = self._database, "", {}
+        if database:
+            _postgres(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 @contextmanager

@@ -1,10 +1,12 @@
 """The PostgreSQL event store: one writer connection, group commit, pooled readers.
 
 Every `append` puts ``(events, future)`` on a queue; one writer task takes everything
-queued at that moment and writes it in ONE transaction (a single ``COPY`` of all rows),
-so under load batches grow by themselves while a commit is in flight and the cost of
-the commit's WAL flush is shared. Positions are assigned by the writer (last + 1), so
-they are gap-free and in commit order: there is only ever one writer.
+queued at that moment and writes it in ONE transaction, so under load batches grow by
+themselves while a commit is in flight and the cost of the commit's WAL flush is
+shared. A batch of events is one statement (every row passed as column arrays, with
+the NOTIFY in the same statement), committed on its own: one round trip and one flush.
+Positions are assigned by the writer (last + 1), so they are gap-free and in commit
+order: there is only ever one writer.
 
 That "only one writer" is enforced, not assumed. The writer's connection takes a
 session-level advisory lock (`pg_advisory_lock`) on a key derived from the database and
@@ -83,6 +85,15 @@ _COLUMNS: Final = (
     "agent_id",
     "recorded_at",
 )
+_INSERT_EVENTS: Final = (
+    f"WITH written AS (INSERT INTO {EVENTS_TABLE} ({', '.join(_COLUMNS)}) "
+    "SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], "
+    "$5::bytea[], $6::text[], $7::float8[])) "
+    "SELECT pg_notify($8, $9)"
+)
+"""Writes a batch's rows, given as one array per column, and announces the new last
+position; a data-modifying WITH always runs to completion, and NOTIFY is delivered only
+if the statement commits."""
 _SELECT_EVENTS: Final = f"SELECT {', '.join(_COLUMNS)} FROM {EVENTS_TABLE}"
 _UPSERT_SNAPSHOT: Final = (
     f"INSERT INTO {SNAPSHOTS_TABLE} (name, position, data) VALUES ($1, $2, $3) "
@@ -401,11 +412,13 @@ class PostgresEventStore(EventStore):
             pending.update(staged)
             outcomes.append((future, (first, len(rows)), None))
         if rows or snapshots:
-            async with conn.transaction():
-                if rows:
-                    await conn.copy_records_to_table(EVENTS_TABLE, records=rows, columns=_COLUMNS)
-                    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(position))
-                if snapshots:
+            columns = [list(column) for column in zip(*rows, strict=True)] if rows else []
+            if not snapshots:  # one statement commits on its own
+                await conn.execute(_INSERT_EVENTS, *columns, NOTIFY_CHANNEL, str(position))
+            else:
+                async with conn.transaction():
+                    if rows:
+                        await conn.execute(_INSERT_EVENTS, *columns, NOTIFY_CHANNEL, str(position))
                     await conn.executemany(_UPSERT_SNAPSHOT, snapshots)
             self._w_last = position
             self._remember(pending)

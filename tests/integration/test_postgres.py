@@ -204,7 +204,8 @@ async def test_coordinator_stops_when_its_lock_session_ends(tmp_path: Path) -> N
             try:
                 ended = await admin.fetchval(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                    "WHERE locktype = 'advisory' AND granted"
+                    "WHERE locktype = 'advisory' AND granted AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
                 )
             finally:
                 await admin.close()

@@ -697,7 +697,9 @@ async def test_postgres_store_stops_writing_once_its_lock_connection_is_gone(
     admin = await asyncpg.connect(url)
     try:
         ended = await admin.fetchval(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            "SELECT pg_terminate_backend(pid) FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
         )
         assert ended
         reason = await asyncio.wait_for(failure, 10)
