@@ -13,6 +13,7 @@ and every API call is refused with UNAVAILABLE (`api/standby.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import pkgutil
@@ -202,15 +203,24 @@ async def start_server(
 
 
 async def serve(config: ServeConfig) -> int:
-    """Runs until SIGTERM or SIGINT, then drains and returns 0."""
-    running = await start_server(config)
+    """Runs until SIGTERM or SIGINT, then drains and returns 0. A standby stopped
+    before it became active just leaves (0)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stopper: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
+    starting = asyncio.ensure_future(start_server(config))
+    await asyncio.wait([stopper, starting], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        log.info("stopped before becoming active")
+        return 0
+    running = starting.result()
     assert running.coordinator.fatal is not None
     fatal = running.coordinator.fatal
-    stopper: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
     await asyncio.wait([stopper, fatal], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
     if fatal.done():
         log.critical("stopping: the event store failed", exc_info=fatal.result())

@@ -216,6 +216,9 @@ class PostgresEventStore(EventStore):
                 )
                 await conn.execute("SELECT pg_advisory_lock($1)", self.lock_key)
                 log.warning("lock acquired", extra={"store": redact(self._url)})
+            if await conn.fetchval("SHOW synchronous_commit") == "off":
+                # An append returns only once durable; a stronger setting is kept.
+                await conn.execute("SET synchronous_commit TO on")
             # Under the lock: no one else is creating the schema or writing.
             await conn.execute(_SCHEMA)
             self._w_last = int(await conn.fetchval(_LAST_POSITION))

@@ -31,6 +31,10 @@ pytestmark = pytest.mark.integration
 Task = task_pb2.Task
 HANDLERS = "tests.agents.handlers"
 TOTAL = 1000
+TASK_SECONDS = 0.03
+CAPACITY = "16"
+"""Two agents run 32 tasks at once: about a second for all 1,000, so a kill after the
+first 200 results lands mid-run even on a busy machine."""
 
 
 async def submit(address: str, total: int) -> list[str]:
@@ -39,7 +43,7 @@ async def submit(address: str, total: int) -> list[str]:
     async with Client(address) as client:
         for _ in range(total // 250):
             batch = await client.tasks.submit_many(
-                [task_request(role="worker", payload={"seconds": 0.002}) for _ in range(250)]
+                [task_request(role="worker", payload={"seconds": TASK_SECONDS}) for _ in range(250)]
             )
             accepted.extend(t.id for t in batch)
     return accepted
@@ -120,7 +124,7 @@ async def test_sigkill_on_postgres_loses_and_duplicates_nothing(tmp_path: Path) 
                 "worker",
                 2,
                 "--capacity",
-                "32",
+                CAPACITY,
                 "--handler",
                 f"{HANDLERS}:sleep",
             ):
@@ -160,7 +164,7 @@ async def test_standby_takes_over_when_the_active_dies(tmp_path: Path) -> None:
                 assert refused.value.reason == "STANDBY"
             both = f"{active.address},{standby.address}"
             with agent_processes(
-                both, "worker", 2, "--capacity", "32", "--handler", f"{HANDLERS}:sleep"
+                both, "worker", 2, "--capacity", CAPACITY, "--handler", f"{HANDLERS}:sleep"
             ):
                 async with Client(active.address) as client:
                     await wait_for_agents(client, 2)
@@ -219,3 +223,25 @@ async def test_coordinator_stops_when_its_lock_session_ends(tmp_path: Path) -> N
         finally:
             active.stop()
             standby.stop()
+
+
+async def test_a_standby_stops_cleanly_and_the_active_one_carries_on(tmp_path: Path) -> None:
+    """Given an active coordinator and a standby, when the standby gets SIGTERM, then it
+    exits 0 at once without touching the log, and the active one keeps serving."""
+    with postgres_database() as url:
+        active = CoordinatorProcess(tmp_path / "a", "--store", url)
+        standby = CoordinatorProcess(tmp_path / "b", "--store", url)
+        try:
+            active.start()
+            standby.start(until="standby")
+            assert await asyncio.to_thread(standby.terminate, 10) == 0
+            async with Client(active.address) as client:
+                task = await client.tasks.submit(role="worker")
+                assert (await client.tasks.get(task.id)).state == Task.STATE_QUEUED
+            assert await health(active.address) == health_pb2.HealthCheckResponse.SERVING
+            assert active.terminate() == 0
+        finally:
+            active.stop()
+            standby.stop()
+        _results, starts, _before = await results_in_log(url)
+    assert starts == 1
