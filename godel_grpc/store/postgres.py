@@ -227,7 +227,10 @@ class PostgresEventStore(EventStore):
             await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
             self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=READ_POOL_SIZE)
         except BaseException:
-            await self._close_quietly(conn)
+            for opened in (self._listener, conn):
+                if opened is not None:
+                    await self._close_quietly(opened)
+            self._listener = None
             raise
         self._wconn = conn
         conn.add_termination_listener(self._on_writer_lost)
@@ -342,7 +345,7 @@ class PostgresEventStore(EventStore):
             return
         try:
             await asyncio.wait_for(self._wconn.fetchval("SELECT 1"), PROBE_TIMEOUT_SECONDS)
-        except (*_CONNECTION_ERRORS, TimeoutError) as error:
+        except Exception as error:  # SELECT 1 failing means the session is unusable
             self._mark_lost(StoreConnectionLost(f"lost the event log's connection: {error}"))
 
     async def _commit_safely(self, batch: list[Any]) -> None:
