@@ -1,8 +1,12 @@
-"""Throughput of the SQLite event store under the append patterns the coordinator sees.
+"""Throughput of the event stores under the append patterns the coordinator sees.
 
 Run ``python -m bench.store_bench [DIR]``. DIR must be on the disk you care about: the
 figures are bounded by fsync, so a tmpfs directory would flatter them. By default a
 temporary directory is made in the current directory for that reason.
+
+``python -m bench.store_bench --postgres postgresql://USER@HOST/DB`` measures the
+PostgreSQL store instead, each scenario in a fresh database created on that server (DB
+is only used to connect; the scratch databases are dropped afterwards).
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ import pathlib
 import sys
 import tempfile
 import time
+import uuid
 
-from godel_grpc.store.base import NewEvent
+import asyncpg  # type: ignore[import-untyped]
+
+from godel_grpc.store.base import EventStore, NewEvent
+from godel_grpc.store.postgres import PostgresEventStore
 from godel_grpc.store.sqlite import SqliteEventStore
 
 PAYLOAD = os.urandom(120)
@@ -44,7 +52,7 @@ def _events(count: int, seed: int) -> list[NewEvent]:
     ]
 
 
-async def _run(store: SqliteEventStore, in_flight: int, size: int, rounds: int) -> float:
+async def _run(store: EventStore, in_flight: int, size: int, rounds: int) -> float:
     """Keeps `in_flight` tasks appending `size`-event batches; returns events/s."""
     # Built up front so that only the store is timed.
     work = [[_events(size, slot * rounds + n) for n in range(rounds)] for slot in range(in_flight)]
@@ -79,9 +87,40 @@ async def bench_store(path: str | os.PathLike[str]) -> dict[str, float]:
     return results
 
 
+async def bench_postgres(url: str) -> dict[str, float]:
+    """Measures appends/s for each of `SCENARIOS` against the PostgreSQL server `url`
+    points at, each on a fresh database that is dropped afterwards.
+
+    Returns:
+        Events per second keyed by scenario name.
+    """
+    admin = await asyncpg.connect(url)
+    results: dict[str, float] = {}
+    try:
+        for name, (in_flight, size, rounds) in SCENARIOS.items():
+            database = f"godel_bench_{uuid.uuid4().hex[:12]}"
+            await admin.execute(f"CREATE DATABASE {database}")
+            store = PostgresEventStore(f"{url.rpartition('/')[0]}/{database}")
+            try:
+                await store.open()
+                results[name] = await _run(store, in_flight, size, rounds)
+            finally:
+                await store.close()
+                await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    finally:
+        await admin.close()
+    return results
+
+
 def main() -> None:
     """Prints events/s for each pattern."""
-    directory = sys.argv[1] if len(sys.argv) > 1 else "."
+    args = sys.argv[1:]
+    if args[:1] == ["--postgres"] and len(args) == 2:
+        results = asyncio.run(bench_postgres(args[1]))
+        for name, rate in results.items():
+            print(f"{name:>20}: {rate:>12,.0f} events/s")
+        return
+    directory = args[0] if args else "."
     with tempfile.TemporaryDirectory(prefix="store-bench-", dir=directory) as tmp:
         results = asyncio.run(bench_store(tmp))
     for name, rate in results.items():

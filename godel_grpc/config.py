@@ -69,7 +69,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
         default=env_default("STORE", d.store),
-        help="event store URL: sqlite:///PATH or memory:// (default: SQLite in --data-dir)",
+        help="event store URL: sqlite:///PATH, postgresql://USER@HOST/DB or memory:// "
+        "(default: SQLite in --data-dir)",
     )
     parser.add_argument(
         "--runtime",

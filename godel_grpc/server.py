@@ -3,11 +3,17 @@
 Serves every `godel.v1` service of the API (services not implemented yet answer
 UNIMPLEMENTED through their generated base class), server reflection, the standard
 health service, and Prometheus metrics on a separate HTTP port.
+
+The server listens before the coordinator recovers its state: with a shared PostgreSQL
+log, recovery first waits for the log's advisory lock, possibly for as long as another
+coordinator stays active. Until then this one is a standby: health answers NOT_SERVING
+and every API call is refused with UNAVAILABLE (`api/standby.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import pkgutil
@@ -31,6 +37,7 @@ from godel_grpc.api.interceptor import BoundaryInterceptor
 from godel_grpc.api.queues import QueueServicer
 from godel_grpc.api.reflection_pool import MethodAwarePool
 from godel_grpc.api.sagas import SagaServicer
+from godel_grpc.api.standby import StandbyGate
 from godel_grpc.api.swarms import SwarmServicer
 from godel_grpc.api.tasks import TaskServicer
 from godel_grpc.api.workflows import WorkflowServicer
@@ -46,7 +53,9 @@ from godel_grpc.core.workflow_stages import StageRunner
 from godel_grpc.metrics import CoordinatorMetrics
 from godel_grpc.runtime.local import LocalRuntime
 from godel_grpc.runtime.spawned import SpawnedAgents
+from godel_grpc.store.base import EventStore
 from godel_grpc.store.factory import open_store
+from godel_grpc.store.postgres import redact
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +133,11 @@ async def start_server(
             retention=config.task_retention,
         ),
     )
-    await coordinator.start()
     runtime = LocalRuntime(config.data_dir / "agents", default_exec=config.agent_exec)
     swarms = SwarmCommands(coordinator, runtime)
+    gate = StandbyGate()
     server = grpc.aio.server(
-        interceptors=[BoundaryInterceptor(metrics)],
+        interceptors=[gate, BoundaryInterceptor(metrics)],
         options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             # Agents ping every 20 s to notice a dead coordinator; allow that.
@@ -169,12 +178,10 @@ async def start_server(
     port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"could not listen on {config.listen}")
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     runtime.coordinator_address = f"127.0.0.1:{port}"  # spawned agents dial loopback
-    workflows.resume()
-    swarms.start()
-    for name in ["", *names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_server = None
     metrics_port = None
     if config.metrics_listen:
@@ -183,13 +190,27 @@ async def start_server(
             int(raw_port), addr=host or "127.0.0.1", registry=registry
         )
         metrics_port = metrics_server.server_port
+    log.info("listening", extra={"port": port, "metrics_port": metrics_port})
+    try:
+        await coordinator.start()  # waits here while another coordinator holds the log
+    except BaseException:
+        await server.stop(grace=0)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        raise
+    watch_store_failure(store, coordinator)
+    gate.activate()
+    workflows.resume()
+    swarms.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "serving",
         extra={
             "listen": config.listen,
             "port": port,
             "metrics_port": metrics_port,
-            "store": config.store or str(config.data_dir / "events.db"),
+            "store": redact(config.store) if config.store else str(config.data_dir / "events.db"),
         },
     )
     return RunningServer(
@@ -207,15 +228,24 @@ async def start_server(
 
 
 async def serve(config: ServeConfig) -> int:
-    """Runs until SIGTERM or SIGINT, then drains and returns 0."""
-    running = await start_server(config)
+    """Runs until SIGTERM or SIGINT, then drains and returns 0. A standby stopped
+    before it became active just leaves (0)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stopper: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
+    starting = asyncio.ensure_future(start_server(config))
+    await asyncio.wait([stopper, starting], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        log.info("stopped before becoming active")
+        return 0
+    running = starting.result()
     assert running.coordinator.fatal is not None
     fatal = running.coordinator.fatal
-    stopper: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
     await asyncio.wait([stopper, fatal], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
     if fatal.done():
         log.critical("stopping: the event store failed", exc_info=fatal.result())
@@ -226,6 +256,22 @@ async def serve(config: ServeConfig) -> int:
     await running.stop(config.drain_grace)
     log.info("stopped")
     return 0
+
+
+def watch_store_failure(store: EventStore, coordinator: Coordinator) -> None:
+    """Stops the coordinator as soon as its store says it can no longer write (for
+    PostgreSQL: the connection holding the log's lock is gone, so a standby may be
+    taking over), rather than at its next append."""
+    failure = store.failure()
+    fatal = coordinator.fatal
+    if failure is None or fatal is None:
+        return
+
+    def stop(done: asyncio.Future[BaseException]) -> None:
+        if not done.cancelled() and not fatal.done():
+            fatal.set_result(done.result())
+
+    failure.add_done_callback(stop)
 
 
 async def runtime_close(running: RunningServer) -> None:

@@ -38,6 +38,88 @@ def require_tool(name: str) -> str:
     return path
 
 
+POSTGRES_URL = os.environ.get(
+    "GODEL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+"""The maintenance database of the PostgreSQL server tests use; each test gets its own
+database created from it."""
+
+
+def _postgres(*statements: str, url: str = "") -> None:
+    """Runs `statements` on the maintenance database (or `url`), from any thread or loop."""
+    import asyncio
+    import concurrent.futures
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url or POSTGRES_URL, timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def require_postgres() -> str:
+    """The maintenance database URL; skips on a laptop without PostgreSQL, fails under CI."""
+    try:
+        _postgres("SELECT 1")
+    except Exception as exc:  # any failure to connect means "not available"
+        message = f"PostgreSQL is not reachable at {POSTGRES_URL.rpartition('@')[2]}: {exc}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_URL
+
+
+class PostgresDatabases:
+    """A fresh, uniquely named database for one test, dropped by `drop_all`, so tests
+    never see each other's rows. Within it, each key (a store directory) gets its own
+    schema, so that the examples of a property-based test start empty too without
+    paying for a database each."""
+
+    def __init__(self) -> None:
+        require_postgres()
+        self._database = ""
+        self._schemas: dict[object, str] = {}
+
+    def url_for(self, key: object = None) -> str:
+        """The URL of the test's database (key None), or of a schema of it for `key`,
+        creating either on first use."""
+        import uuid
+
+        if not self._database:
+            self._database = f"godel_test_{uuid.uuid4().hex[:16]}"
+            _postgres(f"CREATE DATABASE {self._database}")
+        url = POSTGRES_URL.rpartition("/")[0] + "/" + self._database
+        if key is None:
+            return url
+        schema = self._schemas.get(key)
+        if schema is None:
+            schema = self._schemas[key] = f"s_{uuid.uuid4().hex[:12]}"
+            _postgres(f"CREATE SCHEMA {schema}", url=url)
+        return f"{url}?search_path={schema}"
+
+    def drop_all(self) -> None:
+        database, self._database, self._schemas = self._database, "", {}
+        if database:
+            _postgres(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database's URL, dropped afterwards."""
+    databases = PostgresDatabases()
+    try:
+        yield databases.url_for()
+    finally:
+        databases.drop_all()
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """Environment for child processes: the repo importable, no inherited GODEL_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GODEL_")}
@@ -99,7 +181,9 @@ class CoordinatorProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, port: int = 0) -> CoordinatorProcess:
+    def start(self, port: int = 0, until: str = "serving") -> CoordinatorProcess:
+        """Starts the process and waits for its `until` log line ("serving" once it is
+        active; "standby" for one waiting on another coordinator's log)."""
         args = [
             PYTHON,
             "-m",
@@ -117,10 +201,10 @@ class CoordinatorProcess:
             args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=child_env(), cwd=ROOT
         )
         self.log = LineReader(self.proc.stderr)
-        line = self.log.wait_for(lambda text: '"serving"' in text)
-        record = json.loads(line)
+        record = json.loads(self.log.wait_for(lambda text: '"listening"' in text))
         self.port = record["port"]
         self.metrics_port = record["metrics_port"]
+        self.log.wait_for(lambda text: f'"{until}"' in text)
         return self
 
     def kill(self) -> None:

@@ -152,7 +152,9 @@ class Agent:
         """Configures the agent; nothing connects until `run`.
 
         Args:
-            coordinator: the coordinator's gRPC address, ``host:port``.
+            coordinator: the coordinator's gRPC address, ``host:port``; several,
+                comma-separated, for an active coordinator and its standbys: each
+                reconnect tries the next.
             role: the role this agent serves.
             actions: action names it serves besides those registered with `action`.
             capacity: most attempts run at once, 1 to 10,000.
@@ -190,7 +192,8 @@ class Agent:
             raise ValueError("role is required")
         if not 1 <= capacity <= 10_000:
             raise ValueError("capacity must be between 1 and 10000")
-        if not coordinator:
+        self._coordinators = [each.strip() for each in coordinator.split(",") if each.strip()]
+        if not self._coordinators:
             raise ValueError("coordinator address is required")
         self._coordinator = coordinator
         self._role = role
@@ -403,7 +406,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._reporter = ThreadSafeReporter(self._outbox, loop)
         shipping = self._start_shipping()
-        channel = self._open_channel()
+        channels = [self._open_channel(address) for address in self._coordinators]
         _log.info(
             "agent starting",
             extra={
@@ -414,7 +417,7 @@ class Agent:
         )
         try:
             link = Link(
-                channel,
+                channels,
                 self._outbox,
                 hello=self._hello,
                 on_welcome=self._on_welcome,
@@ -427,7 +430,8 @@ class Agent:
             await link.run()
         finally:
             await self._abandon_everything()
-            await channel.close()
+            for channel in channels:
+                await channel.close()
             self._finished.set()
             _log.info("agent stopped", extra={"agent_id": self._agent_id})
             await self._stop_shipping(shipping)
@@ -448,12 +452,10 @@ class Agent:
             logging.getLogger().removeHandler(handler)
         await self._shipper.close(_LOG_FLUSH_TIMEOUT)
 
-    def _open_channel(self) -> grpc.aio.Channel:
+    def _open_channel(self, address: str) -> grpc.aio.Channel:
         if self._credentials is None:
-            return grpc.aio.insecure_channel(self._coordinator, options=self._channel_options)
-        return grpc.aio.secure_channel(
-            self._coordinator, self._credentials, options=self._channel_options
-        )
+            return grpc.aio.insecure_channel(address, options=self._channel_options)
+        return grpc.aio.secure_channel(address, self._credentials, options=self._channel_options)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)

@@ -67,8 +67,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the flags of `godel agent` to `parser` (its defaults come from the env)."""
     add = parser.add_argument
     # fmt: off
-    add("--coordinator", metavar="HOST:PORT",
-        help=f"coordinator address (GODEL_COORDINATOR; default {DEFAULT_COORDINATOR})")
+    add("--coordinator", metavar="HOST:PORT[,HOST:PORT...]",
+        help="coordinator address; several, comma-separated, for an active coordinator and "
+             "its standbys, tried in turn on each reconnect "
+             f"(GODEL_COORDINATOR; default {DEFAULT_COORDINATOR})")
     add("--role", help="role this agent serves; required (GODEL_ROLE)")
     add("--action", action="append", metavar="NAME",
         help="an action this agent serves; repeatable (GODEL_ACTION, comma-separated)")

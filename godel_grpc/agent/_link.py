@@ -3,6 +3,11 @@
 `Link` knows the protocol's shape (hello first, welcome back, then one reader and one
 writer until the stream ends) and when to try again; what the messages mean is left to
 the agent, through three callbacks.
+
+Given several coordinator addresses (an active coordinator and its standbys on one
+shared log), each reconnect tries the next one: a dead coordinator refuses the
+connection and a standby answers UNAVAILABLE, so the link soon lands on the one that
+is active, whichever that is now.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 import grpc
@@ -53,7 +58,8 @@ class Link:
     """Keeps the agent connected until its outbox is closed and delivered.
 
     Args:
-        channel: the channel to the coordinator.
+        channel: the channel to the coordinator, or one channel per coordinator
+            address; reconnects go round them in order.
         outbox: where outgoing parts wait; closing it ends the link once delivered.
         hello: makes the hello for each new stream (with the latest resume token).
         on_welcome: takes the identity the coordinator gave.
@@ -67,7 +73,7 @@ class Link:
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channel: grpc.aio.Channel | Sequence[grpc.aio.Channel],
         outbox: Outbox,
         *,
         hello: Callable[[], link_pb2.AgentHello],
@@ -78,11 +84,18 @@ class Link:
         flush_timeout: float,
         backoff: Backoff,
     ) -> None:
-        self._connect: _Connect = channel.stream_stream(
-            CONNECT_METHOD,
-            request_serializer=link_pb2.AgentMessage.SerializeToString,
-            response_deserializer=link_pb2.CoordinatorMessage.FromString,
-        )
+        channels = [channel] if isinstance(channel, grpc.aio.Channel) else list(channel)
+        if not channels:
+            raise ValueError("at least one channel is required")
+        self._connects: list[_Connect] = [
+            each.stream_stream(
+                CONNECT_METHOD,
+                request_serializer=link_pb2.AgentMessage.SerializeToString,
+                response_deserializer=link_pb2.CoordinatorMessage.FromString,
+            )
+            for each in channels
+        ]
+        self._next = 0
         self._outbox = outbox
         self._hello = hello
         self._on_welcome = on_welcome
@@ -121,6 +134,7 @@ class Link:
                 _log.exception("link failed unexpectedly")
             if self._welcomed:
                 self._backoff.reset()
+            self._next = (self._next + 1) % len(self._connects)
             await self._pause(self._backoff.next_delay())
 
     def _finished(self) -> bool:
@@ -152,7 +166,7 @@ class Link:
             True when we closed the stream after delivering everything, False when the
             coordinator ended it first.
         """
-        call = self._connect()
+        call = self._connects[self._next]()
         try:
             await call.write(link_pb2.AgentMessage(hello=self._hello()))
             async with asyncio.timeout(self._welcome_timeout):

@@ -9,6 +9,7 @@ position that increases by one per event, and number events within their stream.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -120,6 +121,13 @@ class EventStore(abc.ABC):
         """Waits until the log has an event with position > `after` (or `timeout` seconds
         pass) and returns the last durable position. Lets subscribers go live without
         polling."""
+
+    def failure(self) -> asyncio.Future[BaseException] | None:
+        """A future that resolves, with the reason, if the open store finds out it can no
+        longer be written to without being asked to write (a lost database connection
+        that held the log's lock); None for backends that only learn it from an append.
+        The owner should stop: memory can no longer be made durable."""
+        return None
 
     @abc.abstractmethod
     async def save_snapshot(self, name: str, position: int, data: bytes) -> None:

@@ -6,6 +6,7 @@ import pathlib
 
 from godel_grpc.store.base import EventStore
 from godel_grpc.store.memory import InMemoryEventStore
+from godel_grpc.store.postgres import PostgresEventStore
 from godel_grpc.store.sqlite import SqliteEventStore
 
 DEFAULT_SQLITE_FILE = "events.db"
@@ -19,16 +20,20 @@ def open_store(url: str, data_dir: pathlib.Path) -> EventStore:
         ``"sqlite:///abs/path.db"``: SQLite at that absolute path.
         ``"sqlite://rel/path.db"``: SQLite at ``data_dir / "rel/path.db"``.
         ``"memory://"``: an in-memory store that forgets everything on exit.
+        ``"postgresql://user@host:port/db"`` (or ``postgres://``): PostgreSQL, as libpq
+            URLs spell it; query parameters such as ``sslmode`` pass through.
 
     Raises:
-        ValueError: for PostgreSQL URLs (no backend yet) and unknown schemes, so a typo
-            fails at startup instead of silently writing somewhere else.
+        ValueError: for unknown schemes, so a typo fails at startup instead of silently
+            writing somewhere else.
     """
     if not url:
         return SqliteEventStore(data_dir / DEFAULT_SQLITE_FILE)
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ValueError(f"store URL {url!r} has no scheme; use sqlite://, memory:// or ''")
+        raise ValueError(
+            f"store URL {url!r} has no scheme; use sqlite://, postgresql://, memory:// or ''"
+        )
     scheme = scheme.lower()
     if scheme == "sqlite":
         path = pathlib.Path(rest) if rest else pathlib.Path(DEFAULT_SQLITE_FILE)
@@ -36,5 +41,5 @@ def open_store(url: str, data_dir: pathlib.Path) -> EventStore:
     if scheme == "memory":
         return InMemoryEventStore()
     if scheme in ("postgresql", "postgres"):
-        raise ValueError(f"PostgreSQL store not available yet: {url.split('@')[-1]!r}")
+        return PostgresEventStore(url)
     raise ValueError(f"unknown store URL scheme {scheme!r} in {url!r}")

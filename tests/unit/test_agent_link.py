@@ -394,6 +394,35 @@ async def test_a_restarted_coordinator_is_found_again(coordinator: StandInCoordi
             await restarted.server.stop(None)
 
 
+async def test_an_agent_with_several_addresses_follows_the_active_coordinator(
+    coordinator: StandInCoordinator,
+) -> None:
+    # Given a standby that refuses links (UNAVAILABLE), listed before the active one
+    standby = await serve(StandInCoordinator())
+    standby.reject = grpc.StatusCode.UNAVAILABLE
+    gate = Gate()
+    agent = Agent(f"{standby.address},{coordinator.address}", role="builder", drain_grace=1.0)
+    agent.handler(gate)
+    try:
+        async with agent:
+            # Then the agent moves on to the active coordinator and runs its work
+            first = await coordinator.next_link()
+            first.send(assignments=[assignment(1)])
+            await gate.until_inside(1)
+
+            # When the active one dies and the standby takes over
+            standby.reject = None
+            await coordinator.server.stop(None)
+
+            # Then the agent reconnects to the former standby as itself and delivers
+            link = await standby.next_link()
+            assert link.hello.resume_token == "token-1"
+            gate.opened.set()
+            await link.until(lambda lk: "a-1" in lk.results(), "a-1 on the former standby")
+    finally:
+        await standby.server.stop(None)
+
+
 async def test_drain_from_the_coordinator_finishes_running_work_then_closes(
     coordinator: StandInCoordinator,
 ) -> None:

@@ -2,8 +2,9 @@
 
 A new backend joins by adding a name to `BACKENDS` and a branch to `_make`. Tests that
 only make sense for a durable backend skip the others via `durable`; a durable backend
-must also open with ``open_store(f"{name}://", directory)`` (the SIGKILL test's child
-process uses the factory).
+must also open through the factory with the URL `store_url` gives (the SIGKILL test's
+child process uses it). PostgreSQL runs against the machine's server, in a fresh
+database per test (per store directory, for the model-based test's examples).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,20 +36,25 @@ from godel_grpc.store.base import (
 )
 from godel_grpc.store.factory import open_store
 from godel_grpc.store.memory import InMemoryEventStore
+from godel_grpc.store.postgres import PostgresEventStore
 from godel_grpc.store.sqlite import SqliteEventStore
+from tests.support import PostgresDatabases
 
-BACKENDS = ["memory", "sqlite"]
-DURABLE = {"sqlite"}
+BACKENDS = ["memory", "sqlite", "postgresql"]
+DURABLE = {"sqlite", "postgresql"}
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 MakeStore = Callable[[pathlib.Path], EventStore]
 
 
-def _make(backend: str, directory: pathlib.Path) -> EventStore:
+def _make(backend: str, directory: pathlib.Path, databases: PostgresDatabases | None) -> EventStore:
     if backend == "memory":
         return InMemoryEventStore()
     if backend == "sqlite":
         return SqliteEventStore(directory / "events.db")
+    if backend == "postgresql":
+        assert databases is not None
+        return PostgresEventStore(databases.url_for(directory))
     raise AssertionError(backend)
 
 
@@ -57,9 +64,28 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_store(backend: str) -> MakeStore:
+def databases(backend: str) -> Iterator[PostgresDatabases | None]:
+    """For PostgreSQL, fresh databases dropped after the test; None for the others."""
+    if backend != "postgresql":
+        yield None
+        return
+    created = PostgresDatabases()
+    try:
+        yield created
+    finally:
+        created.drop_all()
+
+
+@pytest.fixture
+def make_store(backend: str, databases: PostgresDatabases | None) -> MakeStore:
     """A new, unopened store of the backend over the given directory."""
-    return lambda directory: _make(backend, directory)
+    return lambda directory: _make(backend, directory, databases)
+
+
+@pytest.fixture
+def store_url(backend: str, databases: PostgresDatabases | None, tmp_path: pathlib.Path) -> str:
+    """The factory URL of the backend's store over `tmp_path`."""
+    return databases.url_for(tmp_path) if databases is not None else f"{backend}://"
 
 
 @pytest.fixture
@@ -356,7 +382,7 @@ async def test_data_survives_reopen(
 
 
 def test_acknowledged_appends_survive_sigkill(
-    backend: str, durable: None, tmp_path: pathlib.Path
+    store_url: str, durable: None, tmp_path: pathlib.Path
 ) -> None:
     """Given a child process appending in a loop (8 writers, some 5-event batches) and
     printing every acknowledged position, when it is SIGKILLed after 200 acks, then the
@@ -389,7 +415,7 @@ def test_acknowledged_appends_survive_sigkill(
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-c", child, f"{backend}://", str(tmp_path)],
+        [sys.executable, "-c", child, store_url, str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -417,7 +443,7 @@ def test_acknowledged_appends_survive_sigkill(
         acked[int(position)] = data
 
     async def reread() -> list[StoredEvent]:
-        store = open_store(f"{backend}://", tmp_path)
+        store = open_store(store_url, tmp_path)
         await store.open()
         try:
             return await read_all(store)
@@ -559,7 +585,8 @@ def test_random_appends_match_a_list_model(
 
 def test_open_store_parses_urls(tmp_path: pathlib.Path) -> None:
     """Given each supported URL form, the factory builds the matching backend at the
-    matching place; PostgreSQL and unknown schemes fail clearly."""
+    matching place; PostgreSQL URLs (either spelling) pass through whole; unknown
+    schemes fail clearly."""
 
     def sqlite_path(url: str) -> pathlib.Path:
         store = open_store(url, tmp_path)
@@ -571,7 +598,122 @@ def test_open_store_parses_urls(tmp_path: pathlib.Path) -> None:
     assert sqlite_path("sqlite://sub/log.db") == tmp_path / "sub/log.db"
     assert sqlite_path("sqlite:///var/lib/godel/log.db") == pathlib.Path("/var/lib/godel/log.db")
     assert isinstance(open_store("memory://", tmp_path), InMemoryEventStore)
-    with pytest.raises(ValueError, match="PostgreSQL store not available yet"):
-        open_store("postgresql://user:secret@db/godel", tmp_path)
+    for url in ("postgresql://user:secret@db:5433/godel?sslmode=require", "postgres://db/godel"):
+        postgres = open_store(url, tmp_path)
+        assert isinstance(postgres, PostgresEventStore)
+        assert postgres.url == url
     with pytest.raises(ValueError, match="unknown"):
         open_store("redis://x", tmp_path)
+
+
+# --- PostgreSQL only -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_databases() -> Iterator[PostgresDatabases]:
+    created = PostgresDatabases()
+    try:
+        yield created
+    finally:
+        created.drop_all()
+
+
+async def test_postgres_second_store_waits_for_the_lock(pg_databases: PostgresDatabases) -> None:
+    """Given an open PostgreSQL store, when a second store opens on the same database,
+    then it waits (holding no write access) until the first closes, and then continues
+    the same log with gap-free positions and versions."""
+    url = pg_databases.url_for()
+    first = PostgresEventStore(url)
+    await first.open()
+    await first.append([ev("s"), ev("s")])
+    second = PostgresEventStore(url)
+    opening = asyncio.create_task(second.open())
+    done, _ = await asyncio.wait({opening}, timeout=0.5)
+    assert not done, "the second store opened while the first held the lock"
+    await first.append([ev("s")])
+
+    await first.close()
+    await asyncio.wait_for(opening, 10)
+    try:
+        assert first.lock_key == second.lock_key
+        assert await second.last_position() == 3
+        [more] = await second.append([ev("s", expected=3)])
+        assert (more.position, more.stream_version) == (4, 4)
+    finally:
+        await second.close()
+
+
+async def test_postgres_trusts_a_new_stream_hint_but_never_duplicates(
+    pg_databases: PostgresDatabases,
+) -> None:
+    """Given a stream that exists but is no longer in the version cache, when an append
+    wrongly claims it is new, then the append fails on the unique index instead of
+    writing a second version 1, and the store keeps working with gap-free positions."""
+    store = PostgresEventStore(pg_databases.url_for(), version_cache_size=1)
+    await store.open()
+    try:
+        await store.append([NewEvent("fresh", "t", b"1", new_stream=True)])
+        await store.append([NewEvent("other", "t", b"2")])  # evicts "fresh"
+        with pytest.raises(Exception, match=r"unique|duplicate"):
+            await store.append([NewEvent("fresh", "t", b"3", new_stream=True)])
+        [after] = await store.append([NewEvent("fresh", "t", b"4")])
+        assert (after.position, after.stream_version) == (3, 2)
+    finally:
+        await store.close()
+
+
+async def test_postgres_version_cache_eviction_falls_back_to_the_database(
+    pg_databases: PostgresDatabases,
+) -> None:
+    """Given a store that caches only two stream versions, when five streams are
+    appended to in turn with exact expected versions, then every check still sees the
+    right version."""
+    store = PostgresEventStore(pg_databases.url_for(), version_cache_size=2)
+    await store.open()
+    try:
+        for round_ in range(3):
+            for stream in ("a", "b", "c", "d", "e"):
+                [stored] = await store.append([ev(stream, expected=round_)])
+                assert stored.stream_version == round_ + 1
+        with pytest.raises(WrongExpectedVersion) as conflict:
+            await store.append([ev("a", expected=1)])
+        assert conflict.value.actual == 3
+    finally:
+        await store.close()
+
+
+async def test_postgres_store_stops_writing_once_its_lock_connection_is_gone(
+    pg_databases: PostgresDatabases,
+) -> None:
+    """Given an open store whose writer session is ended by the server, then its failure
+    future resolves without any append being tried, every later append fails, and a
+    second store can take the lock and continue the log."""
+    url = pg_databases.url_for()
+    first = PostgresEventStore(url)
+    await first.open()
+    await first.append([ev("s")])
+    failure = first.failure()
+    assert failure is not None and not failure.done()
+    admin = await asyncpg.connect(url)
+    try:
+        ended = await admin.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        assert ended
+        reason = await asyncio.wait_for(failure, 10)
+        assert "lock" in str(reason) or "connection" in str(reason)
+        with pytest.raises(Exception, match="connection"):
+            await first.append([ev("s")])
+
+        second = PostgresEventStore(url)
+        await asyncio.wait_for(second.open(), 10)
+        try:
+            [next_] = await second.append([ev("s", expected=1)])
+            assert (next_.position, next_.stream_version) == (2, 2)
+        finally:
+            await second.close()
+    finally:
+        await admin.close()
+        await first.close()
