@@ -182,3 +182,19 @@ class Unimplemented(GodelError):
 
     code = grpc.StatusCode.UNIMPLEMENTED
     reason = "UNIMPLEMENTED"
+
+
+class Unauthenticated(GodelError):
+    """The call carries no credentials the coordinator accepts (missing, malformed,
+    unknown or revoked bearer token)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(GodelError):
+    """The caller is known but its principal may not do this (a scope it lacks, or an
+    agent acting as another agent)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"

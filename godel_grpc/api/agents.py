@@ -9,6 +9,7 @@ import grpc
 
 from godel_grpc._proto.godel.v1 import agent_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as pb_grpc
+from godel_grpc.auth.agent_tokens import AgentCredentials
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.errors import FailedPrecondition
 from godel_grpc.runtime.base import Runtime
@@ -20,9 +21,16 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class AgentServicer(pb_grpc.AgentServiceServicer):
     """Serves AgentService from the coordinator."""
 
-    def __init__(self, coordinator: Coordinator, runtime: Runtime | None = None) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        runtime: Runtime | None = None,
+        credentials: AgentCredentials | None = None,
+    ) -> None:
         self._coordinator = coordinator
-        self._spawned = SpawnedAgents(coordinator, runtime) if runtime is not None else None
+        self._spawned = (
+            SpawnedAgents(coordinator, runtime, credentials) if runtime is not None else None
+        )
 
     def _runtime(self) -> SpawnedAgents:
         if self._spawned is None:

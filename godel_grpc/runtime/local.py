@@ -302,7 +302,12 @@ class LocalRuntime(Runtime):
             # The agent emits what its logger keeps; the logger filters again on its side.
             argv += ["--logger", f"127.0.0.1:{handle.logger_port}"]
             argv += ["--log-level", self._logger_level(launch)]
-        handle.agent = await self._start(handle, "agent", argv)
+        # The token goes by environment, not argv, so `ps` does not show it; the agent's
+        # task commands inherit it with the coordinator's address, to call back as it.
+        env = {"GODEL_COORDINATOR": self.coordinator_address}
+        if launch.token:
+            env["GODEL_TOKEN"] = launch.token
+        handle.agent = await self._start(handle, "agent", argv, env=env)
         handle.started_at = time.monotonic()
 
     async def _start_followers(self, handle: LocalAgent) -> None:
