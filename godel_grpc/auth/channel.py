@@ -33,36 +33,56 @@ def _with_token(details: grpc.aio.ClientCallDetails, header: str) -> grpc.aio.Cl
     )
 
 
-class _Bearer(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Adds the bearer token to every kind of call."""
-
-    def __init__(self, token: str) -> None:
-        self._header = f"Bearer {token}"
+class _BearerUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, header: str) -> None:
+        self._header = header
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(_with_token(details, self._header), request)
 
+
+class _BearerUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, header: str) -> None:
+        self._header = header
+
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(_with_token(details, self._header), request)
+
+
+class _BearerStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, header: str) -> None:
+        self._header = header
 
     async def intercept_stream_unary(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, requests: Any
     ) -> Any:
         return await continuation(_with_token(details, self._header), requests)
 
+
+class _BearerStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, header: str) -> None:
+        self._header = header
+
     async def intercept_stream_stream(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, requests: Any
     ) -> Any:
         return await continuation(_with_token(details, self._header), requests)
+
+
+def _bearer(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """One interceptor per call shape: a channel files each interceptor under the first
+    shape it implements, so one class implementing all four would see unary calls only."""
+    header = f"Bearer {token}"
+    return [
+        _BearerUnaryUnary(header),
+        _BearerUnaryStream(header),
+        _BearerStreamUnary(header),
+        _BearerStreamStream(header),
+    ]
 
 
 def open_channel(
@@ -87,7 +107,7 @@ def open_channel(
         tls_key: PEM key of `tls_cert`.
         options: gRPC channel options.
     """
-    interceptors = [_Bearer(token)] if token else None
+    interceptors = _bearer(token) if token else None
     if credentials is None and (tls_ca or tls_cert or tls_key):
         credentials = channel_credentials(tls_ca, tls_cert, tls_key)
     if credentials is None:
