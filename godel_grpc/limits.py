@@ -18,11 +18,15 @@ from typing import Any
 class LimitsConfig:
     """Limits of the gRPC server."""
 
-    max_message_bytes: int = 16 * 1024 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024
     """Largest request message in bytes; bigger ones are refused (RESOURCE_EXHAUSTED)
-    before they are decoded. Leaves room for SubmitTasks batches of 1 MB payloads."""
-    max_concurrent_streams: int = 1000
-    """HTTP/2 streams one connection may have open at once."""
+    before they are decoded, so a huge message costs no parsing. gRPC's own default,
+    and what agents keep their batches under; a single payload is at most 1 MiB."""
+    max_concurrent_streams: int = 100
+    """HTTP/2 streams one connection may have open at once. Measured: with 1,000, a
+    burst of streams opened and reset at once (HTTP/2 "rapid reset") made gRPC cancel
+    unrelated calls of other clients; at 100 it did not, and others were served twice
+    as fast during the burst. A client wanting more opens more connections."""
     max_concurrent_rpcs: int = 10_000
     """RPCs the server runs at once, agent links and watchers included; beyond it new
     calls get RESOURCE_EXHAUSTED."""
