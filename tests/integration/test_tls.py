@@ -169,8 +169,10 @@ async def test_grpcurl_with_the_right_certificates(
 def test_a_public_address_needs_tls_and_tokens(tmp_path: Path) -> None:
     """Given no TLS, listening on every interface is refused unless --insecure."""
     refused = subprocess.run(
-        [PYTHON, "-m", "godel_grpc.cli", "serve", "--listen", "0.0.0.0:0"]
-        + ["--metrics-listen", "", "--data-dir", str(tmp_path)],
+        [
+            *(PYTHON, "-m", "godel_grpc.cli", "serve", "--listen", "0.0.0.0:0"),
+            *("--metrics-listen", "", "--data-dir", str(tmp_path)),
+        ],
         capture_output=True,
         text=True,
         env=child_env(),
