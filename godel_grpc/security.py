@@ -27,6 +27,21 @@ class SecurityConfig:
     """PEM CA bundle; when given, clients must present a certificate it signed (mTLS)."""
     insecure: bool = False
     """Serve a non-loopback address without TLS or tokens anyway."""
+    agent_tls_ca: str = ""
+    """For agents this coordinator spawns, when it speaks TLS: the CA that signed its
+    certificate (which must name 127.0.0.1, where they connect)."""
+    agent_tls_cert: str = ""
+    """Client certificate spawned agents present when the coordinator requires mTLS."""
+    agent_tls_key: str = ""
+
+    def agent_env(self) -> dict[str, str]:
+        """The environment that lets a spawned agent connect over TLS."""
+        values = {
+            "GODEL_TLS_CA": self.agent_tls_ca,
+            "GODEL_TLS_CERT": self.agent_tls_cert,
+            "GODEL_TLS_KEY": self.agent_tls_key,
+        }
+        return {name: value for name, value in values.items() if value}
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SecurityConfig:
@@ -37,6 +52,9 @@ class SecurityConfig:
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             insecure=args.insecure,
+            agent_tls_ca=args.agent_tls_ca,
+            agent_tls_cert=args.agent_tls_cert,
+            agent_tls_key=args.agent_tls_key,
         )
 
 
@@ -69,3 +87,10 @@ def add_security_arguments(
         default=env_default("INSECURE", "") in ("1", "true", "yes"),
         help="allow a non-loopback address without TLS or without tokens",
     )
+    for flag, what in [
+        ("--agent-tls-ca", "CA of this coordinator's certificate, for the agents it spawns"),
+        ("--agent-tls-cert", "client certificate for the agents it spawns (mTLS)"),
+        ("--agent-tls-key", "key of --agent-tls-cert"),
+    ]:
+        var = flag.removeprefix("--").replace("-", "_").upper()
+        parser.add_argument(flag, default=env_default(var, ""), metavar="PEM", help=what)

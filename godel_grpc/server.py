@@ -134,6 +134,7 @@ async def start_server(
     )
     await coordinator.start()
     runtime = LocalRuntime(config.data_dir / "agents", default_exec=config.agent_exec)
+    runtime.agent_env = security.agent_env()
     authorizer = Authorizer(
         method_kinds(service for service, _, _ in api_services()),
         tokens,
@@ -188,6 +189,10 @@ async def start_server(
             int(raw_port), addr=host or "127.0.0.1", registry=registry
         )
         metrics_port = metrics_server.server_port
+    if protection.tls and not security.agent_tls_ca:
+        log.warning(
+            "agents spawned by this coordinator cannot connect over TLS: give --agent-tls-ca"
+        )
     if not protection.auth_required:
         log.warning(
             "authentication is OFF: anyone who can reach %s may call every RPC "

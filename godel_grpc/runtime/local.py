@@ -193,6 +193,9 @@ class LocalRuntime(Runtime):
         self.base_dir = base_dir
         self.default_exec = default_exec
         self.coordinator_address = coordinator_address
+        self.agent_env: dict[str, str] = {}
+        """Extra environment of every agent process: how to reach a coordinator that
+        speaks TLS (GODEL_TLS_CA, GODEL_TLS_CERT, GODEL_TLS_KEY); set by the server."""
         self.python = python
         self.backoff = backoff
         self._agents: dict[str, LocalAgent] = {}
@@ -304,7 +307,7 @@ class LocalRuntime(Runtime):
             argv += ["--log-level", self._logger_level(launch)]
         # The token goes by environment, not argv, so `ps` does not show it; the agent's
         # task commands inherit it with the coordinator's address, to call back as it.
-        env = {"GODEL_COORDINATOR": self.coordinator_address}
+        env = {**self.agent_env, "GODEL_COORDINATOR": self.coordinator_address}
         if launch.token:
             env["GODEL_TOKEN"] = launch.token
         handle.agent = await self._start(handle, "agent", argv, env=env)

@@ -11,6 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from godel_grpc._proto.godel.v1.agent_pb2 import Agent
+from godel_grpc._proto.godel.v1.agent_service_pb2 import SpawnAgentRequest
+from godel_grpc._proto.godel.v1.agent_service_pb2_grpc import AgentServiceStub
+from godel_grpc.auth.channel import open_channel
 from godel_grpc.client import Client
 from godel_grpc.client._errors import RPCError
 from tests.support import (
@@ -21,6 +25,7 @@ from tests.support import (
     godel_token,
     grpcurl_json,
     require_tool,
+    wait_for_agents,
 )
 
 pytestmark = pytest.mark.integration
@@ -91,10 +96,14 @@ def coordinator(
         Path(tmp_path_factory.mktemp("tls")),
         *("--auth", "required", "--tls-cert", str(certs.server_cert)),
         *("--tls-key", str(certs.server_key), "--tls-client-ca", str(certs.ca)),
+        *("--agent-tls-ca", str(certs.ca), "--agent-tls-cert", str(certs.client_cert)),
+        *("--agent-tls-key", str(certs.client_key)),
     )
     try:
         yield process.start()
     finally:
+        if process.proc is not None and process.proc.poll() is None:
+            process.terminate()  # SIGTERM: it stops the agents it spawned
         process.stop()
 
 
@@ -181,3 +190,22 @@ def test_a_public_address_needs_tls_and_tokens(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2
     assert "--insecure" in refused.stderr and "TLS" in refused.stderr
+
+
+async def test_spawned_agents_connect_over_mtls_with_their_token(
+    coordinator: CoordinatorProcess, certs: Certs, token: str
+) -> None:
+    """Given a coordinator with mTLS and tokens, an agent it spawns connects: it gets
+    the CA and client certificate from --agent-tls-*, and a token of its own."""
+    tls = {
+        "tls_ca": str(certs.ca),
+        "tls_cert": str(certs.client_cert),
+        "tls_key": str(certs.client_key),
+    }
+    async with open_channel(coordinator.address, token=token, **tls) as channel:
+        spawned = await AgentServiceStub(channel).SpawnAgent(
+            SpawnAgentRequest(role="tls-worker"), timeout=30
+        )
+    async with Client(coordinator.address, token=token, timeout=10, **tls) as client:
+        await wait_for_agents(client, 1, role="tls-worker")
+        assert (await client.agents.get(spawned.agent.id)).state == Agent.STATE_READY
