@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -29,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from godel_grpc.auth.scopes import AGENT, Principal
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "gdl_"
 FILE_NAME = "tokens.json"
@@ -100,7 +103,12 @@ class TokenFile:
         stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
         if stamp == self._snapshot.stamp:
             return
-        records = _read(self.path)
+        try:
+            records = _read(self.path)
+        except (ValueError, TypeError) as exc:  # a hand-edited file gone wrong
+            # Fail closed: no token is accepted until the file reads again.
+            log.error("the token file %s does not read (%s); refusing every token", self.path, exc)
+            records = []
         self._snapshot = _Snapshot(stamp, {r.sha256: r for r in records})
 
     # -- writing -----------------------------------------------------------------------

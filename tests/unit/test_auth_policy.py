@@ -64,6 +64,15 @@ def test_token_file_stores_only_hashes_and_revocation_is_seen_at_once(tmp_path: 
         TokenFile(tmp_path).create(parse_scopes("agent"), name="unbound")
 
 
+def test_a_broken_token_file_accepts_no_token(tmp_path: Path) -> None:
+    """Given a token file broken by hand, no token is accepted (and nothing crashes)."""
+    store = TokenFile(tmp_path)
+    _, token = store.create(frozenset({"admin"}), name="root")
+    assert store.principal_for(token) is not None
+    (tmp_path / "tokens.json").write_text("{not json")
+    assert store.principal_for(token) is None
+
+
 def test_no_token_unknown_token_and_missing_scope(tmp_path: Path) -> None:
     """Given tokens in the file, the authorizer tells the three refusals apart."""
     auth = authorizer(tmp_path)
