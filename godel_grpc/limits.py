@@ -22,11 +22,12 @@ class LimitsConfig:
     """Largest request message in bytes; bigger ones are refused (RESOURCE_EXHAUSTED)
     before they are decoded, so a huge message costs no parsing. gRPC's own default,
     and what agents keep their batches under; a single payload is at most 1 MiB."""
-    max_concurrent_streams: int = 100
-    """HTTP/2 streams one connection may have open at once. Measured: with 1,000, a
-    burst of streams opened and reset at once (HTTP/2 "rapid reset") made gRPC cancel
-    unrelated calls of other clients; at 100 it did not, and others were served twice
-    as fast during the burst. A client wanting more opens more connections."""
+    max_concurrent_streams: int = 1000
+    """HTTP/2 streams one connection may have open at once. Measured trade-off: at 100,
+    a client running a few hundred calls at once on one connection has some refused
+    (REFUSED_STREAM, seen as UNAVAILABLE); at 1,000 it has none, but a burst of streams
+    opened and reset (HTTP/2 "rapid reset") makes gRPC cancel a few unrelated calls of
+    other clients while it lasts (tests/integration/test_abuse.py prints how many)."""
     max_concurrent_rpcs: int = 10_000
     """RPCs the server runs at once, agent links and watchers included; beyond it new
     calls get RESOURCE_EXHAUSTED."""
