@@ -1,4 +1,4 @@
-"""The `godel` command: `serve`, `agent` and `demo`."""
+"""The `godel` command: `serve`, `agent`, `token` and `demo`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     from godel_grpc.agent import add_agent_arguments
 
     add_agent_arguments(agent)
+    token = commands.add_parser("token", help="create, revoke and list bearer tokens")
+    from godel_grpc.auth.cli import add_token_arguments
+
+    add_token_arguments(token)
     demo = commands.add_parser("demo", help="run the seed's patterns end to end on local defaults")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data directory")
     return parser
@@ -31,15 +35,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `godel` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "serve":
+        from godel_grpc.auth.transport import UnsafeConfig
         from godel_grpc.server import serve
 
         config = ServeConfig.from_args(args)
         logs.configure(config.log_level)
-        return asyncio.run(serve(config))
+        try:
+            return asyncio.run(serve(config))
+        except UnsafeConfig as exc:
+            print(f"godel serve: {exc}", file=sys.stderr)
+            return 2
     if args.command == "agent":
         from godel_grpc.agent import run_agent_command
 
         return run_agent_command(args)
+    if args.command == "token":
+        from godel_grpc.auth.cli import run_token_command
+
+        return run_token_command(args)
     if args.command == "demo":
         from godel_grpc.demo import run_demo
 

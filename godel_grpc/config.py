@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from godel_grpc.limits import LimitsConfig, add_limit_arguments
+from godel_grpc.security import SecurityConfig, add_security_arguments
 
 
 def env_default(name: str, default: str) -> str:
@@ -29,6 +32,8 @@ class ServeConfig:
     task_retention: int = 100_000
     agent_exec: str = ""
     """Command spawned agents run per task when SpawnAgent names none."""
+    security: SecurityConfig = field(default_factory=lambda: SecurityConfig())
+    limits: LimitsConfig = field(default_factory=lambda: LimitsConfig())
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
@@ -45,6 +50,8 @@ class ServeConfig:
             heartbeat_timeout=args.heartbeat_timeout,
             task_retention=args.task_retention,
             agent_exec=args.agent_exec,
+            security=SecurityConfig.from_args(args),
+            limits=LimitsConfig.from_args(args),
         )
 
 
@@ -114,3 +121,5 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="command spawned agents run per task when the spawn names none "
         "(default: a built-in handler that echoes the payload)",
     )
+    add_security_arguments(parser, env_default)
+    add_limit_arguments(parser, env_default)

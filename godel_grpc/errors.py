@@ -215,3 +215,19 @@ class Aborted(GodelError):
             expected_version=str(expected),
             actual_version=str(actual),
         )
+
+
+class Unauthenticated(GodelError):
+    """The call carries no credentials the coordinator accepts (missing, malformed,
+    unknown or revoked bearer token)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(GodelError):
+    """The caller is known but its principal may not do this (a scope it lacks, or an
+    agent acting as another agent)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"

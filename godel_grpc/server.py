@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from godel_grpc._proto.godel import v1 as proto_package
 from godel_grpc.api.agent_link import AgentLinkServicer
 from godel_grpc.api.agents import AgentServicer
+from godel_grpc.api.auth import Authorizer, method_kinds
 from godel_grpc.api.bulkheads import BulkheadServicer
 from godel_grpc.api.convoys import ConvoyServicer
 from godel_grpc.api.events import EventServicer
@@ -41,6 +42,10 @@ from godel_grpc.api.standby import StandbyGate
 from godel_grpc.api.swarms import SwarmServicer
 from godel_grpc.api.tasks import TaskServicer
 from godel_grpc.api.workflows import WorkflowServicer
+from godel_grpc.auth.agent_tokens import AgentCredentials
+from godel_grpc.auth.ratelimit import RateLimiter
+from godel_grpc.auth.tokens import TokenFile
+from godel_grpc.auth.transport import decide, server_credentials
 from godel_grpc.config import ServeConfig
 from godel_grpc.core.bulkhead_commands import BulkheadCommands
 from godel_grpc.core.convoy_commands import ConvoyCommands
@@ -120,7 +125,22 @@ class RunningServer:
 async def start_server(
     config: ServeConfig, registry: CollectorRegistry | None = None
 ) -> RunningServer:
-    """Starts a coordinator as configured and returns once it is serving."""
+    """Starts a coordinator as configured and returns once it is serving.
+
+    Raises:
+        UnsafeConfig: the address would be served without the protection the
+            safe-defaults rule asks for (`auth/transport.py`).
+    """
+    security, limits = config.security, config.limits
+    protection = decide(
+        config.listen,
+        security.auth,
+        tls_cert=security.tls_cert,
+        tls_key=security.tls_key,
+        tls_client_ca=security.tls_client_ca,
+        insecure=security.insecure,
+    )
+    tokens = TokenFile(config.data_dir) if protection.auth_required else None
     registry = registry or CollectorRegistry()
     metrics = CoordinatorMetrics(registry)
     store = open_store(config.store, config.data_dir)
@@ -134,19 +154,22 @@ async def start_server(
         ),
     )
     runtime = LocalRuntime(config.data_dir / "agents", default_exec=config.agent_exec)
-    swarms = SwarmCommands(coordinator, runtime)
+    runtime.agent_env = security.agent_env()
+    credentials = AgentCredentials(tokens) if tokens is not None else None
+    swarms = SwarmCommands(coordinator, runtime, credentials=credentials)
     gate = StandbyGate()
-    server = grpc.aio.server(
-        interceptors=[gate, BoundaryInterceptor(metrics)],
-        options=[
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            # Agents ping every 20 s to notice a dead coordinator; allow that.
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-            ("grpc.http2.max_ping_strikes", 0),
-        ],
+    authorizer = Authorizer(
+        method_kinds(service for service, _, _ in api_services()),
+        tokens,
+        RateLimiter(limits.rate_limit, limits.rate_burst),
+        agent_name=coordinator.agent_name,
     )
-    spawned = SpawnedAgents(coordinator, runtime)
+    server = grpc.aio.server(
+        interceptors=[gate, BoundaryInterceptor(metrics, authorizer)],
+        options=limits.server_options(),
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
+    spawned = SpawnedAgents(coordinator, runtime, credentials)
     convoys = ConvoyCommands(coordinator)
     sagas = SagaCommands(coordinator)
     workflows = WorkflowCommands(
@@ -175,7 +198,13 @@ async def start_server(
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=MethodAwarePool()
     )
-    port = server.add_insecure_port(config.listen)
+    if protection.tls:
+        port = server.add_secure_port(
+            config.listen,
+            server_credentials(security.tls_cert, security.tls_key, security.tls_client_ca),
+        )
+    else:
+        port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"could not listen on {config.listen}")
     for name in ["", *names]:
@@ -190,6 +219,16 @@ async def start_server(
             int(raw_port), addr=host or "127.0.0.1", registry=registry
         )
         metrics_port = metrics_server.server_port
+    if protection.tls and not security.agent_tls_ca:
+        log.warning(
+            "agents spawned by this coordinator cannot connect over TLS: give --agent-tls-ca"
+        )
+    if not protection.auth_required:
+        log.warning(
+            "authentication is OFF: anyone who can reach %s may call every RPC "
+            "(start with --auth required to need tokens)",
+            config.listen,
+        )
     log.info("listening", extra={"port": port, "metrics_port": metrics_port})
     try:
         await coordinator.start()  # waits here while another coordinator holds the log
@@ -207,6 +246,9 @@ async def start_server(
     log.info(
         "serving",
         extra={
+            "protection": protection.describe(),
+            "auth": "required" if protection.auth_required else "off",
+            "tls": protection.tls,
             "listen": config.listen,
             "port": port,
             "metrics_port": metrics_port,

@@ -280,16 +280,17 @@ def agent_processes(
             agent.stop()
 
 
-async def grpcurl_json(address: str, method: str, data: str) -> dict:  # type: ignore[type-arg]
+async def grpcurl_json(address: str, method: str, data: str, *flags: str) -> dict:  # type: ignore[type-arg]
     """Calls `method` with the real grpcurl and returns its JSON reply. Runs in a thread:
-    an in-process server under test shares the caller's event loop."""
+    an in-process server under test shares the caller's event loop. `flags` replace
+    ``-plaintext`` (TLS files, ``-H "authorization: Bearer …"``)."""
     import asyncio
     import json as json_module
 
     binary = require_tool("grpcurl")
     done = await asyncio.to_thread(
         subprocess.run,
-        [binary, "-plaintext", "-d", data, address, method],
+        [binary, *(flags or ["-plaintext"]), "-d", data, address, method],
         capture_output=True,
         text=True,
         timeout=60,
@@ -307,3 +308,18 @@ async def wait_for_agents(client, count: int, role: str = "", timeout: float = 3
     while sum(a.state == a.STATE_READY for a in await client.agents.list(role=role)) < count:
         assert asyncio.get_running_loop().time() < deadline, f"{count} agents did not connect"
         await asyncio.sleep(0.05)
+
+
+def godel_token(data_dir: Path, *args: str) -> str:
+    """Runs `godel token ARGS --data-dir DATA_DIR` as a user would; returns its stdout
+    (the token, for `create`)."""
+    done = subprocess.run(
+        [PYTHON, "-m", "godel_grpc.cli", "token", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

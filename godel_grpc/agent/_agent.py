@@ -42,6 +42,7 @@ from godel_grpc.agent._outbox import (
     Outbox,
     ThreadSafeReporter,
 )
+from godel_grpc.auth.channel import open_channel
 
 _log = logging.getLogger("godel_grpc.agent")
 
@@ -140,6 +141,7 @@ class Agent:
         keepalive_timeout: float = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str = "",
         channel_options: Sequence[tuple[str, Any]] = (),
         circuit_breaker: agent_pb2.CircuitBreakerConfig | None = None,
         queues: Sequence[str] = (),
@@ -175,6 +177,9 @@ class Agent:
             max_message_bytes: largest message the coordinator accepts; batches stay
                 below it and a bigger single result becomes an error.
             credentials: TLS credentials; None connects in plain text.
+            token: bearer token sent on the link (``authorization`` metadata); a
+                token with the ``agent`` scope is bound to one agent name, which must
+                then be `name`.
             channel_options: extra gRPC channel options, appended to the agent's own.
             circuit_breaker: settings of the coordinator's breaker for this agent; None
                 leaves it on with the defaults.
@@ -218,6 +223,7 @@ class Agent:
         self._reconnect = (reconnect_initial, reconnect_max)
         self._max_message_bytes = max_message_bytes
         self._credentials = credentials
+        self._token = token
         self._channel_options: list[tuple[str, Any]] = [
             ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
             ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
@@ -453,9 +459,12 @@ class Agent:
         await self._shipper.close(_LOG_FLUSH_TIMEOUT)
 
     def _open_channel(self, address: str) -> grpc.aio.Channel:
-        if self._credentials is None:
-            return grpc.aio.insecure_channel(address, options=self._channel_options)
-        return grpc.aio.secure_channel(address, self._credentials, options=self._channel_options)
+        return open_channel(
+            address,
+            token=self._token,
+            credentials=self._credentials,
+            options=self._channel_options,
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)

@@ -27,6 +27,7 @@ from godel_grpc.agent._agent import Agent
 from godel_grpc.agent._attempt import Handler
 from godel_grpc.agent._errors import AgentRejected
 from godel_grpc.agent._exec import ExecHandler
+from godel_grpc.auth.transport import channel_credentials
 from godel_grpc.patterns.breaker import BreakerConfig
 
 _log = logging.getLogger("godel_grpc.agent.cli")
@@ -61,6 +62,10 @@ class AgentConfig:
     partitions: list[str] = field(default_factory=list)
     logger: str = ""
     reflex: agent_pb2.ReflexConfig | None = None
+    token: str = field(default="", repr=False)
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,6 +109,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     add("--logger", metavar="HOST:PORT",
         help="logger sidecar to ship log lines to; the agent keeps working while it is "
              "away (GODEL_LOGGER)")
+    add("--token", help="bearer token for the coordinator; prefer GODEL_TOKEN, which "
+        "`ps` does not show (GODEL_TOKEN)")
+    add("--tls-ca", metavar="PEM",
+        help="CA that signed the coordinator's certificate; connects with TLS (GODEL_TLS_CA)")
+    add("--tls-cert", metavar="PEM",
+        help="client certificate for a coordinator that requires mTLS (GODEL_TLS_CERT)")
+    add("--tls-key", metavar="PEM", help="key of --tls-cert (GODEL_TLS_KEY)")
     # fmt: on
 
 
@@ -153,6 +165,10 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Agen
         circuit_breaker=_breaker(one("circuit_breaker", "GODEL_CIRCUIT_BREAKER")),
         logger=one("logger", "GODEL_LOGGER"),
         reflex=_reflex(one("reflex", "GODEL_REFLEX")),
+        token=one("token", "GODEL_TOKEN"),
+        tls_ca=one("tls_ca", "GODEL_TLS_CA"),
+        tls_cert=one("tls_cert", "GODEL_TLS_CERT"),
+        tls_key=one("tls_key", "GODEL_TLS_KEY"),
     )
 
 
@@ -207,6 +223,12 @@ def build_agent(config: AgentConfig) -> Agent:
         queues=config.queues,
         partitions=config.partitions,
         reflex=config.reflex,
+        token=config.token,
+        credentials=(
+            channel_credentials(config.tls_ca, config.tls_cert, config.tls_key)
+            if config.tls_ca or config.tls_cert or config.tls_key
+            else None
+        ),
     )
     if config.exec_command:
         agent.handler(ExecHandler(config.exec_command))

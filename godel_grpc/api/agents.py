@@ -12,6 +12,7 @@ import grpc
 from godel_grpc._proto.godel.v1 import agent_pb2
 from godel_grpc._proto.godel.v1 import agent_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import agent_service_pb2_grpc as pb_grpc
+from godel_grpc.auth.agent_tokens import AgentCredentials
 from godel_grpc.core.breaker_commands import BreakerCommands
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.core.records import AgentRecord
@@ -31,11 +32,12 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         coordinator: Coordinator,
         runtime: Runtime | None = None,
         spawned: SpawnedAgents | None = None,
+        credentials: AgentCredentials | None = None,
     ) -> None:
         self._coordinator = coordinator
         self._breakers = BreakerCommands(coordinator)
         if spawned is None and runtime is not None:
-            spawned = SpawnedAgents(coordinator, runtime)
+            spawned = SpawnedAgents(coordinator, runtime, credentials)
         self._spawned = spawned
 
     def _runtime(self) -> SpawnedAgents:

@@ -1,9 +1,11 @@
 """The one place where requests are validated and errors become gRPC statuses.
 
-Every RPC passes through `BoundaryInterceptor`: it checks each request message against
-the rules in the protos, maps `GodelError`s to their status with `google.rpc` details,
-turns anything unexpected into INTERNAL with a generic message (the traceback goes to
-the log, never to the client), and counts RPCs by method and code.
+Every RPC passes through `BoundaryInterceptor`: it admits the caller (authentication,
+scope from the RPC's kind, rate limit: `api/auth.py`) before anything else, checks each
+request message against the rules in the protos, maps `GodelError`s to their status
+with `google.rpc` details, turns anything unexpected into INTERNAL with a generic
+message (the traceback goes to the log, never to the client), and counts RPCs by
+method and code.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
+from godel_grpc.api.auth import Authorizer
 from godel_grpc.api.validation import validate
+from godel_grpc.auth.scopes import LOCAL, Principal
 from godel_grpc.errors import (
     DETAILS_METADATA_KEY,
     Aborted,
@@ -46,8 +50,9 @@ async def _abort(context: Context, error: GodelError) -> None:
 class BoundaryInterceptor(grpc.aio.ServerInterceptor):
     """Validation, error mapping and RPC metrics for every method."""
 
-    def __init__(self, metrics: CoordinatorMetrics) -> None:
+    def __init__(self, metrics: CoordinatorMetrics, authorizer: Authorizer | None = None) -> None:
         self._metrics = metrics
+        self._authorizer = authorizer
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         """Wrapped handler per method: services are fixed once the server starts, so each
         method is looked up and wrapped once, not on every call."""
@@ -116,12 +121,21 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
             self._metrics.rpcs.labels(method, _code_of(context, code).name).inc()
             self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
 
+    def _admit(self, method: str, context: Context) -> Principal:
+        """The caller's principal; raises when it may not make this call."""
+        if self._authorizer is None:
+            return LOCAL
+        return self._authorizer.admit(method, context.invocation_metadata())
+
     def _unary(
         self, method: str, behaviour: Callable[..., Awaitable[Message]]
     ) -> Callable[..., Awaitable[Message]]:
         async def handle(request: Message, context: Context) -> Message:
             async with self._boundary(method, context):
+                principal = self._admit(method, context)
                 _check(request)
+                if self._authorizer is not None:
+                    self._authorizer.guard_unary(method, principal, request)
                 return await behaviour(request, context)
             raise AssertionError("unreachable: the boundary returns or raises")
 
@@ -132,6 +146,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[..., AsyncIterator[Message]]:
         async def handle(request: Message, context: Context) -> AsyncIterator[Message]:
             async with self._boundary(method, context):
+                self._admit(method, context)
                 _check(request)
                 async for response in behaviour(request, context):
                     yield response
@@ -143,6 +158,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[..., Awaitable[Message]]:
         async def handle(requests: AsyncIterator[Message], context: Context) -> Message:
             async with self._boundary(method, context):
+                self._admit(method, context)
                 return await behaviour(_validated(requests), context)
             raise AssertionError("unreachable: the boundary returns or raises")
 
@@ -155,6 +171,9 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
             requests: AsyncIterator[Message], context: Context
         ) -> AsyncIterator[Message]:
             async with self._boundary(method, context):
+                principal = self._admit(method, context)
+                if self._authorizer is not None:
+                    requests = self._authorizer.guard_stream(method, principal, requests)
                 # Streams that answer each message (EnqueueStream) check every request
                 # themselves, so one malformed message does not end the whole stream.
                 checked = requests if method in PER_MESSAGE_VALIDATION else _validated(requests)

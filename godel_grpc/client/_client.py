@@ -38,6 +38,7 @@ from godel_grpc._proto.godel.v1 import swarm_service_pb2 as swarm_pb
 from godel_grpc._proto.godel.v1 import swarm_service_pb2_grpc as swarm_grpc
 from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as task_grpc
+from godel_grpc.auth.channel import open_channel
 from godel_grpc.client._errors import RPCError
 from godel_grpc.client._workflows import Workflows
 from godel_grpc.core.fields import copy_common_fields
@@ -805,11 +806,37 @@ class Client:
     """Connects to a coordinator; use as `async with Client(address) as client`."""
 
     def __init__(
-        self, address: str = "127.0.0.1:50051", *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str = "",
+        tls_ca: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """Opens a channel (lazily connected) to the coordinator.
+
+        Args:
+            address: ``host:port``.
+            timeout: seconds each unary call may take.
+            token: bearer token (`godel token create`) sent with every call.
+            tls_ca: PEM CA file that signed the coordinator's certificate; any TLS
+                argument makes the channel use TLS.
+            tls_cert: PEM client certificate for a coordinator that requires mTLS.
+            tls_key: PEM key of `tls_cert`.
+            credentials: ready-made TLS credentials, instead of the files.
+        """
         self.address = address
-        self._channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        self._channel = open_channel(
+            address,
+            token=token,
+            credentials=credentials,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
         )
         self.tasks = Tasks(self._channel, timeout)
         self.agents = Agents(self._channel, timeout)

@@ -970,6 +970,11 @@ class Coordinator:
             )
         agent.sample = sample
 
+    def agent_name(self, agent_id: str) -> str | None:
+        """The name of the agent with this id; None for an unknown id."""
+        agent = self.state.agents.get(agent_id)
+        return agent.name if agent is not None else None
+
     def sample_rows(self) -> Iterator[tuple[str, sample_pb2.Sample]]:
         """(agent name, latest sample) of each connected agent that has one."""
         for agent_id in self.sessions:

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from godel_grpc._proto.godel.v1 import event_pb2, swarm_pb2, swarm_service_pb2, task_pb2
+from godel_grpc.auth.agent_tokens import AgentCredentials
+from godel_grpc.auth.scopes import AGENT
 from godel_grpc.core import events
 from godel_grpc.core.paging import page_of
 from godel_grpc.core.records import timestamp
@@ -73,9 +75,13 @@ class SwarmCommands:
         *,
         interval: float = SCALE_INTERVAL,
         clock: Callable[[], float] = time.time,
+        credentials: AgentCredentials | None = None,
     ) -> None:
         self._coordinator = coordinator
         self._runtime = runtime
+        self._credentials = credentials
+        """Mints each swarm agent a token bound to it (agent scope only) when
+        authentication is on."""
         self._interval = interval
         self._clock = clock
         self._ids = itertools.count(1)
@@ -272,6 +278,11 @@ class SwarmCommands:
         template = record.swarm.agent_template
         name = f"{record.swarm.name}-{secrets.token_hex(3)}"
         agent_id = f"ag-{coordinator.state.epoch}-w{secrets.token_hex(4)}"
+        token = (
+            await self._credentials.mint(agent_id, name, frozenset({AGENT}))
+            if self._credentials is not None
+            else ""
+        )
         launch = AgentLaunch(
             agent_id=agent_id,
             name=name,
@@ -279,6 +290,7 @@ class SwarmCommands:
             capacity=template.capacity or 1,
             labels={**template.labels, MEMBER_LABEL: record.swarm.name},
             exec_command=template.exec,
+            token=token,
         )
         coordinator.spawned_ids[name] = agent_id
         self._busy.add(agent_id)
@@ -333,6 +345,8 @@ class SwarmCommands:
             pass
         finally:
             self._busy.discard(agent_id)
+            if self._credentials is not None:
+                await self._credentials.revoke(agent_id)
 
 
 def _route(spec: task_pb2.Task, record: SwarmRecord) -> None:

@@ -222,6 +222,30 @@ async def _event_sourcing_chapter(client: Client) -> int:
     return 0 if await _example("event_sourcing").run(client, say=_indent) else 1
 
 
+async def _cqrs_chapter(processes: _Processes, work: Path, log: Path) -> int:
+    """The seed's CQRS agents (section 7), from examples/cqrs.py, on a second
+    coordinator that requires tokens: each spawned agent gets credentials with only the
+    scopes its `purpose` and `models` give it."""
+    _say("\n── CQRS (seed section 7) ──")
+    secure = work / "secure"
+    minted = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "godel_grpc.cli", "token", "create", "--scopes", "admin",
+         "--name", "demo-operator", "--data-dir", str(secure)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    token = minted.stdout.strip()
+    address = f"127.0.0.1:{_free_port()}"
+    processes.start(
+        "serve", "--listen", address, "--metrics-listen", "", "--data-dir", str(secure),
+        "--auth", "required", log=log,
+    )  # fmt: skip
+    _say(f"  started a coordinator on {address} that requires tokens; minted an admin token")
+    async with Client(address, token=token) as client:
+        await _wait_ready(client, 0)
+        return 0 if await _example("cqrs").run(client, say=_indent) else 1
+
+
 async def _sidecar_chapter(client: Client, data_dir: Path) -> int:
     """The seed's agent with logger and monitor sidecars (section 10)."""
     _say("\n── sidecars (seed section 10) ──")
@@ -322,6 +346,7 @@ async def run_demo(keep: bool = False) -> int:
             failed += await _breaker_chapter(client)
             failed += await _saga_chapter(client)
             failed += await _event_sourcing_chapter(client)
+            failed += await _cqrs_chapter(processes, work, log)
             failed += await _queue_chapter(client)
             failed += await _bulkhead_chapter(client, processes, log)
             failed += await _sidecar_chapter(client, work / "data")

@@ -54,6 +54,9 @@ class AgentLaunch:
     """The seed's `reflex` object as JSON, passed to `--reflex`."""
     restart: bool = False
     sidecars: Sequence[agent_pb2.SidecarSpec] = ()
+    token: str = field(default="", repr=False)
+    """The agent's bearer token (GODEL_TOKEN in its environment); empty when the
+    coordinator runs without authentication."""
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,9 @@ class LocalRuntime(Runtime):
         self.base_dir = base_dir
         self.default_exec = default_exec
         self.coordinator_address = coordinator_address
+        self.agent_env: dict[str, str] = {}
+        """Extra environment of every agent process: how to reach a coordinator that
+        speaks TLS (GODEL_TLS_CA, GODEL_TLS_CERT, GODEL_TLS_KEY); set by the server."""
         self.python = python
         self.backoff = backoff
         self._agents: dict[str, LocalAgent] = {}
@@ -305,7 +308,12 @@ class LocalRuntime(Runtime):
             # The agent emits what its logger keeps; the logger filters again on its side.
             argv += ["--logger", f"127.0.0.1:{handle.logger_port}"]
             argv += ["--log-level", self._logger_level(launch)]
-        handle.agent = await self._start(handle, "agent", argv)
+        # The token goes by environment, not argv, so `ps` does not show it; the agent's
+        # task commands inherit it with the coordinator's address, to call back as it.
+        env = {**self.agent_env, "GODEL_COORDINATOR": self.coordinator_address}
+        if launch.token:
+            env["GODEL_TOKEN"] = launch.token
+        handle.agent = await self._start(handle, "agent", argv, env=env)
         handle.started_at = time.monotonic()
 
     async def _start_followers(self, handle: LocalAgent) -> None:
@@ -338,7 +346,12 @@ class LocalRuntime(Runtime):
             *("--agent-id", handle.launch.agent_id),
             *("--coordinator", self.coordinator_address),
         ]
-        child = await self._start(handle, "monitor", [self.python, *argv], announce=True)
+        # It reports samples with the agent's own credentials (by environment, as the
+        # agent gets them): they are bound to this agent and good for nothing else.
+        env = dict(self.agent_env)
+        if handle.launch.token:
+            env["GODEL_TOKEN"] = handle.launch.token
+        child = await self._start(handle, "monitor", [self.python, *argv], announce=True, env=env)
         # Its port is read in the background: nothing waits on the monitor to start.
         task = asyncio.get_running_loop().create_task(self._read_port(handle, child))
         task.add_done_callback(lambda done: done.cancelled() or done.exception())

@@ -21,11 +21,14 @@ import time
 from google.protobuf import json_format
 
 from godel_grpc._proto.godel.v1 import agent_pb2, agent_service_pb2
+from godel_grpc.auth.agent_tokens import AgentCredentials
+from godel_grpc.auth.scopes import spawn_scopes
 from godel_grpc.core.breakers import breaker_settings
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.errors import (
     AlreadyExists,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -44,9 +47,16 @@ MAX_SPAWNED = 256
 class SpawnedAgents:
     """The coordinator's side of spawning: requests in, runtime handles, agents out."""
 
-    def __init__(self, coordinator: Coordinator, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        runtime: Runtime,
+        credentials: AgentCredentials | None = None,
+    ) -> None:
         self.coordinator = coordinator
         self.runtime = runtime
+        self.credentials = credentials
+        """Mints each spawned agent's token; None when authentication is off."""
         self._options: dict[str, agent_pb2.AgentOptions] = {}
         self._created: dict[str, float] = {}
 
@@ -54,6 +64,10 @@ class SpawnedAgents:
         """Starts the agent; returns it in state STARTING with its pid."""
         self.coordinator.require_open()
         problems = check_sidecars(request.sidecars)
+        models = (request.models.write, request.models.read) if request.HasField("models") else None
+        scopes, conflict = spawn_scopes(request.purpose, models)
+        if conflict:
+            problems.append(FieldViolation("models", conflict))
         if problems:
             raise InvalidArgument(problems)
         if request.HasField("circuit_breaker"):
@@ -70,6 +84,11 @@ class SpawnedAgents:
         if name in taken:
             raise AlreadyExists(f"an agent named {name!r} is running", reason="AGENT_NAME_TAKEN")
         agent_id = f"ag-{self.coordinator.state.epoch}-s{secrets.token_hex(4)}"
+        token = (
+            await self.credentials.mint(agent_id, name, scopes)
+            if self.credentials is not None
+            else ""
+        )
         launch = AgentLaunch(
             agent_id=agent_id,
             name=name,
@@ -90,6 +109,7 @@ class SpawnedAgents:
             ),
             restart=request.restart,
             sidecars=tuple(request.sidecars),
+            token=token,
         )
         self._options[agent_id] = _options(request)
         self._created[agent_id] = time.time()
@@ -102,6 +122,8 @@ class SpawnedAgents:
         except SpawnFailed as exc:
             del self.coordinator.spawned_ids[name]
             history.disable(agent_id)
+            if self.credentials is not None:
+                await self.credentials.revoke(agent_id)
             raise FailedPrecondition(str(exc), subject="sidecars", reason="SPAWN_FAILED") from exc
         return self.show(handle)
 
@@ -127,6 +149,8 @@ class SpawnedAgents:
             else DEFAULT_TERMINATE_GRACE
         )
         handle = await self.runtime.terminate(request.id, grace)
+        if self.credentials is not None:
+            await self.credentials.revoke(request.id)
         self.coordinator.spawned_ids.pop(handle.launch.name, None)
         return self.show(handle)
 

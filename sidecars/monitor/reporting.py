@@ -9,10 +9,12 @@ each call has a short deadline so a slow coordinator cannot hold sampling back.
 from __future__ import annotations
 
 import logging
+import os
 
 import grpc
 
 from godel_grpc._proto.godel.v1 import agent_service_pb2, agent_service_pb2_grpc, sample_pb2
+from godel_grpc.auth.channel import open_channel
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,14 @@ class CoordinatorReporter:
         if not self.address or not self.agent_id:
             return
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            # The agent's credentials, handed over by the runtime as the agent's are.
+            self._channel = open_channel(
+                self.address,
+                token=os.environ.get("GODEL_TOKEN", ""),
+                tls_ca=os.environ.get("GODEL_TLS_CA", ""),
+                tls_cert=os.environ.get("GODEL_TLS_CERT", ""),
+                tls_key=os.environ.get("GODEL_TLS_KEY", ""),
+            )
             self._stub = agent_service_pb2_grpc.AgentServiceStub(self._channel)
         request = agent_service_pb2.ReportAgentSampleRequest(agent_id=self.agent_id, sample=sample)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from pathlib import Path
 
 import grpc
 import psutil
@@ -17,8 +18,10 @@ from godel_grpc._proto.godel.v1 import (
     agent_service_pb2_grpc,
     sample_pb2,
 )
+from godel_grpc.auth.channel import open_channel
 from godel_grpc.client import Client
 from godel_grpc.server import RunningServer
+from tests.support import coordinator_process, godel_token
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +85,34 @@ async def test_monitor_samples_reach_get_agent_and_metrics_and_leave_with_the_ag
         gone = await client.agents.get(agent.id)
         assert not gone.HasField("latest_sample")
         assert 'agent="sampled-1"' not in scrape(server)
+
+
+async def test_with_auth_the_monitor_reports_with_its_agents_own_credentials(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with coordinator_process(data, "--auth", "required") as coordinator:
+        admin = godel_token(data, "create", "--scopes", "admin", "--name", "operator")
+        async with Client(coordinator.address, timeout=10, token=admin) as client:
+            agent = await client.agents.spawn(
+                {"role": "watched", "sidecars": [{"name": "monitor", "config": {"interval": 0.2}}]}
+            )
+            # The monitor's reports get through: it holds the agent's minted token.
+            sampled = await until_agent(
+                client, agent.id, lambda a: a.HasField("latest_sample"), "a sample"
+            )
+            assert sampled.latest_sample.pid == sampled.pid
+            # Credentials bound to another agent may not report for this one.
+            other = godel_token(
+                data, "create", "--scopes", "agent", "--agent", "someone-else", "--name", "x"
+            )
+            async with open_channel(coordinator.address, token=other) as intruder:
+                stub = agent_service_pb2_grpc.AgentServiceStub(intruder)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.ReportAgentSample(
+                        agent_service_pb2.ReportAgentSampleRequest(
+                            agent_id=agent.id, sample=sample_pb2.Sample(pid=1)
+                        )
+                    )
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            await client.agents.terminate(agent.id)

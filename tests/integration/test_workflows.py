@@ -22,6 +22,21 @@ Workflow = workflow_pb2.Workflow
 Stage = workflow_pb2.WorkflowStage
 Compensation = saga_pb2.CompensationState
 
+SEED_WORKFLOW = """{
+  "name": "enterprise-feature",
+  "patterns": {
+    "coordination": "convoy",
+    "transaction": "saga",
+    "resilience": "circuit-breaker",
+    "isolation": "bulkhead"
+  },
+  "stages": [
+    {"name": "design", "pattern": "convoy", "agents": 2},
+    {"name": "implement", "pattern": "swarm", "minAgents": 3, "maxAgents": 10},
+    {"name": "verify", "pattern": "saga", "agents": 2}
+  ]
+}"""
+
 
 async def test_stages_run_in_order_on_their_own_agents_and_hand_outputs_on(
     server: RunningServer, client: Client
@@ -80,31 +95,33 @@ async def test_stages_run_in_order_on_their_own_agents_and_hand_outputs_on(
 async def test_a_failed_stage_undoes_the_finished_ones_last_first(
     server: RunningServer, client: Client
 ) -> None:
-    handle = await client.workflows.create(
-        {
-            "name": "undo-me",
-            "patterns": {"transaction": "saga"},
-            "stages": [
-                {"name": "design", "pattern": "convoy", "compensate": "undo-design"},
-                {"name": "implement", "pattern": "convoy", "compensate": "undo-implement"},
-                {"name": "verify", "pattern": "saga", "exec": "exit 3"},
-            ],
-        }
-    )
+    # The seed's workflow, where design and implement can be undone and every verify
+    # agent's command fails.
+    seed = json.loads(SEED_WORKFLOW)
+    design_stage, implement_stage, verify_stage = seed["stages"]
+    design_stage["compensate"] = "undo-design"
+    implement_stage["compensate"] = "undo-implement"
+    verify_stage["exec"] = "echo 'verification failed' >&2; exit 3"
+    handle = await client.workflows.create(seed)
     await handle.start()
     done = await asyncio.wait_for(handle.wait(), 90)
 
     assert done.state == Workflow.STATE_FAILED, done
     design, implement, verify = done.stages
     assert verify.state == Stage.STATE_FAILED and verify.error.message
-    assert done.error.message == verify.error.message
+    assert (
+        done.error.message == verify.error.message and "verification failed" in done.error.message
+    )
     assert [design.state, implement.state] == [Stage.STATE_SUCCEEDED] * 2
     assert design.compensation_state == Compensation.COMPENSATION_STATE_SUCCEEDED
     assert implement.compensation_state == Compensation.COMPENSATION_STATE_SUCCEEDED
     assert done.compensation_state == Compensation.COMPENSATION_STATE_SUCCEEDED
     undo_design = await client.tasks.get(design.compensation_task_id)
     undo_implement = await client.tasks.get(implement.compensation_task_id)
-    assert undo_design.action == "undo-design" and undo_implement.action == "undo-implement"
+    # Design's undo ran on its agents; implement's on its swarm, with the undo action.
+    assert undo_design.action == "undo-design"
+    assert undo_implement.swarm == implement.resource_id
+    assert "undo-implement" in undo_implement.labels.values()
     assert {undo_design.state, undo_implement.state} == {task_pb2.Task.STATE_SUCCEEDED}
     # Last first: implement's undo had ended before design's was submitted.
     assert undo_implement.end_time.ToNanoseconds() <= undo_design.create_time.ToNanoseconds()
@@ -142,22 +159,6 @@ async def test_bad_workflows_and_bad_starts_get_clear_errors(client: Client) -> 
     with pytest.raises(RPCError) as gone:
         await handle.get()
     assert gone.value.code == grpc.StatusCode.NOT_FOUND
-
-
-SEED_WORKFLOW = """{
-  "name": "enterprise-feature",
-  "patterns": {
-    "coordination": "convoy",
-    "transaction": "saga",
-    "resilience": "circuit-breaker",
-    "isolation": "bulkhead"
-  },
-  "stages": [
-    {"name": "design", "pattern": "convoy", "agents": 2},
-    {"name": "implement", "pattern": "swarm", "minAgents": 3, "maxAgents": 10},
-    {"name": "verify", "pattern": "saga", "agents": 2}
-  ]
-}"""
 
 
 async def test_the_seed_workflow_from_grpcurl_runs_end_to_end(

@@ -28,6 +28,8 @@ def test_every_setting_can_come_from_the_environment() -> None:
         "GODEL_LABEL": "zone=a,tier=gold",
         "GODEL_DRAIN_GRACE": "2.5",
         "GODEL_LOG_LEVEL": "DEBUG",
+        "GODEL_TOKEN": "gdl_secret",
+        "GODEL_TLS_CA": "ca.pem",
     }
 
     config = resolve_config(parse(), env)
@@ -41,6 +43,8 @@ def test_every_setting_can_come_from_the_environment() -> None:
     assert config.labels == {"zone": "a", "tier": "gold"}
     assert config.drain_grace == 2.5
     assert config.log_level == "debug"
+    assert (config.token, config.tls_ca) == ("gdl_secret", "ca.pem")
+    assert "gdl_secret" not in repr(config)
 
 
 def test_flags_win_over_the_environment() -> None:

@@ -10,11 +10,15 @@ import re
 from godel_grpc._proto.godel import v1 as proto_package
 from godel_grpc._proto.godel.v1 import options_pb2
 from godel_grpc.api.agent_link import AgentLinkServicer
+from godel_grpc.api.agents import AgentServicer
 from godel_grpc.api.bulkheads import BulkheadServicer
+from godel_grpc.api.convoys import ConvoyServicer
 from godel_grpc.api.events import EventServicer
 from godel_grpc.api.queues import QueueServicer
 from godel_grpc.api.sagas import SagaServicer
+from godel_grpc.api.swarms import SwarmServicer
 from godel_grpc.api.tasks import TaskServicer
+from godel_grpc.api.workflows import WorkflowServicer
 from godel_grpc.client import Events, Tasks
 
 CONTRACT = {
@@ -60,13 +64,19 @@ def test_every_rpc_is_a_command_a_query_or_the_agent_link() -> None:
     assert unclassified == []
 
 
+AGENT_CALLS = {"Connect", "ReportAgentSample"}
+"""RPCs an agent (or its sidecar) makes as itself, under its own credentials."""
+
+
 def test_reads_are_queries_and_changes_are_commands() -> None:
     for service in all_services():
         for method in service.methods:
             kind = method.GetOptions().Extensions[options_pb2.kind]
             if re.match(r"(Get|List|Watch|Tail|Replay|Subscribe)", method.name):
                 assert kind == options_pb2.METHOD_KIND_QUERY, method.full_name
-            elif method.name != "Connect":
+            elif method.name in AGENT_CALLS:
+                assert kind == options_pb2.METHOD_KIND_AGENT_LINK, method.full_name
+            else:
                 assert kind == options_pb2.METHOD_KIND_COMMAND, method.full_name
 
 
@@ -89,6 +99,10 @@ def test_implemented_servicers_override_every_rpc() -> None:
         (SagaServicer, "SagaService"),
         (QueueServicer, "QueueService"),
         (BulkheadServicer, "BulkheadService"),
+        (AgentServicer, "AgentService"),
+        (ConvoyServicer, "ConvoyService"),
+        (SwarmServicer, "SwarmService"),
+        (WorkflowServicer, "WorkflowService"),
     ]:
         rpcs = next(s for s in all_services() if s.name == service).methods
         missing = [m.name for m in rpcs if m.name not in vars(servicer)]

@@ -196,10 +196,12 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportAgentSample(self, request, context):
-        """Takes one resource sample of an agent's process from its monitor sidecar. The
-        latest sample shows in GetAgent and in the per-agent gauges of /metrics while the
-        agent is connected; samples are not recorded as events. NOT_FOUND if the agent is
-        unknown; INVALID_ARGUMENT if the sample names another agent.
+        """Takes one resource sample of an agent's process from its monitor sidecar, which
+        calls with the agent's own credentials (the `agent` scope, bound to that agent).
+        The latest sample shows in GetAgent and in the per-agent gauges of /metrics while
+        the agent is connected; samples are not recorded as events. NOT_FOUND if the agent
+        is unknown; FAILED_PRECONDITION if it is not connected; INVALID_ARGUMENT if the
+        sample names another agent; PERMISSION_DENIED for credentials of another agent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

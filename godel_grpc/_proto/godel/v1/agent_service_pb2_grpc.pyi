@@ -91,10 +91,12 @@ class AgentServiceStub:
     if the event id is past the end of the log.
     """
     ReportAgentSample: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ReportAgentSampleRequest, _agent_service_pb2.ReportAgentSampleResponse]
-    """Takes one resource sample of an agent's process from its monitor sidecar. The
-    latest sample shows in GetAgent and in the per-agent gauges of /metrics while the
-    agent is connected; samples are not recorded as events. NOT_FOUND if the agent is
-    unknown; INVALID_ARGUMENT if the sample names another agent.
+    """Takes one resource sample of an agent's process from its monitor sidecar, which
+    calls with the agent's own credentials (the `agent` scope, bound to that agent).
+    The latest sample shows in GetAgent and in the per-agent gauges of /metrics while
+    the agent is connected; samples are not recorded as events. NOT_FOUND if the agent
+    is unknown; FAILED_PRECONDITION if it is not connected; INVALID_ARGUMENT if the
+    sample names another agent; PERMISSION_DENIED for credentials of another agent.
     """
 
 @_typing.type_check_only
@@ -160,10 +162,12 @@ class AgentServiceAsyncStub(AgentServiceStub):
     if the event id is past the end of the log.
     """
     ReportAgentSample: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ReportAgentSampleRequest, _agent_service_pb2.ReportAgentSampleResponse]  # type: ignore[assignment]
-    """Takes one resource sample of an agent's process from its monitor sidecar. The
-    latest sample shows in GetAgent and in the per-agent gauges of /metrics while the
-    agent is connected; samples are not recorded as events. NOT_FOUND if the agent is
-    unknown; INVALID_ARGUMENT if the sample names another agent.
+    """Takes one resource sample of an agent's process from its monitor sidecar, which
+    calls with the agent's own credentials (the `agent` scope, bound to that agent).
+    The latest sample shows in GetAgent and in the per-agent gauges of /metrics while
+    the agent is connected; samples are not recorded as events. NOT_FOUND if the agent
+    is unknown; FAILED_PRECONDITION if it is not connected; INVALID_ARGUMENT if the
+    sample names another agent; PERMISSION_DENIED for credentials of another agent.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -292,10 +296,12 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_service_pb2.ReportAgentSampleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.ReportAgentSampleResponse, _abc.Awaitable[_agent_service_pb2.ReportAgentSampleResponse]]:
-        """Takes one resource sample of an agent's process from its monitor sidecar. The
-        latest sample shows in GetAgent and in the per-agent gauges of /metrics while the
-        agent is connected; samples are not recorded as events. NOT_FOUND if the agent is
-        unknown; INVALID_ARGUMENT if the sample names another agent.
+        """Takes one resource sample of an agent's process from its monitor sidecar, which
+        calls with the agent's own credentials (the `agent` scope, bound to that agent).
+        The latest sample shows in GetAgent and in the per-agent gauges of /metrics while
+        the agent is connected; samples are not recorded as events. NOT_FOUND if the agent
+        is unknown; FAILED_PRECONDITION if it is not connected; INVALID_ARGUMENT if the
+        sample names another agent; PERMISSION_DENIED for credentials of another agent.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

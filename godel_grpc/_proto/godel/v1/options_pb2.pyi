@@ -32,7 +32,9 @@ class _MethodKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MethodKind
     METHOD_KIND_QUERY: _MethodKind.ValueType  # 2
     """Reads a projection and changes nothing. Needs the `read` scope."""
     METHOD_KIND_AGENT_LINK: _MethodKind.ValueType  # 3
-    """The agent's own link to the coordinator. Needs the `agent` scope."""
+    """Calls an agent (or a sidecar of it) makes as itself: its link to the coordinator
+    and its monitor's samples. Needs the `agent` scope, bound to that agent.
+    """
 
 class MethodKind(_MethodKind, metaclass=_MethodKindEnumTypeWrapper):
     """What an RPC does to the coordinator's state. Every RPC carries exactly one kind
@@ -47,7 +49,9 @@ METHOD_KIND_COMMAND: MethodKind.ValueType  # 1
 METHOD_KIND_QUERY: MethodKind.ValueType  # 2
 """Reads a projection and changes nothing. Needs the `read` scope."""
 METHOD_KIND_AGENT_LINK: MethodKind.ValueType  # 3
-"""The agent's own link to the coordinator. Needs the `agent` scope."""
+"""Calls an agent (or a sidecar of it) makes as itself: its link to the coordinator
+and its monitor's samples. Needs the `agent` scope, bound to that agent.
+"""
 Global___MethodKind: _TypeAlias = MethodKind  # noqa: Y015
 
 @_typing.final
