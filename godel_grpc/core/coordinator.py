@@ -840,7 +840,9 @@ class Coordinator:
             return None
         task = self.state.tasks.get(task_id)
         if task is None or task.state != Task.STATE_RUNNING or task.attempt_id != attempt_id:
-            session.leases.pop(attempt_id, None)
+            # A lease whose attempt is over: its slot frees up too, or the agent would
+            # look busier than it is for good.
+            self._end_lease(session.agent_id, attempt_id)
             return None
         return task
 
