@@ -568,10 +568,11 @@ async def backpressure_runs(
         name = result.scenario.strategy
         report.figure(f"{name}: EnqueueStream acks per second", result.stream_acks_per_second, "/s")
         report.target(f"backpressure {name}: problems", "", 0, len(result.problems), higher=False)
-        report.target(
-            f"backpressure {name}: stream + drain", "s", 20,
-            result.stream_seconds + result.drain_seconds, higher=False, fmt=".1f",
-        )  # fmt: skip
+        # Informational: how long a run takes depends on how slow the draining agents
+        # are made (they must be slower than the producer for the queue to fill).
+        report.figure(
+            f"{name}: stream + drain", result.stream_seconds + result.drain_seconds, "s", ".1f"
+        )
     await children.stop(coordinator.child)
     done()
 

@@ -60,7 +60,7 @@ from godel_grpc.runtime.local import LocalRuntime
 from godel_grpc.runtime.spawned import SpawnedAgents
 from godel_grpc.store.base import EventStore
 from godel_grpc.store.factory import open_store
-from godel_grpc.store.postgres import redact
+from godel_grpc.store.urls import redact
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ import pathlib
 
 from godel_grpc.store.base import EventStore
 from godel_grpc.store.memory import InMemoryEventStore
-from godel_grpc.store.postgres import PostgresEventStore
 from godel_grpc.store.sqlite import SqliteEventStore
 
 DEFAULT_SQLITE_FILE = "events.db"
@@ -41,5 +40,9 @@ def open_store(url: str, data_dir: pathlib.Path) -> EventStore:
     if scheme == "memory":
         return InMemoryEventStore()
     if scheme in ("postgresql", "postgres"):
+        # Imported here: asyncpg costs a few MiB of memory that a SQLite coordinator
+        # has no use for.
+        from godel_grpc.store.postgres import PostgresEventStore
+
         return PostgresEventStore(url)
     raise ValueError(f"unknown store URL scheme {scheme!r} in {url!r}")

@@ -49,6 +49,7 @@ from godel_grpc.store.base import (
     StoredEvent,
     WrongExpectedVersion,
 )
+from godel_grpc.store.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +142,6 @@ def lock_key(database: str, schema: str) -> int:
     versions, distinct per database and schema."""
     digest = hashlib.sha256(f"godel-grpc/event-log/{database}/{schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def redact(url: str) -> str:
-    """The URL without user and password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
 class _SnapshotWrite:
