@@ -65,11 +65,7 @@ async def run(client: Client, say: Callable[[str], None] = print) -> Circuit:
     """Runs the story above; returns the breaker as it ends (CLOSED)."""
     agent = await client.agents.spawn({**SEED_SPAWN, "name": "flaky-worker", "exec": FLAKY_EXEC})
     try:
-
-        async def ready() -> bool:
-            return (await client.agents.get(agent.id)).state == agent.STATE_READY
-
-        await _until(ready)
+        await client.agents.wait_ready(agent.id)
         circuit = await client.agents.get_circuit_state(agent.id)
         config = circuit.config
         say(

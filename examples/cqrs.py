@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from godel_grpc._proto.godel.v1 import agent_pb2, task_service_pb2, task_service_pb2_grpc
+from godel_grpc._proto.godel.v1 import task_service_pb2, task_service_pb2_grpc
 from godel_grpc.auth.channel import open_channel
 from godel_grpc.client import Client
 
@@ -63,11 +63,7 @@ async def probe() -> dict[str, str]:
 async def _spawn_and_probe(client: Client, spec: dict[str, Any]) -> dict[str, Any]:
     agent = await client.agents.spawn({**spec, "exec": PROBE})
     try:
-        deadline = asyncio.get_running_loop().time() + 30
-        while (await client.agents.get(agent.id)).state != agent_pb2.Agent.STATE_READY:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"agent {agent.id} did not connect")
-            await asyncio.sleep(0.1)
+        await client.agents.wait_ready(agent.id)
         task = await client.tasks.submit(role="worker", title=f"probe as {spec['purpose']}")
         done = await client.tasks.wait(task.id, timeout=60)
         if not done.HasField("output"):

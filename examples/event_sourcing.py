@@ -13,7 +13,6 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 
-from godel_grpc._proto.godel.v1 import agent_pb2
 from godel_grpc.client import Client, task_request
 
 EVENT_SOURCED_AGENT = {
@@ -23,24 +22,12 @@ EVENT_SOURCED_AGENT = {
 TASKS = 60
 
 
-async def wait_ready(client: Client, agent_id: str, timeout: float = 30.0) -> agent_pb2.Agent:
-    """Polls the agent until its link is up."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        agent = await client.agents.get(agent_id)
-        if agent.state == agent_pb2.Agent.STATE_READY:
-            return agent
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"agent {agent_id} did not connect within {timeout} s")
-        await asyncio.sleep(0.1)
-
-
 async def run(client: Client, say: Callable[[str], None] = print) -> bool:
     """Runs the example; True when the replayed states match what happened."""
     agent = await client.agents.spawn(EVENT_SOURCED_AGENT)
     say(f"spawned {agent.name} ({agent.id}) with event sourcing, a snapshot every 100 events")
     try:
-        await wait_ready(client, agent.id)
+        await client.agents.wait_ready(agent.id)
         tasks = await client.tasks.submit_many(
             [task_request(role="worker", title=f"job {i}", payload={"n": i}) for i in range(TASKS)]
         )

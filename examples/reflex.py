@@ -13,7 +13,6 @@ import argparse
 import asyncio
 from collections.abc import Callable
 
-from godel_grpc._proto.godel.v1 import agent_pb2
 from godel_grpc.client import Client
 
 REFLEX_AGENT = {
@@ -37,11 +36,7 @@ async def run(client: Client, say: Callable[[str], None] = print) -> bool:
     agent = await client.agents.spawn(REFLEX_AGENT)
     say(f"spawned reflex agent {agent.name}: persistent memory, adaptation rate 0.1")
     try:
-        deadline = asyncio.get_running_loop().time() + 30
-        while (await client.agents.get(agent.id)).state != agent_pb2.Agent.STATE_READY:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"agent {agent.id} did not connect")
-            await asyncio.sleep(0.1)
+        await client.agents.wait_ready(agent.id)
         expected: float | None = None
         for rating, comments in RATINGS:
             task = await client.tasks.submit(role="worker", title="fix the parser")

@@ -52,7 +52,7 @@ async def run(
     agent = await client.agents.spawn(AGENT_WITH_SIDECARS)
     say(f"spawned {agent.name} (pid {agent.pid}) with a logger and a monitor sidecar")
     try:
-        await _until(client, agent.id, lambda a: a.state == a.STATE_READY, 30)
+        await client.agents.wait_ready(agent.id)
         for i in range(3):
             task = await client.tasks.submit(role="worker", title=f"job {i}", payload={"n": i})
             await client.tasks.wait(task.id, timeout=30)

@@ -333,6 +333,28 @@ class Agents:
         return response.circuit
 
     @_translated
+    async def wait_ready(
+        self, agent_id: str, timeout: float = 30.0, interval: float = 0.05
+    ) -> agent_pb2.Agent:
+        """Waits until the agent's link is up (READY), as after a spawn, and returns it.
+
+        Raises:
+            TimeoutError: it was not READY within `timeout` seconds.
+            RPCError: the agent is unknown or was terminated meanwhile.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            agent = await self.get(agent_id)
+            if agent.state == agent_pb2.Agent.STATE_READY:
+                return agent
+            if agent.state == agent_pb2.Agent.STATE_TERMINATED:
+                raise RPCError(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"agent {agent_id} was terminated", []
+                )
+            if asyncio.get_running_loop().time() >= deadline:
+                raise TimeoutError(f"agent {agent_id} was not READY within {timeout:g} s")
+            await asyncio.sleep(interval)
+
     async def list(self, role: str = "") -> list[agent_pb2.Agent]:
         """Every registered agent (all pages), optionally of one role."""
         return await _every_page(

@@ -17,7 +17,7 @@ the stage twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -260,14 +260,7 @@ class StageRunner:
 
     async def _start_convoy(self, workflow: Workflow, stage: Stage, given: dict[str, Any]) -> str:
         mine = labels_of(workflow, stage)
-        found = next(
-            (
-                record.convoy
-                for record in self._coordinator.convoys.convoys.values()
-                if dict(record.convoy.labels) == mine
-            ),
-            None,
-        )
+        found = _labelled((r.convoy for r in self._coordinator.convoys.convoys.values()), mine)
         if found is None:
             request = convoy_service_pb2.CreateConvoyRequest(name=f"{workflow.name}/{stage.name}")
             request.labels.update(mine)
@@ -286,14 +279,7 @@ class StageRunner:
 
     async def _start_saga(self, workflow: Workflow, stage: Stage, given: dict[str, Any]) -> str:
         mine = labels_of(workflow, stage)
-        found = next(
-            (
-                record.saga
-                for record in self._coordinator.sagas.sagas.values()
-                if dict(record.saga.labels) == mine
-            ),
-            None,
-        )
+        found = _labelled((r.saga for r in self._coordinator.sagas.sagas.values()), mine)
         if found is None:
             request = saga_service_pb2.CreateSagaRequest(name=f"{workflow.name}/{stage.name}")
             request.labels.update(mine)
@@ -317,14 +303,7 @@ class StageRunner:
 
     async def _start_swarm(self, workflow: Workflow, stage: Stage, given: dict[str, Any]) -> str:
         mine = labels_of(workflow, stage)
-        found = next(
-            (
-                record.swarm
-                for record in self._coordinator.swarms.swarms.values()
-                if dict(record.swarm.labels) == mine
-            ),
-            None,
-        )
+        found = _labelled((r.swarm for r in self._coordinator.swarms.swarms.values()), mine)
         if found is None:
             most = max(stage.max_agents, stage.min_agents, 1)
             request = swarm_service_pb2.CreateSwarmRequest(
@@ -397,6 +376,14 @@ class StageRunner:
         if last is None or self._coordinator.stopping:
             return None
         return outcome(last)
+
+
+R = TypeVar("R", convoy_pb2.Convoy, saga_pb2.Saga, swarm_pb2.Swarm)
+
+
+def _labelled(resources: Iterable[R], labels: dict[str, str]) -> R | None:
+    """The resource created for a stage (found by its labels), if there is one."""
+    return next((found for found in resources if dict(found.labels) == labels), None)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

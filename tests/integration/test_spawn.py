@@ -30,7 +30,7 @@ from godel_grpc._proto.godel.v1 import (
     agent_service_pb2_grpc,
     task_pb2,
 )
-from godel_grpc.client import Client
+from godel_grpc.client import Client, RPCError
 from godel_grpc.config import ServeConfig
 from godel_grpc.server import RunningServer, start_server
 from tests.support import require_tool
@@ -321,3 +321,14 @@ def test_serve_takes_the_default_agent_command_from_flag_or_environment(
     assert ServeConfig.from_args(flagged).agent_exec == "claude -p"
     monkeypatch.setenv("GODEL_AGENT_EXEC", "./run-task.sh")
     assert ServeConfig.from_args(build_parser().parse_args(["serve"])).agent_exec == "./run-task.sh"
+
+
+async def test_client_waits_for_a_spawned_agent_to_be_ready(client: Client) -> None:
+    spawned = await client.agents.spawn({"role": "waiter"})
+    assert spawned.state == Agent.STATE_STARTING
+    ready_agent = await client.agents.wait_ready(spawned.id, timeout=30)
+    assert ready_agent.state == Agent.STATE_READY and ready_agent.id == spawned.id
+    await client.agents.terminate(spawned.id, grace_period=5)
+    with pytest.raises(RPCError) as gone:
+        await client.agents.wait_ready(spawned.id, timeout=5)
+    assert gone.value.code == grpc.StatusCode.FAILED_PRECONDITION
