@@ -18,6 +18,7 @@ import importlib
 import logging
 import pkgutil
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from godel_grpc.api.bulkheads import BulkheadServicer
 from godel_grpc.api.convoys import ConvoyServicer
 from godel_grpc.api.events import EventServicer
 from godel_grpc.api.interceptor import BoundaryInterceptor
+from godel_grpc.api.patterns import PatternServicer
 from godel_grpc.api.queues import QueueServicer
 from godel_grpc.api.reflection_pool import MethodAwarePool
 from godel_grpc.api.sagas import SagaServicer
@@ -178,8 +180,6 @@ async def start_server(
     implemented: dict[str, Any] = {
         "TaskService": TaskServicer(coordinator),
         "AgentLinkService": AgentLinkServicer(coordinator),
-        # The generated stubs declare every RPC abstract; at run time the base class
-        # answers UNIMPLEMENTED for the ones this coordinator does not serve yet.
         "AgentService": AgentServicer(coordinator, spawned=spawned),
         "EventService": EventServicer(coordinator),
         "ConvoyService": ConvoyServicer(convoys),
@@ -188,9 +188,12 @@ async def start_server(
         "QueueService": QueueServicer(QueueCommands(coordinator)),
         "BulkheadService": BulkheadServicer(BulkheadCommands(coordinator)),
         "SwarmService": SwarmServicer(swarms),
+        "PatternService": PatternServicer(coordinator, since=time.time()),
     }
     names = []
     for service, base, add in api_services():
+        # A service in the protos without a servicer yet still answers, UNIMPLEMENTED,
+        # through its generated base class.
         add(implemented.get(service.name) or base(), server)
         names.append(service.full_name)
     health_servicer = health.aio.HealthServicer()

@@ -332,7 +332,6 @@ class Agents:
         )
         return response.circuit
 
-    @_translated
     async def wait_ready(
         self, agent_id: str, timeout: float = 30.0, interval: float = 0.05
     ) -> agent_pb2.Agent:
@@ -355,6 +354,7 @@ class Agents:
                 raise TimeoutError(f"agent {agent_id} was not READY within {timeout:g} s")
             await asyncio.sleep(interval)
 
+    @_translated
     async def list(self, role: str = "") -> list[agent_pb2.Agent]:
         """Every registered agent (all pages), optionally of one role."""
         return await _every_page(

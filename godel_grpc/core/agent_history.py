@@ -62,6 +62,8 @@ class AgentHistory:
         self._folds: dict[str, AgentRecord | None] = {}
         self.intervals: dict[str, int] = {}
         """Agent id → snapshot interval, for the agents whose snapshots are written."""
+        self.snapshots_written = 0
+        """Snapshots written since the coordinator started, for GetPatternMetrics."""
 
     async def enable(self, agent_id: str, interval: int) -> None:
         """Starts writing snapshots of an agent every `interval` of its events. Call it
@@ -124,6 +126,7 @@ class AgentHistory:
                 stored.position,
                 agent_fold.to_snapshot(agent).SerializeToString(),
             )
+            self.snapshots_written += 1
 
     async def _snapshot_at_or_below(
         self, agent_id: str, up_to: int

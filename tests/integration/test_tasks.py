@@ -188,17 +188,6 @@ async def test_bad_input_gets_a_clear_status_and_changes_nothing(
     assert len(after) == len(before)
 
 
-async def test_unimplemented_services_say_so(server: RunningServer) -> None:
-    from godel_grpc._proto.godel.v1 import pattern_service_pb2 as pattern_pb
-    from godel_grpc._proto.godel.v1 import pattern_service_pb2_grpc as pattern_grpc
-
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = pattern_grpc.PatternServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.GetPatternMetrics(pattern_pb.GetPatternMetricsRequest(), timeout=5)
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 async def test_run_task_answers_with_the_ended_task(server: RunningServer, client: Client) -> None:
     with agent_processes(address(server), "runner", 1, "--handler", f"{HANDLERS}:echo"):
         await wait_for_agents(client, 1)

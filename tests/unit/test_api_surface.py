@@ -14,6 +14,7 @@ from godel_grpc.api.agents import AgentServicer
 from godel_grpc.api.bulkheads import BulkheadServicer
 from godel_grpc.api.convoys import ConvoyServicer
 from godel_grpc.api.events import EventServicer
+from godel_grpc.api.patterns import PatternServicer
 from godel_grpc.api.queues import QueueServicer
 from godel_grpc.api.sagas import SagaServicer
 from godel_grpc.api.swarms import SwarmServicer
@@ -103,6 +104,7 @@ def test_implemented_servicers_override_every_rpc() -> None:
         (ConvoyServicer, "ConvoyService"),
         (SwarmServicer, "SwarmService"),
         (WorkflowServicer, "WorkflowService"),
+        (PatternServicer, "PatternService"),
     ]:
         rpcs = next(s for s in all_services() if s.name == service).methods
         missing = [m.name for m in rpcs if m.name not in vars(servicer)]

@@ -121,7 +121,7 @@ class GetPatternMetricsResponse(_message.Message):
 
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
-        """When the counters started: the time of the first event of the log."""
+        """When the counters started: when this coordinator started serving."""
 
     def __init__(
         self,
