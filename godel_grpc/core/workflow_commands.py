@@ -20,6 +20,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from godel_grpc._proto.godel.v1 import (
     saga_pb2,
+    task_pb2,
     workflow_pb2,
     workflow_service_pb2,
 )
@@ -27,7 +28,13 @@ from godel_grpc.core import events
 from godel_grpc.core.paging import page_of
 from godel_grpc.core.workflow_stages import ABANDON_GRACE, Outcome, StageRunner, stage_input
 from godel_grpc.core.workflows import WorkflowManager, WorkflowRecord
-from godel_grpc.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from godel_grpc.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    GodelError,
+    InvalidArgument,
+    NotFound,
+)
 from godel_grpc.patterns import workflow as policy
 
 if TYPE_CHECKING:
@@ -229,10 +236,34 @@ class WorkflowCommands:
                 pass
         except asyncio.CancelledError:
             raise
+        except GodelError as refused:
+            # A step the coordinator refuses (a stage it cannot create, agents it cannot
+            # start) will be refused again: the workflow fails, saying why.
+            log.warning(
+                "workflow step refused",
+                extra={"workflow_id": workflow_id, "error": refused.message},
+            )
+            await self._fail(workflow_id, refused)
         except Exception:
-            # A step that cannot be carried out (the coordinator is stopping, the store
-            # failed) leaves the workflow where the log says; a restart resumes it.
+            # A step that cannot be carried out for now (the coordinator is stopping,
+            # the store failed) leaves the workflow where the log says; a restart
+            # resumes it.
             log.exception("workflow stopped", extra={"workflow_id": workflow_id})
+
+    async def _fail(self, workflow_id: str, refused: GodelError) -> None:
+        """Ends a running workflow whose next step cannot be carried out: the stage it
+        was about to run, and the ones after it, never run; nothing is undone."""
+        record = self._manager.workflows.get(workflow_id)
+        if record is None or record.ended or self._coordinator.stopping:
+            return
+        workflow = self._copy(record)
+        error = task_pb2.TaskError(code=refused.reason, message=refused.message)
+        for stage in workflow.stages:
+            if stage.state in (Stage.STATE_PENDING, Stage.STATE_RUNNING):
+                stage.state = Stage.STATE_CANCELLED
+                stage.error.CopyFrom(error)
+        workflow.error.CopyFrom(error)
+        await self._finish(workflow, policy.Phase.FAILED)
 
     async def _step(self, workflow_id: str) -> bool:
         """Carries out one step; False once the workflow has ended or must wait for a

@@ -191,3 +191,27 @@ async def test_the_seed_workflow_from_grpcurl_runs_end_to_end(
     with pytest.raises(RPCError) as gone:
         await client.swarms.get(implement.resource_id)
     assert gone.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_stage_the_coordinator_cannot_create_fails_the_workflow_saying_why(
+    server: RunningServer, client: Client
+) -> None:
+    # The workflow is well formed, but its swarm stage asks for more agents than the
+    # runtime runs: starting that stage is refused, and the workflow must say so
+    # instead of staying RUNNING for ever.
+    handle = await client.workflows.create(
+        {
+            "name": "too-big",
+            "stages": [
+                {"name": "design", "pattern": "convoy"},
+                {"name": "implement", "pattern": "swarm", "minAgents": 0, "maxAgents": 5000},
+            ],
+        }
+    )
+    await handle.start()
+    done = await asyncio.wait_for(handle.wait(), 60)
+    assert done.state == Workflow.STATE_FAILED, done
+    design, implement = done.stages
+    assert design.state == Stage.STATE_SUCCEEDED
+    assert implement.state == Stage.STATE_CANCELLED
+    assert "maxAgents" in done.error.message and done.error.code == "INVALID_ARGUMENT"
