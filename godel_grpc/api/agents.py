@@ -157,6 +157,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             snapshot_position=replayed.snapshot_position,
             events_read=replayed.events_read,
             circuit_state=replayed.agent.circuit,
+            score=replayed.reflex.score,
+            memory=replayed.reflex.memory_struct(),
         )
         if replayed.time:
             state.time.FromNanoseconds(int(replayed.time * 1e9))

@@ -9,6 +9,10 @@ running). Everything here is pure: no I/O, no clock; time comes from the events.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from google.protobuf import struct_pb2
+
 from godel_grpc._proto.godel.v1 import event_pb2
 from godel_grpc.core.records import Agent, AgentRecord
 
@@ -83,9 +87,10 @@ def fold(agent: AgentRecord | None, event: event_pb2.Event) -> AgentRecord | Non
     return agent
 
 
-def to_snapshot(agent: AgentRecord) -> event_pb2.AgentSnapshot:
-    """Everything `from_snapshot` needs to go on folding where `apply` left off."""
-    return event_pb2.AgentSnapshot(
+def to_snapshot(agent: AgentRecord, reflex: ReflexState | None = None) -> event_pb2.AgentSnapshot:
+    """Everything `from_snapshot` (and `ReflexState.from_snapshot`) needs to go on
+    folding where `apply` left off."""
+    snapshot = event_pb2.AgentSnapshot(
         agent=agent.to_proto(),
         running_task_ids=sorted(agent.running),
         queues=agent.queues,
@@ -94,6 +99,10 @@ def to_snapshot(agent: AgentRecord) -> event_pb2.AgentSnapshot:
         event_count=agent.event_count,
         position=agent.position,
     )
+    if reflex is not None:
+        snapshot.reflex_score = reflex.score
+        snapshot.reflex_memory.CopyFrom(reflex.memory_struct())
+    return snapshot
 
 
 def from_snapshot(snapshot: event_pb2.AgentSnapshot) -> AgentRecord:
@@ -117,3 +126,41 @@ def from_snapshot(snapshot: event_pb2.AgentSnapshot) -> AgentRecord:
     agent.event_count = snapshot.event_count
     agent.position = snapshot.position
     return agent
+
+
+@dataclass
+class ReflexState:
+    """What replay shows of an agent's reflex pattern: its score and its persistent
+    memory. The live coordinator keeps these in the reflex manager; replay folds the
+    same events here, so it needs no copy of them in every live agent record."""
+
+    score: float = 0.0
+    memory: dict[str, struct_pb2.Value] = field(default_factory=dict)
+
+    def apply(self, event: event_pb2.Event) -> None:
+        """Folds one of the agent's events (all but the reflex ones change nothing)."""
+        kind = event.WhichOneof("payload")
+        if kind == "agent_feedback_submitted":
+            if event.agent_feedback_submitted.scored:
+                self.score = event.agent_feedback_submitted.score
+        elif kind == "agent_memory_written":
+            written = event.agent_memory_written
+            if written.deleted:
+                self.memory.pop(written.key, None)
+            else:
+                value = struct_pb2.Value()
+                value.CopyFrom(written.value)
+                self.memory[written.key] = value
+
+    def memory_struct(self) -> struct_pb2.Struct:
+        memory = struct_pb2.Struct()
+        for key, value in self.memory.items():
+            memory.fields[key].CopyFrom(value)
+        return memory
+
+    @classmethod
+    def from_snapshot(cls, snapshot: event_pb2.AgentSnapshot) -> ReflexState:
+        state = cls(snapshot.reflex_score)
+        for key, value in snapshot.reflex_memory.fields.items():
+            state.memory[key] = value
+        return state

@@ -51,6 +51,8 @@ class Replayed:
     """Position of the snapshot started from; 0 when none was used."""
     events_read: int
     """The agent's events read from the log and folded on top of the snapshot."""
+    reflex: agent_fold.ReflexState
+    """The agent's reflex score and persistent memory as of event `up_to`."""
 
 
 class AgentHistory:
@@ -60,6 +62,7 @@ class AgentHistory:
         self._store = store
         self._tail: asyncio.Task[None] | None = None
         self._folds: dict[str, AgentRecord | None] = {}
+        self._reflex: dict[str, agent_fold.ReflexState] = {}
         self.intervals: dict[str, int] = {}
         """Agent id → snapshot interval, for the agents whose snapshots are written."""
         self.snapshots_written = 0
@@ -85,6 +88,7 @@ class AgentHistory:
         """Stops writing the agent's snapshots (those written stay)."""
         self.intervals.pop(agent_id, None)
         self._folds.pop(agent_id, None)
+        self._reflex.pop(agent_id, None)
 
     async def close(self) -> None:
         """Stops the tail (snapshots not written yet are written by no one: replay then
@@ -117,14 +121,17 @@ class AgentHistory:
 
     async def _fold(self, stored: StoredEvent) -> None:
         agent_id = stored.agent_id
-        agent = agent_fold.fold(self._folds[agent_id], decode(stored))
+        event = decode(stored)
+        agent = agent_fold.fold(self._folds[agent_id], event)
         self._folds[agent_id] = agent
+        reflex = self._reflex.setdefault(agent_id, agent_fold.ReflexState())
+        reflex.apply(event)
         interval = self.intervals[agent_id]
         if agent is not None and agent.event_count % interval == 0:
             await self._store.save_snapshot(
                 snapshot_name(agent_id, agent.event_count // interval),
                 stored.position,
-                agent_fold.to_snapshot(agent).SerializeToString(),
+                agent_fold.to_snapshot(agent, reflex).SerializeToString(),
             )
             self.snapshots_written += 1
 
@@ -173,17 +180,21 @@ class AgentHistory:
             )
         up_to = up_to or last
         agent: AgentRecord | None = None
+        reflex = agent_fold.ReflexState()
         start = 0
         found = await self._snapshot_at_or_below(agent_id, up_to)
         if found is not None:
             start, snapshot = found
             agent = agent_fold.from_snapshot(snapshot)
+            reflex = agent_fold.ReflexState.from_snapshot(snapshot)
         read = 0
         position = start
         while position < up_to:
             batch = await self._store.read(position, _READ_BATCH, agent_id=agent_id, up_to=up_to)
             for stored in batch:
-                agent = agent_fold.fold(agent, decode(stored))
+                event = decode(stored)
+                agent = agent_fold.fold(agent, event)
+                reflex.apply(event)
             read += len(batch)
             if len(batch) < _READ_BATCH:
                 break
@@ -191,4 +202,4 @@ class AgentHistory:
         if agent is None:
             raise NotFound("agent", agent_id)
         at = await self._store.read(up_to - 1, 1) if up_to else []
-        return Replayed(agent, up_to, at[0].recorded_at if at else 0.0, start, read)
+        return Replayed(agent, up_to, at[0].recorded_at if at else 0.0, start, read, reflex)

@@ -294,3 +294,36 @@ async def test_seed_reflex_json_through_grpcurl(tmp_path: Path) -> None:
             assert echoed.output["reflex"]["lessons"] == [body["comments"]]
     finally:
         coordinator.terminate()
+
+
+async def test_replay_shows_score_and_memory_as_they_were(
+    server: RunningServer, client: Client
+) -> None:
+    address = f"127.0.0.1:{server.port}"
+    with agent_processes(address, "replayed", 1, *REMEMBER, *reflex(rate=0.5)):
+        agent = await agent_named(client, "replayed-0")
+        seen: list[tuple[int, float, dict[str, object]]] = []
+
+        async def mark(score: float, memory: dict[str, object]) -> None:
+            """Records what the API shows now against the agent's latest event id."""
+            await server.coordinator.journal.flush()
+            events = await client.events.get_for_agent(agent.id)
+            seen.append((events[-1].id, score, memory))
+
+        first = await run(client, "replayed")
+        await mark(0.0, {"count": 1.0})
+        await client.agents.feedback(agent.id, taskId=first.id, rating=4, comments="ok")
+        await mark(4.0, {"count": 1.0})
+        second = await run(client, "replayed", note="guard nulls")
+        await mark(4.0, {"count": 2.0, "note": "guard nulls"})
+        scored = await client.agents.feedback(agent.id, taskId=second.id, rating=2)
+        assert scored.score == pytest.approx(3.0)  # 0.5 * 4 + 0.5 * 2
+        await mark(3.0, {"count": 2.0, "note": "guard nulls"})
+
+        for event_id, score, memory in seen:
+            state = await client.agents.replay(agent.id, event_id)
+            assert state.score == pytest.approx(score), event_id
+            assert dict(state.memory.items()) == memory, event_id
+        # Before its first memory write the agent remembered nothing.
+        registered = (await client.events.get_for_agent(agent.id))[0]
+        assert dict((await client.agents.replay(agent.id, registered.id)).memory.items()) == {}

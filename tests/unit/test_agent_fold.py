@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -181,3 +182,58 @@ def test_the_coordinator_snapshot_keeps_agents_counters() -> None:
     assert rebuilt.agents[AGENT].to_proto() == before
     rebuilt.apply(agent_event(("succeed", 2)))
     assert rebuilt.agents[AGENT].in_flight == 0
+
+
+def _reflex_event(step: tuple[str, int]) -> event_pb2.Event:
+    """A reflex event of agent "ag-1": a memory write or delete, or a rating."""
+    kind, n = step
+    if kind == "write":
+        return events.agent_memory_written("ag-1", f"k{n % 3}", struct_pb2.Value(number_value=n))
+    if kind == "delete":
+        return events.agent_memory_written("ag-1", f"k{n % 3}", None)
+    event = events.agent_feedback_submitted("ag-1", f"t-{n}", n % 6, "")
+    event.agent_feedback_submitted.scored = n % 2 == 0
+    event.agent_feedback_submitted.score = (n % 6) / 2
+    return event
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["write", "delete", "rate"]), st.integers(0, 50)), max_size=30
+    ),
+    cut=st.integers(0, 30),
+)
+def test_replayed_reflex_state_is_the_same_from_a_snapshot(
+    steps: list[tuple[str, int]], cut: int
+) -> None:
+    """Folding every reflex event equals folding up to a snapshot, restoring it, and
+    folding the rest; and it matches a plain model of scores and memory."""
+    stream = [_reflex_event(step) for step in steps]
+    whole = agent_fold.ReflexState()
+    for event in stream:
+        whole.apply(event)
+    cut = min(cut, len(stream))
+    before = agent_fold.ReflexState()
+    for event in stream[:cut]:
+        before.apply(event)
+    agent = agent_fold.register(registered())
+    snapshot = agent_fold.to_snapshot(agent, before)
+    resumed = agent_fold.ReflexState.from_snapshot(
+        event_pb2.AgentSnapshot.FromString(snapshot.SerializeToString())
+    )
+    for event in stream[cut:]:
+        resumed.apply(event)
+    assert resumed.score == whole.score
+    assert resumed.memory_struct() == whole.memory_struct()
+    # The model: last scored rating's score; last write per key unless deleted after.
+    score, memory = 0.0, {}
+    for kind, n in steps:
+        if kind == "write":
+            memory[f"k{n % 3}"] = float(n)
+        elif kind == "delete":
+            memory.pop(f"k{n % 3}", None)
+        elif n % 2 == 0:
+            score = (n % 6) / 2
+    assert whole.score == score
+    assert dict(whole.memory_struct().items()) == memory

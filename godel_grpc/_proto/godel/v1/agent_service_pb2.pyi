@@ -806,7 +806,9 @@ class AgentReplayState(_message.Message):
 
     @_builtins.property
     def memory(self) -> _struct_pb2.Struct:
-        """The agent's reflex memory (key/value) at that point."""
+        """The agent's persistent reflex memory (key/value) at that point. Session memory is
+        never recorded, so it never shows here.
+        """
 
     def __init__(
         self,

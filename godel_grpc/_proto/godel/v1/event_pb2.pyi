@@ -1045,6 +1045,8 @@ class AgentSnapshot(_message.Message):
     CIRCUIT_STATE_FIELD_NUMBER: _builtins.int
     EVENT_COUNT_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    REFLEX_SCORE_FIELD_NUMBER: _builtins.int
+    REFLEX_MEMORY_FIELD_NUMBER: _builtins.int
     resume_token_sha256: _builtins.str
     """SHA-256 of its resume token, hex-encoded."""
     circuit_state: _builtins.str
@@ -1056,6 +1058,10 @@ class AgentSnapshot(_message.Message):
     position: _builtins.int
     """Id (log position) of the last event folded; 0 when not known yet (live state ahead
     of the log).
+    """
+    reflex_score: _builtins.float
+    """The agent's reflex score as its last "agent.feedback_submitted" event left it, 0
+    to 5; 0 before any scored feedback.
     """
     @_builtins.property
     def agent(self) -> _agent_pb2.Agent:
@@ -1073,6 +1079,10 @@ class AgentSnapshot(_message.Message):
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Backpressure queues the agent serves."""
 
+    @_builtins.property
+    def reflex_memory(self) -> _struct_pb2.Struct:
+        """The agent's persistent reflex memory as its "agent.memory_written" events left it."""
+
     def __init__(
         self,
         *,
@@ -1083,10 +1093,12 @@ class AgentSnapshot(_message.Message):
         circuit_state: _builtins.str = ...,
         event_count: _builtins.int = ...,
         position: _builtins.int = ...,
+        reflex_score: _builtins.float = ...,
+        reflex_memory: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "reflex_memory", b"reflex_memory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "circuit_state", b"circuit_state", "event_count", b"event_count", "position", b"position", "queues", b"queues", "resume_token_sha256", b"resume_token_sha256", "running_task_ids", b"running_task_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "circuit_state", b"circuit_state", "event_count", b"event_count", "position", b"position", "queues", b"queues", "reflex_memory", b"reflex_memory", "reflex_score", b"reflex_score", "resume_token_sha256", b"resume_token_sha256", "running_task_ids", b"running_task_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
