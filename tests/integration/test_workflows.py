@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import json_format
 
-from godel_grpc._proto.godel.v1 import agent_pb2, saga_pb2, task_pb2, workflow_pb2
+from godel_grpc._proto.godel.v1 import (
+    agent_pb2,
+    convoy_service_pb2,
+    convoy_service_pb2_grpc,
+    saga_pb2,
+    task_pb2,
+    workflow_pb2,
+)
 from godel_grpc.client import Client, RPCError
 from godel_grpc.server import RunningServer
-from tests.support import grpcurl_json
+from tests.support import CoordinatorProcess, grpcurl_json
 
 pytestmark = pytest.mark.integration
 
@@ -215,3 +223,52 @@ async def test_a_stage_the_coordinator_cannot_create_fails_the_workflow_saying_w
     assert design.state == Stage.STATE_SUCCEEDED
     assert implement.state == Stage.STATE_CANCELLED
     assert "maxAgents" in done.error.message and done.error.code == "INVALID_ARGUMENT"
+
+
+async def test_a_workflow_resumes_its_stage_after_the_coordinator_is_killed(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the coordinator while a stage runs (its agents die with it); a new
+    coordinator on the same log finishes the workflow, running that stage as the same
+    convoy, not a second one."""
+    data = tmp_path / "data"
+    spec = {
+        "name": "survivor",
+        "stages": [
+            {"name": "slow", "pattern": "convoy", "agents": 2, "exec": "sleep 3; cat"},
+            {"name": "after", "pattern": "saga"},
+        ],
+    }
+    first = CoordinatorProcess(data).start()
+    try:
+        async with Client(first.address, timeout=10) as client:
+            handle = await client.workflows.create(spec)
+            await handle.start({"n": 1})
+            running = await handle.get()
+            deadline = asyncio.get_running_loop().time() + 30
+            while running.stages[0].state != Stage.STATE_RUNNING:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.1)
+                running = await handle.get()
+            convoy_id = running.stages[0].resource_id
+        first.kill()
+    finally:
+        first.stop()
+
+    second = CoordinatorProcess(data).start()
+    try:
+        async with Client(second.address, timeout=10) as client:
+            done = Workflow()
+            async for update in client.workflows.watch(handle.id, timeout=90):
+                done = update
+            assert done.state == Workflow.STATE_SUCCEEDED, done
+            assert done.stages[0].resource_id == convoy_id
+            convoy = await client.convoys.get(convoy_id)
+            assert len(convoy.agents) == 2 and convoy.state == convoy.STATE_SUCCEEDED
+            async with grpc.aio.insecure_channel(second.address) as channel:
+                listed = await convoy_service_pb2_grpc.ConvoyServiceStub(channel).ListConvoys(
+                    convoy_service_pb2.ListConvoysRequest()
+                )
+            assert [c.id for c in listed.convoys] == [convoy_id]  # no second convoy
+    finally:
+        second.stop()
