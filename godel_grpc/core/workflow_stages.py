@@ -136,7 +136,8 @@ class StageRunner:
         if key in self._agents or self._spawned is None or stage.pattern == "swarm":
             return
         role = stage_role(workflow, stage)
-        actions = [role, *([undo_action(workflow, stage)] if undo_action(workflow, stage) else [])]
+        undo = undo_action(workflow, stage)
+        actions = [role, undo] if undo else [role]
         request = agent_service_pb2.SpawnAgentRequest(
             role=role, actions=actions, capacity=1, exec=stage.exec
         )

@@ -11,6 +11,7 @@ agent the breaker chapter spawns is stopped by the coordinator's runtime).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import shutil
@@ -165,15 +166,25 @@ async def _tasks_chapter(client: Client) -> int:
     return failed
 
 
+def _example(name: str) -> Any:
+    """A module of examples/, which the demo runs as chapters (from the repository)."""
+    try:
+        return importlib.import_module(f"examples.{name}")
+    except ImportError as missing:
+        raise RuntimeError(
+            "examples/ is not importable here; run the demo from the repository"
+        ) from missing
+
+
+def _indent(line: str) -> None:
+    _say("  " + line)
+
+
 async def _convoy_chapter(client: Client) -> int:
     """The seed's convoy (section 1), from examples/convoy.py."""
     _say("\n── convoy (seed section 1) ──")
-    try:
-        from examples import convoy as example
-    except ImportError:
-        _say("  examples/ is not importable here; run the demo from the repository")
-        return 1
-    done = await example.run(client, lambda line: _say("  " + line))
+    example = _example("convoy")
+    done = await example.run(client, _indent)
     return 0 if done.state == done.STATE_SUCCEEDED else 1
 
 
@@ -181,27 +192,12 @@ async def _saga_chapter(client: Client) -> int:
     """The seed's onboarding saga (section 5), from examples/saga.py: once through, then
     with its last step failing, which compensates the first two in reverse."""
     _say("\n── saga (seed section 5) ──")
-    try:
-        from examples import saga as example
-    except ImportError:
-        _say("  examples/ is not importable here; run the demo from the repository")
-        return 1
-    done = await example.run(client, say=lambda line: _say("  " + line))
+    example = _example("saga")
+    done = await example.run(client, say=_indent)
     failed = int(done.state != done.STATE_SUCCEEDED)
     _say("  … and again with createTrial failing:")
-    undone = await example.run(client, fail_at="createTrial", say=lambda line: _say("  " + line))
+    undone = await example.run(client, fail_at="createTrial", say=_indent)
     return failed + int(undone.state != undone.STATE_COMPENSATED)
-
-
-def _example(name: str) -> Any:
-    """A module of examples/, which the demo runs as chapters (from the repository)."""
-    import importlib
-
-    return importlib.import_module(f"examples.{name}")
-
-
-def _indent(line: str) -> None:
-    _say("  " + line)
 
 
 async def _reflex_chapter(client: Client) -> int:
@@ -268,12 +264,8 @@ async def _breaker_chapter(client: Client) -> int:
     spawned with the seed's settings opens after five failures; an operator resets it,
     forces it open and resets it again."""
     _say("\n── circuit breaker (seed section 4) ──")
-    try:
-        from examples import breakers as example
-    except ImportError:
-        _say("  examples/ is not importable here; run the demo from the repository")
-        return 1
-    circuit = await example.run(client, lambda line: _say("  " + line))
+    example = _example("breakers")
+    circuit = await example.run(client, _indent)
     return 0 if circuit.state == circuit.STATE_CLOSED and circuit.failure_count == 5 else 1
 
 
@@ -281,12 +273,8 @@ async def _queue_chapter(client: Client) -> int:
     """The seed's backpressure queue (section 8), from examples/queues.py: 11,000 tasks
     streamed into the 10,000-task shed-load queue; every one accounted for."""
     _say("\n── backpressure (seed section 8) ──")
-    try:
-        from examples import queues as example
-    except ImportError:
-        _say("  examples/ is not importable here; run the demo from the repository")
-        return 1
-    queue = await example.run(client, lambda line: _say("  " + line))
+    example = _example("queues")
+    queue = await example.run(client, _indent)
     counts = queue.counts
     return 0 if queue.depth + counts.shed + counts.rejected == len(example.priorities()) else 1
 
@@ -295,17 +283,13 @@ async def _bulkhead_chapter(client: Client, processes: _Processes, log: Path) ->
     """The seed's bulkhead (section 9), from examples/bulkheads.py: analytics flooded
     and failing while auth's tasks all complete."""
     _say("\n── bulkhead (seed section 9) ──")
-    try:
-        from examples import bulkheads as example
-    except ImportError:
-        _say("  examples/ is not importable here; run the demo from the repository")
-        return 1
+    example = _example("bulkheads")
 
     def start_agents(argument_lists: Sequence[Sequence[str]]) -> None:
         for arguments in argument_lists:
             processes.start("agent", *arguments, log=log)
 
-    shown = await example.run(client, start_agents, lambda line: _say("  " + line))
+    shown = await example.run(client, start_agents, _indent)
     auth = next(p for p in shown.partitions if p.name == "auth")
     analytics = next(p for p in shown.partitions if p.name == "analytics")
     return 0 if auth.completed == 20 and auth.failed == 0 and analytics.rejected > 0 else 1
