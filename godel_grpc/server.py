@@ -61,7 +61,7 @@ from godel_grpc.metrics import CoordinatorMetrics
 from godel_grpc.runtime.local import LocalRuntime
 from godel_grpc.runtime.spawned import SpawnedAgents
 from godel_grpc.store.base import EventStore
-from godel_grpc.store.factory import open_store
+from godel_grpc.store.factory import DEFAULT_SQLITE_FILE, open_store
 from godel_grpc.store.urls import redact
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,9 @@ async def start_server(
             "listen": config.listen,
             "port": port,
             "metrics_port": metrics_port,
-            "store": redact(config.store) if config.store else str(config.data_dir / "events.db"),
+            "store": redact(config.store)
+            if config.store
+            else str(config.data_dir / DEFAULT_SQLITE_FILE),
         },
     )
     return RunningServer(

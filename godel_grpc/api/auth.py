@@ -72,11 +72,6 @@ class Authorizer:
         self._clock = clock
         self._agent_name = agent_name
 
-    @property
-    def required(self) -> bool:
-        """Whether calls must carry a token."""
-        return self._tokens is not None
-
     def admit(self, method: str, metadata: Iterable[tuple[str, Any]] | None) -> Principal:
         """The caller's principal, when it may make this call.
 

@@ -11,7 +11,7 @@ from godel_grpc._proto.godel.v1 import event_pb2
 from godel_grpc._proto.godel.v1 import event_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import event_service_pb2_grpc as pb_grpc
 from godel_grpc.core.coordinator import Coordinator
-from godel_grpc.core.paging import NOT_A_TOKEN
+from godel_grpc.core.paging import DEFAULT_PAGE_SIZE, NOT_A_TOKEN
 from godel_grpc.core.upgrade import decode
 from godel_grpc.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from godel_grpc.store.base import StoreClosed, StoredEvent
@@ -42,7 +42,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
             if not request.page_token.isdigit():
                 raise InvalidArgument([FieldViolation("pageToken", NOT_A_TOKEN)])
             after = max(after, int(request.page_token))
-        size = request.page_size or 100
+        size = request.page_size or DEFAULT_PAGE_SIZE
         stored = await self._coordinator.store.read(
             after,
             size + 1,

@@ -133,7 +133,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         async def handle(request: Message, context: Context) -> Message:
             async with self._boundary(method, context):
                 principal = self._admit(method, context)
-                _check(request)
+                check(request)
                 if self._authorizer is not None:
                     self._authorizer.guard_unary(method, principal, request)
                 return await behaviour(request, context)
@@ -147,7 +147,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         async def handle(request: Message, context: Context) -> AsyncIterator[Message]:
             async with self._boundary(method, context):
                 self._admit(method, context)
-                _check(request)
+                check(request)
                 async for response in behaviour(request, context):
                     yield response
 
@@ -188,15 +188,9 @@ PER_MESSAGE_VALIDATION = frozenset({"/godel.v1.QueueService/EnqueueStream"})
 answers a bad one in its reply, instead of the boundary ending the stream."""
 
 
-def check(request: Any) -> None:
-    """Validates one request as the boundary would: raises InvalidArgument if it does
-    not decode or breaks its rules. For the methods of `PER_MESSAGE_VALIDATION`."""
-    _check(request)
-
-
 async def _validated(requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
     async for request in requests:
-        _check(request)
+        check(request)
         yield request
 
 
@@ -223,8 +217,10 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return parse
 
 
-def _check(request: Any) -> None:
-    """Refuses undecodable bytes, then validates the message against its rules."""
+def check(request: Any) -> None:
+    """Validates one request as the boundary does: refuses undecodable bytes, then checks
+    the message against its rules (InvalidArgument). The methods of
+    `PER_MESSAGE_VALIDATION` call it themselves, per message."""
     if isinstance(request, _Undecodable):
         raise InvalidArgument(
             [FieldViolation("", "the request is not a valid protobuf message of this RPC")],
@@ -253,10 +249,7 @@ class _Internal(GodelError):
 
 
 def _code_of(context: Context, fallback: grpc.StatusCode) -> grpc.StatusCode:
-    try:
-        code = context.code()
-    except Exception:  # older grpc without code()
-        return fallback
+    code = context.code()  # None until a handler sets one
     return code if isinstance(code, grpc.StatusCode) else fallback
 
 

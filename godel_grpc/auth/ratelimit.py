@@ -55,7 +55,3 @@ class RateLimiter:
             bucket.tokens -= 1.0
             return 0.0
         return (1.0 - bucket.tokens) / self.rate
-
-    def forget(self, key: str) -> None:
-        """Drops the bucket of a principal that no longer exists (revoked token)."""
-        self._buckets.pop(key, None)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -39,12 +38,9 @@ from godel_grpc._proto.godel.v1 import swarm_service_pb2_grpc as swarm_grpc
 from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as task_grpc
 from godel_grpc.auth.channel import open_channel
-from godel_grpc.client._errors import RPCError
+from godel_grpc.client._errors import RPCError, streamed, translated
 from godel_grpc.client._workflows import Workflows
 from godel_grpc.core.fields import copy_common_fields
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds every unary call may take unless the caller says otherwise."""
@@ -77,19 +73,6 @@ class _Backoff:
         await asyncio.sleep(self._delay)
         self._delay = min(self._delay * 2, 2.0)
         return True
-
-
-def _translated(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turns grpc.aio errors into RPCError."""
-
-    @functools.wraps(call)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await call(*args, **kwargs)
-        except grpc.aio.AioRpcError as error:
-            raise RPCError.from_aio(error) from None
-
-    return wrapper
 
 
 async def _every_page(fetch: Callable[[str], Awaitable[Any]], field: str) -> list[Any]:
@@ -146,13 +129,13 @@ class Tasks:
         self._stub = task_grpc.TaskServiceStub(channel)
         self._timeout = timeout
 
-    @_translated
+    @translated
     async def submit(self, **fields: Any) -> task_pb2.Task:
         """Submits one task (keyword arguments of `task_request`) and returns it, durable."""
         response = await self._stub.SubmitTask(task_request(**fields), timeout=self._timeout)
         return response.task
 
-    @_translated
+    @translated
     async def run(self, *, wait_timeout: float | None = None, **fields: Any) -> task_pb2.Task:
         """Submits one task and returns it once it has ended (one call, one round trip).
 
@@ -165,7 +148,7 @@ class Tasks:
         )
         return response.task
 
-    @_translated
+    @translated
     async def submit_many(
         self, requests: Sequence[task_pb.SubmitTaskRequest]
     ) -> list[task_pb2.Task]:
@@ -175,7 +158,7 @@ class Tasks:
         )
         return list(response.tasks)
 
-    @_translated
+    @translated
     async def get(self, task_id: str) -> task_pb2.Task:
         """The task with this id."""
         response = await self._stub.GetTask(
@@ -183,7 +166,7 @@ class Tasks:
         )
         return response.task
 
-    @_translated
+    @translated
     async def list(
         self, page_size: int = 100, page_token: str = "", state: int = 0
     ) -> tuple[list[task_pb2.Task], str]:
@@ -194,7 +177,7 @@ class Tasks:
         )
         return list(response.tasks), response.next_page_token
 
-    @_translated
+    @translated
     async def cancel(self, task_id: str, reason: str = "") -> task_pb2.Task:
         """Cancels a queued or running task."""
         response = await self._stub.CancelTask(
@@ -202,16 +185,10 @@ class Tasks:
         )
         return response.task
 
-    async def watch(
-        self, task_id: str, timeout: float | None = None
-    ) -> AsyncIterator[task_pb2.Task]:
+    def watch(self, task_id: str, timeout: float | None = None) -> AsyncIterator[task_pb2.Task]:
         """The task now and after every change, until it ends (or `timeout` seconds)."""
         call = self._stub.WatchTask(task_pb.WatchTaskRequest(id=task_id), timeout=timeout)
-        try:
-            async for response in call:
-                yield response.task
-        except grpc.aio.AioRpcError as error:
-            raise RPCError.from_aio(error) from None
+        return streamed(call, "task")
 
     async def wait(self, task_id: str, timeout: float | None = None) -> task_pb2.Task:
         """Waits until the task ends and returns it."""
@@ -229,7 +206,7 @@ class Agents:
         self._stub = agent_grpc.AgentServiceStub(channel)
         self._timeout = timeout
 
-    @_translated
+    @translated
     async def spawn(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> agent_pb2.Agent:
         """Starts an agent process through the coordinator's runtime, from the seed's
         spawn object (`role`, `circuitBreaker`, `reflex`, `sidecars`, ...) as a mapping
@@ -238,7 +215,7 @@ class Agents:
         response = await self._stub.SpawnAgent(request, timeout=self._timeout)
         return response.agent
 
-    @_translated
+    @translated
     async def terminate(
         self, agent_id: str, reason: str = "", grace_period: float | None = None
     ) -> agent_pb2.Agent:
@@ -250,7 +227,7 @@ class Agents:
         response = await self._stub.TerminateAgent(request, timeout=self._timeout)
         return response.agent
 
-    @_translated
+    @translated
     async def get(self, agent_id: str) -> agent_pb2.Agent:
         """The agent with this id."""
         response = await self._stub.GetAgent(
@@ -258,7 +235,7 @@ class Agents:
         )
         return response.agent
 
-    @_translated
+    @translated
     async def feedback(
         self, agent_id: str, feedback: Mapping[str, Any] | None = None, **fields: Any
     ) -> agent_pb.SubmitFeedbackResponse:
@@ -271,14 +248,14 @@ class Agents:
         request.agent_id = agent_id
         return await self._stub.SubmitFeedback(request, timeout=self._timeout)
 
-    @_translated
+    @translated
     async def get_circuit_state(self, agent_id: str) -> agent_pb.GetCircuitStateResponse:
         """The agent's circuit breaker: state, counts, opened-at and next probe time."""
         return await self._stub.GetCircuitState(
             agent_pb.GetCircuitStateRequest(agent_id=agent_id), timeout=self._timeout
         )
 
-    @_translated
+    @translated
     async def replay(
         self, agent: str | Sequence[event_pb2.Event], up_to_event_id: int = 0
     ) -> agent_pb.AgentReplayState:
@@ -296,21 +273,15 @@ class Agents:
         )
         return response.state
 
-    async def watch(
+    def watch(
         self, role: str = "", agent_ids: Sequence[str] = ()
     ) -> AsyncIterator[agent_pb2.Agent]:
         """Every matching agent as it is now, then each agent again on every change,
         until the caller stops iterating."""
         call = self._stub.WatchAgents(agent_pb.WatchAgentsRequest(role=role, agent_ids=agent_ids))
-        try:
-            async for response in call:
-                yield response.agent
-        except grpc.aio.AioRpcError as error:
-            raise RPCError.from_aio(error) from None
-        finally:
-            call.cancel()
+        return streamed(call, "agent")
 
-    @_translated
+    @translated
     async def force_open_circuit(
         self, agent_id: str, reason: str = ""
     ) -> agent_pb.GetCircuitStateResponse:
@@ -322,7 +293,7 @@ class Agents:
         )
         return response.circuit
 
-    @_translated
+    @translated
     async def reset_circuit(
         self, agent_id: str, reason: str = ""
     ) -> agent_pb.GetCircuitStateResponse:
@@ -354,7 +325,7 @@ class Agents:
                 raise TimeoutError(f"agent {agent_id} was not READY within {timeout:g} s")
             await asyncio.sleep(interval)
 
-    @_translated
+    @translated
     async def list(self, role: str = "") -> list[agent_pb2.Agent]:
         """Every registered agent (all pages), optionally of one role."""
         return await _every_page(
@@ -373,7 +344,7 @@ class Events:
         self._stub = event_grpc.EventServiceStub(channel)
         self._timeout = timeout
 
-    @_translated
+    @translated
     async def get_for_agent(self, agent_id: str, page_size: int = 1000) -> list[event_pb2.Event]:
         """Every event that concerns the agent, oldest first (all pages)."""
         return await _every_page(
@@ -470,7 +441,7 @@ class Convoys:
         self._stub = convoy_grpc.ConvoyServiceStub(channel)
         self._timeout = timeout
 
-    @_translated
+    @translated
     async def create(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> ConvoyHandle:
         """Creates a convoy from the seed's object (`name`, `pattern`, `agents` with
         `role`, `task`, `dependsOn`), given as a mapping or keyword arguments."""
@@ -478,37 +449,33 @@ class Convoys:
         response = await self._stub.CreateConvoy(request, timeout=self._timeout)
         return ConvoyHandle(self, response.convoy)
 
-    @_translated
+    @translated
     async def start(self, convoy_id: str) -> convoy_pb2.Convoy:
         response = await self._stub.StartConvoy(
             convoy_pb.StartConvoyRequest(id=convoy_id), timeout=self._timeout
         )
         return response.convoy
 
-    @_translated
+    @translated
     async def get(self, convoy_id: str) -> convoy_pb2.Convoy:
         response = await self._stub.GetConvoy(
             convoy_pb.GetConvoyRequest(id=convoy_id), timeout=self._timeout
         )
         return response.convoy
 
-    @_translated
+    @translated
     async def cancel(self, convoy_id: str, reason: str = "") -> convoy_pb2.Convoy:
         response = await self._stub.CancelConvoy(
             convoy_pb.CancelConvoyRequest(id=convoy_id, reason=reason), timeout=self._timeout
         )
         return response.convoy
 
-    async def watch(
+    def watch(
         self, convoy_id: str, timeout: float | None = None
     ) -> AsyncIterator[convoy_pb2.Convoy]:
         """The convoy now and after every change, until it ends."""
         call = self._stub.WatchConvoy(convoy_pb.WatchConvoyRequest(id=convoy_id), timeout=timeout)
-        try:
-            async for response in call:
-                yield response.convoy
-        except grpc.aio.AioRpcError as error:
-            raise RPCError.from_aio(error) from None
+        return streamed(call, "convoy")
 
 
 class SagaHandle:
@@ -565,7 +532,7 @@ class Sagas:
         self._stub = saga_grpc.SagaServiceStub(channel)
         self._timeout = timeout
 
-    @_translated
+    @translated
     async def create(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> SagaHandle:
         """Creates a saga from the seed's object (`name`, `steps` with `name`, `action`,
         `compensate`, the actions given by name), as a mapping or keyword arguments."""
@@ -577,7 +544,7 @@ class Sagas:
         """A handle on a saga found with `get` or `list`."""
         return SagaHandle(self, saga)
 
-    @_translated
+    @translated
     async def execute(
         self,
         saga_id: str,
@@ -591,21 +558,21 @@ class Sagas:
         response = await self._stub.ExecuteSaga(request, timeout=self._timeout)
         return response.saga
 
-    @_translated
+    @translated
     async def compensate(self, saga_id: str, reason: str = "") -> saga_pb2.Saga:
         response = await self._stub.CompensateSaga(
             saga_pb.CompensateSagaRequest(id=saga_id, reason=reason), timeout=self._timeout
         )
         return response.saga
 
-    @_translated
+    @translated
     async def get(self, saga_id: str) -> saga_pb2.Saga:
         response = await self._stub.GetSaga(
             saga_pb.GetSagaRequest(id=saga_id), timeout=self._timeout
         )
         return response.saga
 
-    @_translated
+    @translated
     async def list(
         self, page_size: int = 100, page_token: str = "", state: int = 0
     ) -> tuple[list[saga_pb2.Saga], str]:
@@ -616,20 +583,14 @@ class Sagas:
         )
         return list(response.sagas), response.next_page_token
 
-    @_translated
+    @translated
     async def delete(self, saga_id: str) -> None:
         await self._stub.DeleteSaga(saga_pb.DeleteSagaRequest(id=saga_id), timeout=self._timeout)
 
-    async def watch(
-        self, saga_id: str, timeout: float | None = None
-    ) -> AsyncIterator[saga_pb2.Saga]:
+    def watch(self, saga_id: str, timeout: float | None = None) -> AsyncIterator[saga_pb2.Saga]:
         """The saga now and after every change, until it comes to rest."""
         call = self._stub.WatchSaga(saga_pb.WatchSagaRequest(id=saga_id), timeout=timeout)
-        try:
-            async for response in call:
-                yield response.saga
-        except grpc.aio.AioRpcError as error:
-            raise RPCError.from_aio(error) from None
+        return streamed(call, "saga")
 
 
 class Queues:
@@ -639,7 +600,7 @@ class Queues:
         self._stub = queue_grpc.QueueServiceStub(channel)
         self._timeout = timeout
 
-    @_translated
+    @translated
     async def create(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> queue_pb2.Queue:
         """Creates a queue from the seed's object (`name`, `backpressure` with
         `strategy`, `maxSize`, `highWatermark`, `lowWatermark`), as a mapping or keywords."""
@@ -647,7 +608,7 @@ class Queues:
         response = await self._stub.CreateQueue(request, timeout=self._timeout)
         return response.queue
 
-    @_translated
+    @translated
     async def enqueue(
         self, queue_id: str, *, call_timeout: float | None = None, **fields: Any
     ) -> queue_pb.EnqueueResponse:
@@ -663,7 +624,7 @@ class Queues:
         )
         return response
 
-    @_translated
+    @translated
     async def get(self, queue_id: str) -> queue_pb2.Queue:
         """The queue with its depth, pressure and counters."""
         response = await self._stub.GetQueue(
@@ -671,7 +632,7 @@ class Queues:
         )
         return response.queue
 
-    @_translated
+    @translated
     async def list(self) -> list[queue_pb2.Queue]:
         """Every queue, oldest first."""
         return await _every_page(
@@ -682,7 +643,7 @@ class Queues:
             "queues",
         )
 
-    @_translated
+    @translated
     async def delete(self, queue_id: str) -> None:
         """Deletes a queue; its waiting tasks are cancelled."""
         await self._stub.DeleteQueue(
@@ -697,7 +658,7 @@ class Bulkheads:
         self._stub = bulkhead_grpc.BulkheadServiceStub(channel)
         self._timeout = timeout
 
-    @_translated
+    @translated
     async def create(
         self, spec: Mapping[str, Any] | None = None, **fields: Any
     ) -> bulkhead_pb2.Bulkhead:
@@ -709,7 +670,7 @@ class Bulkheads:
         response = await self._stub.CreateBulkhead(request, timeout=self._timeout)
         return response.bulkhead
 
-    @_translated
+    @translated
     async def submit(self, bulkhead_id: str, partition: str, **fields: Any) -> task_pb2.Task:
         """Submits one task (keyword arguments of `task_request`) to one partition;
         returns it once durable. A full partition raises RPCError RESOURCE_EXHAUSTED
@@ -719,7 +680,7 @@ class Bulkheads:
         response = await self._stub.SubmitToPartition(request, timeout=self._timeout)
         return response.task
 
-    @_translated
+    @translated
     async def get(self, bulkhead_id: str) -> bulkhead_pb2.Bulkhead:
         """The bulkhead with each partition's agents and task counters."""
         response = await self._stub.GetBulkhead(
@@ -727,7 +688,7 @@ class Bulkheads:
         )
         return response.bulkhead
 
-    @_translated
+    @translated
     async def list(self) -> list[bulkhead_pb2.Bulkhead]:
         """Every bulkhead, oldest first."""
         return await _every_page(
@@ -738,7 +699,7 @@ class Bulkheads:
             "bulkheads",
         )
 
-    @_translated
+    @translated
     async def delete(self, bulkhead_id: str) -> None:
         """Deletes a bulkhead; its waiting tasks are cancelled, its agents released."""
         await self._stub.DeleteBulkhead(
@@ -779,7 +740,7 @@ class Swarms:
         self._stub = swarm_grpc.SwarmServiceStub(channel)
         self._timeout = timeout
 
-    @_translated
+    @translated
     async def create(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> SwarmHandle:
         """Creates a swarm from the seed's object (`name`, `minAgents`, `maxAgents`,
         `scalePolicy`, optional `agentTemplate`), as a mapping or keywords."""
@@ -787,7 +748,7 @@ class Swarms:
         response = await self._stub.CreateSwarm(request, timeout=self._timeout)
         return SwarmHandle(self, response.swarm)
 
-    @_translated
+    @translated
     async def submit(
         self, swarm_id: str, task: Mapping[str, Any] | None = None, **fields: Any
     ) -> task_pb2.Task:
@@ -799,14 +760,14 @@ class Swarms:
         response = await self._stub.SubmitSwarmTask(request, timeout=self._timeout)
         return response.task
 
-    @_translated
+    @translated
     async def get(self, swarm_id: str) -> swarm_pb2.Swarm:
         response = await self._stub.GetSwarm(
             swarm_pb.GetSwarmRequest(id=swarm_id), timeout=self._timeout
         )
         return response.swarm
 
-    @_translated
+    @translated
     async def list(self) -> list[swarm_pb2.Swarm]:
         """Every swarm, oldest first."""
         return await _every_page(
@@ -817,7 +778,7 @@ class Swarms:
             "swarms",
         )
 
-    @_translated
+    @translated
     async def delete(self, swarm_id: str) -> None:
         await self._stub.DeleteSwarm(
             swarm_pb.DeleteSwarmRequest(id=swarm_id), timeout=self._timeout

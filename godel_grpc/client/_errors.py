@@ -1,6 +1,11 @@
-"""The one exception the client raises for a failed call."""
+"""The one exception the client raises for a failed call, and the two wrappers that
+turn grpc.aio's errors into it: one for unary calls, one for streams."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -65,3 +70,32 @@ _KNOWN = (
     error_details_pb2.PreconditionFailure,
     error_details_pb2.ResourceInfo,
 )
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def translated(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turns grpc.aio errors of a unary call into RPCError."""
+
+    @functools.wraps(call)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await call(*args, **kwargs)
+        except grpc.aio.AioRpcError as error:
+            raise RPCError.from_aio(error) from None
+
+    return wrapper
+
+
+async def streamed(call: Any, field: str) -> AsyncIterator[Any]:
+    """The `field` of each message of a server stream, grpc.aio errors as RPCError; the
+    call is cancelled when the caller stops reading early, so it never stays open."""
+    try:
+        async for response in call:
+            yield getattr(response, field)
+    except grpc.aio.AioRpcError as error:
+        raise RPCError.from_aio(error) from None
+    finally:
+        call.cancel()

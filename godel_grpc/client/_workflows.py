@@ -12,7 +12,7 @@ from google.protobuf import json_format, struct_pb2
 from godel_grpc._proto.godel.v1 import workflow_pb2
 from godel_grpc._proto.godel.v1 import workflow_service_pb2 as workflow_pb
 from godel_grpc._proto.godel.v1 import workflow_service_pb2_grpc as workflow_grpc
-from godel_grpc.client._errors import RPCError
+from godel_grpc.client._errors import streamed, translated
 
 
 class WorkflowHandle:
@@ -54,15 +54,17 @@ class Workflows:
         self._stub = workflow_grpc.WorkflowServiceStub(channel)
         self._timeout = timeout
 
+    @translated
     async def create(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> WorkflowHandle:
         """Creates a workflow from the seed's object (`name`, `patterns`, `stages`),
         given as a mapping or keyword arguments; it waits, PENDING, for `start`."""
         request = json_format.ParseDict(
             {**(spec or {}), **fields}, workflow_pb.CreateWorkflowRequest()
         )
-        response = await self._call(self._stub.CreateWorkflow, request)
+        response = await self._stub.CreateWorkflow(request, timeout=self._timeout)
         return WorkflowHandle(self, response.workflow)
 
+    @translated
     async def start(
         self, workflow_id: str, input: Mapping[str, Any] | None = None
     ) -> workflow_pb2.Workflow:
@@ -71,46 +73,35 @@ class Workflows:
             given = struct_pb2.Struct()
             given.update(dict(input))
             request.input.CopyFrom(given)
-        response: workflow_pb.StartWorkflowResponse = await self._call(
-            self._stub.StartWorkflow, request
-        )
+        response = await self._stub.StartWorkflow(request, timeout=self._timeout)
         return response.workflow
 
+    @translated
     async def get(self, workflow_id: str) -> workflow_pb2.Workflow:
         request = workflow_pb.GetWorkflowRequest(id=workflow_id)
-        response: workflow_pb.GetWorkflowResponse = await self._call(
-            self._stub.GetWorkflow, request
-        )
+        response = await self._stub.GetWorkflow(request, timeout=self._timeout)
         return response.workflow
 
+    @translated
     async def list(
         self, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[workflow_pb2.Workflow], str]:
         """One page of workflows, newest first, and the next page's token."""
         request = workflow_pb.ListWorkflowsRequest(page_size=page_size, page_token=page_token)
-        response = await self._call(self._stub.ListWorkflows, request)
+        response = await self._stub.ListWorkflows(request, timeout=self._timeout)
         return list(response.workflows), response.next_page_token
 
+    @translated
     async def delete(self, workflow_id: str) -> None:
-        await self._call(
-            self._stub.DeleteWorkflow, workflow_pb.DeleteWorkflowRequest(id=workflow_id)
+        await self._stub.DeleteWorkflow(
+            workflow_pb.DeleteWorkflowRequest(id=workflow_id), timeout=self._timeout
         )
 
-    async def watch(
+    def watch(
         self, workflow_id: str, timeout: float | None = None
     ) -> AsyncIterator[workflow_pb2.Workflow]:
         """The workflow now and after every change, until it ends."""
         call = self._stub.WatchWorkflow(
             workflow_pb.WatchWorkflowRequest(id=workflow_id), timeout=timeout
         )
-        try:
-            async for response in call:
-                yield response.workflow
-        except grpc.aio.AioRpcError as error:
-            raise RPCError.from_aio(error) from None
-
-    async def _call(self, method: Any, request: Any) -> Any:
-        try:
-            return await method(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            raise RPCError.from_aio(error) from None
+        return streamed(call, "workflow")

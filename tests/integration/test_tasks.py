@@ -265,3 +265,18 @@ async def test_retries_wait_their_backoff_doubling_each_time(
     # The second attempt started at least 0.3 s after the first failed, the third 0.6 s
     assert times[("leased", 2)] - times[("failed", 1)] >= 0.3
     assert times[("leased", 3)] - times[("failed", 2)] >= 0.6
+
+
+async def test_a_watch_left_early_is_cancelled_on_the_server(
+    server: RunningServer, client: Client
+) -> None:
+    # Nobody serves the role, so the task stays QUEUED and its watch stays open.
+    task = await client.tasks.submit(role="nobody-serves-this", title="wait")
+    async for update in client.tasks.watch(task.id, timeout=30):
+        assert update.id == task.id
+        break  # the caller stops reading after the first state
+    watchers = server.coordinator._watchers  # the server's open WatchTask streams
+    deadline = asyncio.get_running_loop().time() + 10
+    while task.id in watchers:
+        assert asyncio.get_running_loop().time() < deadline, "the call stayed open"
+        await asyncio.sleep(0.02)
