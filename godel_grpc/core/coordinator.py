@@ -622,9 +622,13 @@ class Coordinator:
         self.journal.record(batch, urgent=False)
 
     def _end_lease(self, agent_id: str, attempt_id: str) -> None:
+        """Ends a lease whose attempt will not report (cancelled, past its deadline,
+        released, or already over): its slot frees up, and so does the breaker's trial
+        slot if it was a half-open trial."""
         session = self.sessions.get(agent_id)
         if session is not None and session.leases.pop(attempt_id, None) is not None:
             self.scheduler.release(agent_id)
+            self.breakers.release(agent_id)
             self._schedule_dispatch()
 
     # -- agents ------------------------------------------------------------------------
@@ -761,8 +765,7 @@ class Coordinator:
             task = self._current_task(session, task_id or "", attempt_id)
             if task is None:
                 continue
-            del session.leases[attempt_id]
-            self.scheduler.release(session.agent_id)
+            self._end_lease(session.agent_id, attempt_id)
             event = events.task_requeued(
                 task.id, attempt_id, session.agent_id, "released by agent", lost=False
             )

@@ -63,8 +63,12 @@ class Scheduler:
         return len(found.queue) if found else 0
 
     def add_agent(self, agent_id: str, pools: Iterable[str], free: int) -> None:
-        """Registers an agent with `free` slots for the given pools."""
+        """Registers an agent with `free` slots for the given pools (again, when its
+        pools change: its score stays)."""
+        score = self._scores.get(agent_id)
         self.remove_agent(agent_id)
+        if score is not None:
+            self._scores[agent_id] = score
         names = tuple(dict.fromkeys(pools))
         self._agent_pools[agent_id] = names
         self._free[agent_id] = max(0, free)
@@ -80,6 +84,8 @@ class Scheduler:
             if pool.cursor >= len(pool.agents):
                 pool.cursor = 0
         self._free.pop(agent_id, None)
+        # A departed agent's score would keep every pool on the slower scored path.
+        self._scores.pop(agent_id, None)
 
     def set_score(self, agent_id: str, score: float | None) -> None:
         """Sets the reflex score an agent is preferred by; None schedules it as before."""

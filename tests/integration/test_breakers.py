@@ -9,9 +9,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from prometheus_client import CollectorRegistry
 
-from godel_grpc._proto.godel.v1 import agent_service_pb2, task_pb2
+from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as link_pb
+from godel_grpc._proto.godel.v1 import agent_pb2, agent_service_pb2, task_pb2
 from godel_grpc.client import Client, RPCError, task_request
 from godel_grpc.config import ServeConfig
 from godel_grpc.server import RunningServer, start_server
@@ -256,3 +258,38 @@ async def test_a_forced_breaker_stays_forced_across_a_coordinator_restart(
             await agent.close()
     finally:
         await running.stop(grace=1.0)
+
+
+async def test_a_trial_that_will_never_report_hands_its_slot_back(
+    server: RunningServer, client: Client
+) -> None:
+    """A half-open breaker with one trial: when the trial task is cancelled (its result
+    will never come), the next task still gets its trial instead of waiting for ever."""
+    agent = RawAgent(f"127.0.0.1:{server.port}")
+    try:
+        breaker = {"enabled": True, "failureThreshold": 1, "timeout": 0.2, "halfOpenRequests": 1}
+        await agent.hello(
+            role="worker",
+            name="trial",
+            capacity=4,
+            circuit_breaker=json_format.ParseDict(breaker, agent_pb2.CircuitBreakerConfig()),
+        )
+        agent_id = agent.welcome.agent_id  # type: ignore[union-attr]
+        # Given a breaker opened by one failure
+        await client.tasks.submit(role="worker", max_attempts=1)
+        (first,) = await agent.next_assignments()
+        failed = link_pb.TaskResult(task_id=first.task_id, attempt_id=first.attempt_id)
+        failed.error.message = "boom"
+        await agent.outgoing.put(link_pb.AgentMessage(results=[failed]))
+        # And a trial task leased once it half-opened, then cancelled mid-run
+        trial = await client.tasks.submit(role="worker")
+        (leased,) = await agent.next_assignments()
+        assert leased.task_id == trial.id
+        assert (await client.agents.get_circuit_state(agent_id)).state == Breaker.STATE_HALF_OPEN
+        await client.tasks.cancel(trial.id)
+        # When the next task comes, it is the new trial
+        after = await client.tasks.submit(role="worker")
+        (next_trial,) = await agent.next_assignments()
+        assert next_trial.task_id == after.id
+    finally:
+        await agent.close()

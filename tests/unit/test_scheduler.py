@@ -179,3 +179,17 @@ def test_clearing_a_score_restores_rotation() -> None:
     for index in range(2):
         scheduler.enqueue(f"t{index}", "role:w", 2)
     assert [agent for _, agent in scheduler.assign(always_ready)] == ["a", "b"]
+
+
+def test_a_score_survives_a_change_of_the_agents_pools() -> None:
+    # Given two agents, the scored one second in rotation order, and a draw near the
+    # top of the range (which lands on the scored agent's larger weight)
+    scheduler = Scheduler(uniform=lambda: 0.99)
+    scheduler.add_agent("plain", ["role:w"], free=5)
+    scheduler.add_agent("scored", ["role:w"], free=5)
+    scheduler.set_score("scored", 5.0)
+    # When the scored agent's pools change (it joined a queue)
+    scheduler.add_agent("scored", ["role:w", "queue:q"], free=5)
+    # Then it is still drawn by its score, not skipped by plain rotation
+    scheduler.enqueue("t0", "role:w", 2)
+    assert scheduler.assign(always_ready) == [("t0", "scored")]
