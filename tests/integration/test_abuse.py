@@ -217,7 +217,7 @@ async def test_abuse_leaves_the_server_healthy(coordinator: CoordinatorProcess) 
     # default --max-concurrent-streams, see limits.py); nothing else may fail, and the
     # well-behaved client keeps being answered.
     assert all(failure.startswith("CANCELLED") for failure in observer.failures)
-    assert len(observer.failures) < len(observer.latencies)
+    assert len(observer.failures) * 5 <= len(observer.latencies)  # at most 1 call in 5
     rss_after = process.memory_info().rss
     ping_acks = [flood.get(PING, 0) for flood in floods]
     print(
@@ -231,3 +231,6 @@ async def test_abuse_leaves_the_server_healthy(coordinator: CoordinatorProcess) 
     )
     # Each flooding connection was told to go away
     assert all(flood.get(GOAWAY, 0) >= 1 for flood in floods)
+    # And the abuse cost the coordinator a bounded amount of memory (about 30 MiB here,
+    # most of it the allocator keeping the 10 MB message's and the streams' pages)
+    assert rss_after - rss_before < 64 * 2**20

@@ -5,7 +5,6 @@ its side's scope, and its task command, calling back with that token, finds out.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -21,13 +20,13 @@ from godel_grpc._proto.godel.v1.agent_service_pb2 import SpawnAgentRequest, Term
 from godel_grpc._proto.godel.v1.agent_service_pb2_grpc import AgentServiceStub
 from godel_grpc.auth.channel import open_channel
 from godel_grpc.auth.tokens import TokenFile
-from godel_grpc.client import Client
+from godel_grpc.client import Client, task_request
 from godel_grpc.client._errors import RPCError
 from godel_grpc.config import ServeConfig
 from godel_grpc.limits import LimitsConfig
 from godel_grpc.security import SecurityConfig
 from godel_grpc.server import RunningServer, start_server
-from tests.support import grpcurl_json
+from tests.support import grpcurl_json, wait_for_agents
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +52,6 @@ async def main():
                       timeout=10) as client:
         write = await attempt(client.tasks.submit(role="nobody", title="probe"))
         read = await attempt(client.agents.list())
-    await asyncio.sleep(1.0)  # holds the agent's one slot, so the other gets a probe too
     print(json.dumps({"write": write, "read": read}))
 
 asyncio.run(main())
@@ -102,15 +100,14 @@ async def test_seed_section_7_agents_hold_only_their_side(
         spawned[1]["name"]: {"agent", "read"},
     }
     async with Client(address, token=admin, timeout=10) as client:
-        deadline = asyncio.get_running_loop().time() + 30
-        while sum(a.state == a.STATE_READY for a in await client.agents.list()) < 2:
-            assert asyncio.get_running_loop().time() < deadline, "agents did not connect"
-            await asyncio.sleep(0.05)
-        # When each runs a task that writes and reads with the token it was given
-        first = await client.tasks.submit(role="worker", title="probe 1")
-        second = await client.tasks.submit(role="worker", title="probe 2")
+        await wait_for_agents(client, 2)
+        # When each runs a task that writes and reads with the token it was given (both
+        # tasks are leased in one round, and each agent has one slot: one task each)
+        probes = await client.tasks.submit_many(
+            [task_request(role="worker", title=f"probe {n}") for n in (1, 2)]
+        )
         outputs = {}
-        for task in (first, second):
+        for task in probes:
             done = await client.tasks.wait(task.id, timeout=30)
             assert done.state == done.STATE_SUCCEEDED, done
             outputs[done.agent_id] = json.loads(json.dumps(dict(done.output)))

@@ -253,7 +253,7 @@ async def test_swarm_survives_a_restart_and_comes_back_to_min(tmp_path: Path) ->
             done = await client.tasks.wait(later.id, timeout=60)
             assert done.state == Task.STATE_SUCCEEDED
             assert done.agent_id == again.agent_ids[0]
-            assert done.output["echo"] is not None
+            assert done.output["agent"] == (await client.agents.get(done.agent_id)).name
 
 
 async def test_bad_swarms_are_refused_with_the_right_status(
