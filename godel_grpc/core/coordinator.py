@@ -164,7 +164,7 @@ class Coordinator:
                 self._enqueue(task)
             if task.deadline is not None and not task.terminal:
                 heapq.heappush(self._deadlines, (task.deadline, task.id))
-        self.journal.record(recovery)
+        self.journal.add(recovery)
         self.run_pattern_actions()
         await self.journal.flush()
         if replayed >= self.settings.snapshot_every // 10:
@@ -619,7 +619,7 @@ class Coordinator:
         for agent_id, assignments in per_agent.items():
             self.sessions[agent_id].send_assignments(assignments)
         # Nobody waits on a lease: losing one in a crash only re-runs the attempt.
-        self.journal.record(batch, urgent=False)
+        self.journal.add(batch, urgent=False)
 
     def _end_lease(self, agent_id: str, attempt_id: str) -> None:
         """Ends a lease whose attempt will not report (cancelled, past its deadline,
@@ -755,7 +755,7 @@ class Coordinator:
             self.state.apply(event)
             # Journalled as applied (it joins the same write): a breaker transition
             # a later result causes is recorded after this one, as it happened.
-            self.journal.record([event])
+            self.journal.add([event])
             batch.append(event)
             if task.state == Task.STATE_QUEUED:
                 self._retry_later(task)
@@ -770,7 +770,7 @@ class Coordinator:
                 task.id, attempt_id, session.agent_id, "released by agent", lost=False
             )
             self.state.apply(event)
-            self.journal.record([event])
+            self.journal.add([event])
             batch.append(event)
             self.metrics.requeued.labels("released").inc()
             self._enqueue(task)
@@ -796,7 +796,7 @@ class Coordinator:
             )
         for event in self.reflex.write_memory(session.agent_id, message.memory_writes):
             self.state.apply(event)
-            self.journal.record([event])
+            self.journal.add([event])
             batch.append(event)
         if message.draining and not session.draining:
             session.draining = True
@@ -820,7 +820,7 @@ class Coordinator:
             agent_id, change.from_state.value, change.to_state.value, change.reason.value, comment
         )
         self.state.apply(event)
-        self.journal.record([event], urgent=False)
+        self.journal.add([event], urgent=False)
         log.warning(
             "circuit breaker changed",
             extra={
@@ -1048,7 +1048,7 @@ class Coordinator:
             batch.append(event)
             self._notify(task)
         if batch:
-            self.journal.record(batch)
+            self.journal.add(batch)
             self.run_pattern_actions()
 
 

@@ -64,6 +64,15 @@ class Journal:
         self, events: Sequence[event_pb2.Event], *, urgent: bool = True
     ) -> asyncio.Future[None]:
         """Queues events for the next append; the future resolves once they are durable.
+        Every caller of a batch shares its future; each gets a shield of it, so a caller
+        that is cancelled (its client went away) cannot cancel the others' wait."""
+        self.add(events, urgent=urgent)
+        assert self._pending_future is not None
+        return asyncio.shield(self._pending_future)
+
+    def add(self, events: Sequence[event_pb2.Event], *, urgent: bool = True) -> None:
+        """Queues events for the next append, for a caller that does not wait for them
+        to be durable (a lease, a result folded on an agent's stream): no future.
 
         Args:
             events: the events, in order.
@@ -93,9 +102,6 @@ class Journal:
             self._wakeup.set()
         elif self._lazy_timer is None and not self._wakeup.is_set():
             self._lazy_timer = loop.call_later(LAZY_DELAY, self._wake_lazy)
-        # Every caller of a batch shares its future; each gets a shield of it, so a
-        # caller that is cancelled (its client went away) cannot cancel the others' wait.
-        return asyncio.shield(self._pending_future)
 
     def _wake_lazy(self) -> None:
         self._lazy_timer = None
