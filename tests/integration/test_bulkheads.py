@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from godel_grpc.client import Client, RPCError
 from godel_grpc.config import ServeConfig
 from godel_grpc.server import RunningServer, start_server
 from tests.integration.test_agent_link import RawAgent
-from tests.support import agent_processes, require_tool
+from tests.support import agent_processes, grpcurl_json
 
 pytestmark = pytest.mark.integration
 
@@ -95,18 +94,10 @@ def p99(samples: list[float]) -> float:
 async def test_the_seed_json_creates_a_bulkhead_through_grpcurl(
     server: RunningServer, client: Client
 ) -> None:
-    binary = require_tool("grpcurl")
-    command = [
-        binary,
-        "-plaintext",
-        "-d",
-        SEED,
-        f"127.0.0.1:{server.port}",
-        "godel.v1.BulkheadService/CreateBulkhead",
-    ]
-    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    created = json.loads(done.stdout)["bulkhead"]
+    reply = await grpcurl_json(
+        f"127.0.0.1:{server.port}", "godel.v1.BulkheadService/CreateBulkhead", SEED
+    )
+    created = reply["bulkhead"]
     bulkhead = await client.bulkheads.get(created["id"])
     assert bulkhead.name == "service-isolation"
     assert [(p.name, p.max_agents, p.max_tasks, p.role) for p in bulkhead.partitions] == [

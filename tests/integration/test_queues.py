@@ -8,8 +8,6 @@ separate, slower test still to be written.
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from godel_grpc.config import ServeConfig
 from godel_grpc.core import events
 from godel_grpc.server import RunningServer, start_server
 from tests.integration.test_agent_link import RawAgent
-from tests.support import require_tool
+from tests.support import grpcurl_json
 
 pytestmark = pytest.mark.integration
 
@@ -72,18 +70,10 @@ async def assert_shed(client: Client, server: RunningServer, task_id: str) -> No
 async def test_the_seed_json_creates_a_queue_through_grpcurl(
     server: RunningServer, client: Client
 ) -> None:
-    binary = require_tool("grpcurl")
-    command = [
-        binary,
-        "-plaintext",
-        "-d",
-        SEED,
-        f"127.0.0.1:{server.port}",
-        "godel.v1.QueueService/CreateQueue",
-    ]
-    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    created = json.loads(done.stdout)["queue"]
+    reply = await grpcurl_json(
+        f"127.0.0.1:{server.port}", "godel.v1.QueueService/CreateQueue", SEED
+    )
+    created = reply["queue"]
     queue = await client.queues.get(created["id"])
     assert queue.name == "high-volume-queue"
     assert queue.backpressure.strategy == "shed-load"
