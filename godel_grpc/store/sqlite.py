@@ -2,11 +2,18 @@
 
 Durability costs one fsync per commit, so throughput comes from sharing commits. Every
 `append` puts ``(events, future)`` on a queue; a single writer thread takes everything
-queued at that moment, writes it with one ``executemany`` in ONE transaction with ONE
-commit (``synchronous=FULL``), and resolves all the callers' futures with a single
+queued at that moment, writes it with a few multi-row INSERTs in ONE transaction with
+ONE commit (``synchronous=FULL``), and resolves all the callers' futures with a single
 ``call_soon_threadsafe``. Under load, batches grow by themselves while a commit is in
 flight. The writer only makes row tuples; the event loop turns them into `StoredEvent`s
 while the writer sits in COMMIT's fsync (which releases the GIL), so the two overlap.
+
+Why multi-row INSERTs and not ``executemany``: the sqlite3 module lets go of the GIL
+around every statement step, and ``executemany`` steps once per row. Each step must then
+win the GIL back from the event loop, which holds it for up to the interpreter's switch
+interval (5 ms) while it is busy: under load a commit of a few thousand rows took
+hundreds of milliseconds, mostly spent waiting for the GIL. One statement per 512 rows
+asks for it a handful of times per commit.
 
 Version checks happen in Python before anything is written: the writer owns the only
 write connection, so it knows every stream's version (a bounded cache backed by
@@ -22,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import os
 import pathlib
 import queue
@@ -60,10 +69,18 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 """
 # Column order matches StoredEvent's fields, so a row tuple maps with StoredEvent(*row).
-_INSERT_EVENT: Final = (
+_INSERT_EVENTS: Final = (
     "INSERT INTO events (position, stream, stream_version, type, data, agent_id, recorded_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "VALUES "
 )
+_ROW_PLACEHOLDERS: Final = "(?, ?, ?, ?, ?, ?, ?)"
+_COLUMNS: Final = 7
+_ROWS_PER_INSERT: Final = 512
+"""Rows one INSERT carries at most: 3,584 parameters, within SQLite's default limit
+(32,766 since 3.32; `_rows_per_insert` lowers it for an older library)."""
+_SMALL_INSERT: Final = 64
+"""A remainder above this goes out in statements of this many rows, so that the
+statement cache holds a bounded set of shapes (1 to 64 rows, and the full size)."""
 _UPSERT_SNAPSHOT: Final = (
     "INSERT INTO snapshots (name, position, data) VALUES (?, ?, ?) "
     "ON CONFLICT (name) DO UPDATE SET position = excluded.position, data = excluded.data"
@@ -85,6 +102,12 @@ _STOP: Final = object()
 _Row = tuple[int, str, int, str, bytes, str, float]
 # (future, (first, end) slice of the batch's rows or None, exception) for one caller.
 _Outcome = tuple[asyncio.Future[Any], tuple[int, int] | None, BaseException | None]
+
+
+@functools.lru_cache(maxsize=_SMALL_INSERT + 2)
+def _insert_statement(rows: int) -> str:
+    """The INSERT of `rows` events."""
+    return _INSERT_EVENTS + ", ".join([_ROW_PLACEHOLDERS] * rows)
 
 
 class _SnapshotWrite:
@@ -138,6 +161,7 @@ class SqliteEventStore(EventStore):
         self._wconn: sqlite3.Connection | None = None
         self._w_last = 0
         self._versions: OrderedDict[str, int] = OrderedDict()
+        self._rows_per_insert = _ROWS_PER_INSERT
         # Idle read-only connections; the lock makes "return to pool" and "close all" exclusive.
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -167,7 +191,9 @@ class SqliteEventStore(EventStore):
     def _open_sync(self) -> None:
         """Prepares the write connection (handed to the writer thread) and the reader URI."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -180,6 +206,9 @@ class SqliteEventStore(EventStore):
             conn.close()
             raise
         self._wconn = conn
+        self._rows_per_insert = min(
+            _ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS
+        )
         self._read_uri = self._path.resolve().as_uri() + "?mode=ro"
 
     async def close(self) -> None:
@@ -334,7 +363,7 @@ class SqliteEventStore(EventStore):
             try:
                 conn.execute("BEGIN")
                 if rows:
-                    conn.executemany(_INSERT_EVENT, rows)
+                    self._insert(conn, rows)
                     if wanted and len(rows) >= _PREBUILD_MIN_ROWS:
                         # COMMIT waits on fsync without the GIL: the loop builds the results.
                         self._call_loop(built.build)
@@ -348,6 +377,18 @@ class SqliteEventStore(EventStore):
             self._w_last = position
             self._remember(pending)
         self._report(outcomes, built)
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
+        """Inserts `rows` with as few statements as the statement shapes allow (see the
+        module docstring for why not ``executemany``)."""
+        full = self._rows_per_insert
+        index, total = 0, len(rows)
+        while index < total:
+            left = total - index
+            size = full if left >= full else min(left, _SMALL_INSERT)
+            chunk = rows[index : index + size]
+            conn.execute(_insert_statement(size), list(itertools.chain.from_iterable(chunk)))
+            index += size
 
     def _load_version(self, conn: sqlite3.Connection, stream: str) -> int:
         """Reads a stream's committed version from disk and caches it."""

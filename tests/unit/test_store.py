@@ -167,6 +167,26 @@ async def test_concurrent_appends_get_gap_free_positions(store: EventStore) -> N
     assert await store.last_position() == len(stored)
 
 
+@pytest.mark.parametrize("count", [1, 63, 64, 65, 511, 512, 513, 1_300])
+async def test_one_call_of_any_size_is_stored_whole_and_in_order(
+    store: EventStore, count: int
+) -> None:
+    """Given one call of `count` events over 5 streams (sizes around where a backend may
+    split its writes into several statements), when it is appended after 3 events, then
+    every event is stored once, in order, with its own data, agent and version."""
+    await store.append([ev("before", f"b{i}".encode(), type="thing.before") for i in range(3)])
+    call = [ev(f"s{i % 5}", f"d{i}".encode(), agent_id=f"a{i % 3}") for i in range(count)]
+
+    result = await store.append(call)
+
+    stored = await read_all(store, types=["thing.happened"])
+    assert stored == result
+    assert [e.position for e in stored] == list(range(4, 4 + count))
+    assert [(e.data, e.agent_id) for e in stored] == [(n.data, n.agent_id) for n in call]
+    assert [e.stream_version for e in stored] == [i // 5 + 1 for i in range(count)]
+    assert await store.last_position() == 3 + count
+
+
 # --- expected versions ---------------------------------------------------------------------
 
 
