@@ -12,6 +12,7 @@ import abc
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 ANY_VERSION = -1
 """`expected_version` that accepts whatever version the stream is at."""
@@ -20,9 +21,9 @@ NO_STREAM = 0
 """`expected_version` that requires the stream not to exist yet."""
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """An event to append.
+class NewEvent(NamedTuple):
+    """An event to append (a named tuple: three are made per task, and a tuple is made
+    in less than half the time of a frozen dataclass).
 
     Attributes:
         stream: the stream it belongs to, for example ``"task/t-12"``.
