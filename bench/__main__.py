@@ -200,6 +200,12 @@ class RawLimit:
     """Seconds of a sequential unary round trip, median."""
     unary_rate: float
     """Unary calls per second with the single-task producers' concurrency."""
+    stream_ping_p50: float
+    """Seconds of a sequential round trip on an open bidirectional stream, median."""
+    echo_cpu: float
+    """Server CPU seconds per echoed stream message (one in, one out)."""
+    unary_cpu: float
+    """Server CPU seconds per unary call with the single-task producers' concurrency."""
 
 
 async def raw_limit(children: Children, sizes: Sizes, report: Report) -> RawLimit:
@@ -229,6 +235,8 @@ async def raw_limit(children: Children, sizes: Sizes, report: Report) -> RawLimi
                 ]
             )
             unary_cpu = (_cpu(server_process) - cpu) / (2 * sizes.unary_calls)
+            await raw_grpc.stream_ping_latencies(channel, 200)
+            stream_pings = await raw_grpc.stream_ping_latencies(channel, sizes.ping_samples)
         await asyncio.sleep(0.5)
         rss_before = server_process.memory_info().rss
         pool, _streams = await raw_grpc.open_idle_streams(
@@ -261,6 +269,13 @@ async def raw_limit(children: Children, sizes: Sizes, report: Report) -> RawLimi
         "calls/s",
     )
     report.figure("  server CPU per unary call", unary_cpu * 1e6, "us/call")
+    stream_ping_p50 = quantile(stream_pings, 0.50)
+    report.figure(
+        f"bidi stream ping-pong p50 ({sizes.ping_samples:,} sequential, one open stream)",
+        stream_ping_p50 * 1e3,
+        "ms",
+        ".3f",
+    )
     report.figure(
         f"server RSS delta per idle open stream ({sizes.idle_agents:,} streams, 8 connections)",
         stream_kb,
@@ -268,11 +283,12 @@ async def raw_limit(children: Children, sizes: Sizes, report: Report) -> RawLimi
         ".1f",
     )
     done()
-    return RawLimit(echo, ping_p50, unary)
+    return RawLimit(echo, ping_p50, unary, stream_ping_p50, echo_cpu, unary_cpu)
 
 
-async def event_store(directory: pathlib.Path, report: Report) -> None:
-    """bench.store_bench's figures, on the same disk as the coordinator's store."""
+async def event_store(directory: pathlib.Path, report: Report) -> float:
+    """bench.store_bench's figures, on the same disk as the coordinator's store; returns
+    the seconds one durable append of one event takes on its own (one fsync)."""
     done = section("event store alone (bench/store_bench.py, SQLite, synchronous=FULL)")
     labels = {
         "sequential_1": "appends of 1 event, one at a time (one fsync each)",
@@ -284,6 +300,7 @@ async def event_store(directory: pathlib.Path, report: Report) -> None:
     for name, rate in results.items():
         report.figure(f"{labels.get(name, name)} [{name}]", rate, "events/s")
     done()
+    return 1 / results["sequential_1"]
 
 
 async def coordinator_figures(
@@ -293,8 +310,13 @@ async def coordinator_figures(
     report: Report,
     observer: str,
     raw: RawLimit,
+    durable_append: float,
 ) -> None:
-    """Memory, throughput and latency of one `godel serve` process."""
+    """Memory, throughput and latency of one `godel serve` process.
+
+    Args:
+        durable_append: seconds of one lone durable append, for the round trip's floor.
+    """
     done = section("coordinator process: godel serve, SQLite store in a fresh data dir")
     coordinator = await e2e.start_coordinator(children, str(data_dir))
     report.note(f"coordinator pid {coordinator.child.pid} at {coordinator.address}")
@@ -439,6 +461,25 @@ async def coordinator_figures(
     report.figure(
         "GetTask p50 / raw ping-pong p50", quantile(trips.get, 0.5) / raw.ping_p50, "", ".2f"
     )
+    # What no coordinator in this process model can beat, from raw figures of this run:
+    # RunTask is a unary call, a lease and its result on an agent's open stream, and one
+    # fsync before the answer; a task sent alone costs the coordinator's one event-loop
+    # thread at least one unary call and one streamed message each way.
+    floor = raw.ping_p50 + raw.stream_ping_p50 + durable_append
+    report.figure(
+        "round-trip floor: unary + stream ping-pong p50 + one lone durable append",
+        floor * 1e3,
+        "ms",
+        ".3f",
+    )
+    report.figure("round-trip p50 / that floor", p50 / floor, "", ".2f")
+    ceiling = 1 / (raw.unary_cpu + raw.echo_cpu)
+    report.figure(
+        "single-mode ceiling: one core / (raw CPU per unary call + per echoed message)",
+        ceiling,
+        "tasks/s",
+    )
+    report.figure("single-mode tasks/s / that ceiling", single.rate / ceiling, "", ".3f")
     report.figure(
         "coordinator RSS after all runs (every task is kept in memory)",
         rss_end / 2**20,
@@ -609,8 +650,10 @@ async def run(sizes: Sizes, observer: str) -> None:
         children = Children(scratch_dir / "logs")
         try:
             raw = await raw_limit(children, sizes, report)
-            await event_store(scratch_dir / "store", report)
-            await coordinator_figures(children, scratch_dir / "data", sizes, report, observer, raw)
+            durable_append = await event_store(scratch_dir / "store", report)
+            await coordinator_figures(
+                children, scratch_dir / "data", sizes, report, observer, raw, durable_append
+            )
             await queued_figures(children, scratch_dir / "queued", sizes, report)
             await backpressure_runs(children, scratch_dir / "backpressure", sizes, report)
         except BaseException:

@@ -4,7 +4,8 @@
 that sends every message straight back, and a unary call that returns its request.
 Messages are raw bytes (no protobuf), so the figures bound from above what any Python
 gRPC service can do on this machine; the coordinator's figures are read against them.
-The client side (`echo_rate`, `ping_latencies`) runs in the benchmark process.
+The client side (`echo_rate`, `ping_latencies`, `stream_ping_latencies`) runs in the
+benchmark process.
 """
 
 from __future__ import annotations
@@ -138,6 +139,23 @@ async def ping_latencies(channel: grpc.aio.Channel, samples: int) -> list[float]
         start = time.perf_counter()
         await ping(PAYLOAD)
         found.append(time.perf_counter() - start)
+    return found
+
+
+async def stream_ping_latencies(channel: grpc.aio.Channel, samples: int) -> list[float]:
+    """Seconds of each of `samples` sequential round trips on one open echo stream: a
+    message out and its echo back, the next only after that, as a lone task's lease and
+    result travel an agent link at low load."""
+    call: grpc.aio.StreamStreamCall[bytes, bytes] = channel.stream_stream(ECHO)()
+    found: list[float] = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        await call.write(PAYLOAD)
+        if await call.read() is grpc.aio.EOF:
+            raise RuntimeError("the echo stream ended early")
+        found.append(time.perf_counter() - start)
+    await call.done_writing()
+    await call.code()
     return found
 
 
