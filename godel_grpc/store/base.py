@@ -74,6 +74,43 @@ class StoreClosed(Exception):
     """The store was closed; no more appends are accepted."""
 
 
+class LogProgress:
+    """A backend's last durable position, and sleeping until it moves: each advance
+    wakes every waiter once, so `EventStore.wait_for_position` never polls."""
+
+    def __init__(self) -> None:
+        self.position = 0
+        """The newest position known to be durable."""
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    def advance(self, position: int) -> None:
+        """Records a newer durable position (an older one is ignored)."""
+        if position > self.position:
+            self.position = position
+            self._wake()
+
+    def close(self) -> None:
+        """Wakes every waiter for good: the store is closed."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_past(self, after: int, timeout: float | None) -> int:
+        """Sleeps until the position passes `after`, the store closes, or `timeout`
+        seconds pass; returns the position then."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.position <= after and not self._closed:
+                    await self._changed.wait()
+        except TimeoutError:
+            pass
+        return self.position
+
+
 class EventStore(abc.ABC):
     """An append-only, totally ordered event log with snapshots."""
 

@@ -8,13 +8,13 @@ same thing there.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 
 from godel_grpc.store.base import (
     ANY_VERSION,
     EventStore,
+    LogProgress,
     NewEvent,
     StoreClosed,
     StoredEvent,
@@ -36,8 +36,7 @@ class InMemoryEventStore(EventStore):
         self._events: list[StoredEvent] = []
         self._versions: dict[str, int] = {}
         self._snapshots: dict[str, tuple[int, bytes]] = {}
-        # Replaced after each append so that waiters woken by `set` never miss a commit.
-        self._changed = asyncio.Event()
+        self._progress = LogProgress()
 
     async def open(self) -> None:
         """Marks the store usable; there is nothing to create."""
@@ -50,7 +49,7 @@ class InMemoryEventStore(EventStore):
         if self._state == _CLOSED:
             return
         self._state = _CLOSED
-        self._changed.set()
+        self._progress.close()
 
     def _check_open(self) -> None:
         if self._state != _OPEN:
@@ -91,8 +90,7 @@ class InMemoryEventStore(EventStore):
                 )
             )
         self._events.extend(stored)
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._progress.advance(position)
         return stored
 
     async def read(
@@ -130,14 +128,8 @@ class InMemoryEventStore(EventStore):
         return len(self._events)
 
     async def wait_for_position(self, after: int, timeout: float | None = None) -> int:
-        """Sleeps on the change event until the log grows past `after`, closes, or times out."""
-        try:
-            async with asyncio.timeout(timeout):
-                while len(self._events) <= after and self._state != _CLOSED:
-                    await self._changed.wait()
-        except TimeoutError:
-            pass
-        return len(self._events)
+        """Sleeps until the log grows past `after`, the store closes, or `timeout` passes."""
+        return await self._progress.wait_past(after, timeout)
 
     async def save_snapshot(self, name: str, position: int, data: bytes) -> None:
         """Replaces the snapshot of `name`."""

@@ -35,20 +35,13 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Final
 
 import asyncpg  # type: ignore[import-untyped]
 
-from godel_grpc.store.base import (
-    ANY_VERSION,
-    EventStore,
-    NewEvent,
-    StoreClosed,
-    StoredEvent,
-    WrongExpectedVersion,
-)
+from godel_grpc.store.base import EventStore, LogProgress, NewEvent, StoreClosed, StoredEvent
+from godel_grpc.store.staging import Queued, SnapshotWrite, VersionCache, read_query, stage
 from godel_grpc.store.urls import redact
 
 log = logging.getLogger(__name__)
@@ -123,7 +116,6 @@ _NEW, _OPEN, _CLOSED = 0, 1, 2
 _STOP: Final = object()
 """Queued by `close` after the last accepted append: the writer exits when it sees it."""
 
-_Row = tuple[int, str, int, str, bytes, str, float]
 _CONNECTION_ERRORS: Final = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
@@ -144,17 +136,6 @@ def lock_key(database: str, schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-class _SnapshotWrite:
-    """A snapshot to upsert in the writer's next transaction."""
-
-    __slots__ = ("data", "name", "position")
-
-    def __init__(self, name: str, position: int, data: bytes) -> None:
-        self.name = name
-        self.position = position
-        self.data = data
-
-
 class PostgresEventStore(EventStore):
     """An `EventStore` in two tables of a PostgreSQL database.
 
@@ -166,7 +147,6 @@ class PostgresEventStore(EventStore):
 
     def __init__(self, url: str, *, version_cache_size: int = DEFAULT_VERSION_CACHE_SIZE) -> None:
         self._url = url
-        self._cache_size = max(version_cache_size, 1)
         self._state = _NEW
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -176,10 +156,9 @@ class PostgresEventStore(EventStore):
         self._pool: asyncpg.Pool | None = None
         self._broken: BaseException | None = None
         self._lost: asyncio.Future[BaseException] | None = None
-        self._last = 0  # last committed position known to this instance
         self._w_last = 0  # last position the writer assigned and committed
-        self._changed = asyncio.Event()
-        self._versions: OrderedDict[str, int] = OrderedDict()
+        self._progress = LogProgress()  # the last commit known to this instance
+        self._versions = VersionCache(version_cache_size)
         self.lock_key: int | None = None
 
     @property
@@ -217,7 +196,7 @@ class PostgresEventStore(EventStore):
             # Under the lock: no one else is creating the schema or writing.
             await conn.execute(_SCHEMA)
             self._w_last = int(await conn.fetchval(_LAST_POSITION))
-            self._last = self._w_last
+            self._progress.advance(self._w_last)
             self._listener = await asyncpg.connect(self._url)
             await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
             self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=READ_POOL_SIZE)
@@ -252,7 +231,7 @@ class PostgresEventStore(EventStore):
                 await asyncio.wait_for(self._pool.close(), 5)
         if self._wconn is not None:
             await self._close_quietly(self._wconn)
-        self._wake()
+        self._progress.close()
 
     @staticmethod
     async def _close_quietly(conn: asyncpg.Connection) -> None:
@@ -301,14 +280,23 @@ class PostgresEventStore(EventStore):
         if not events:
             return []
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((events, future))
+        self._queue.put_nowait((events, future, True))
         return await future
+
+    async def write(self, events: Sequence[NewEvent]) -> None:
+        """Appends like `append` but resolves without building `StoredEvent`s."""
+        self._check_open()
+        if not events:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((events, future, False))
+        await future
 
     async def save_snapshot(self, name: str, position: int, data: bytes) -> None:
         """Upserts the snapshot through the writer, so it is committed like an append."""
         self._check_open()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((_SnapshotWrite(name, position, data), future))
+        self._queue.put_nowait((SnapshotWrite(name, position, data), future, False))
         await future
 
     async def _run(self) -> None:
@@ -330,7 +318,7 @@ class PostgresEventStore(EventStore):
             await self._commit_safely(batch if stop < 0 else batch[:stop])
             if stop >= 0:
                 closed = StoreClosed("the event store is closed")
-                for _, future in batch[stop + 1 :]:
+                for _, future, _ in batch[stop + 1 :]:
                     _fail(future, closed)
                 return
 
@@ -343,12 +331,12 @@ class PostgresEventStore(EventStore):
         except Exception as error:  # SELECT 1 failing means the session is unusable
             self._mark_lost(StoreConnectionLost(f"lost the event log's connection: {error}"))
 
-    async def _commit_safely(self, batch: list[Any]) -> None:
+    async def _commit_safely(self, batch: list[Queued]) -> None:
         """Commits `batch`; whatever goes wrong fails its callers instead of hanging them."""
         if not batch:
             return
         if self._broken is not None:
-            for _, future in batch:
+            for _, future, _ in batch:
                 _fail(future, StoreConnectionLost(str(self._broken)))
             return
         try:
@@ -357,7 +345,7 @@ class PostgresEventStore(EventStore):
             # The lock went with the connection: never write again from this instance.
             lost = StoreConnectionLost(f"lost the event log's connection: {error}")
             self._mark_lost(lost)
-            for _, future in batch:
+            for _, future, _ in batch:
                 _fail(future, lost)
         except Exception as error:
             if self._wconn is None or self._wconn.is_closed():
@@ -365,54 +353,18 @@ class PostgresEventStore(EventStore):
                 self._mark_lost(StoreConnectionLost(f"lost the event log's connection: {error}"))
             else:
                 await self._recover()
-            for _, future in batch:
+            for _, future, _ in batch:
                 _fail(future, error)
 
-    async def _commit(self, batch: list[Any]) -> None:
-        """Writes every acceptable call of `batch` in one transaction, then resolves.
-
-        Version checks run first, in Python, so a conflicting call is simply left out.
-        """
+    async def _commit(self, batch: list[Queued]) -> None:
+        """Writes every acceptable call of `batch` in one transaction, then resolves."""
         conn = self._wconn
         assert conn is not None
         await self._load_versions(conn, batch)
-        now = time.time()
-        position = self._w_last
-        pending: dict[str, int] = {}  # stream versions written by this transaction
-        rows: list[_Row] = []
-        snapshots: list[tuple[str, int, bytes]] = []
-        outcomes: list[tuple[asyncio.Future[Any], tuple[int, int] | None, Exception | None]] = []
-        for work, future in batch:
-            if type(work) is _SnapshotWrite:
-                snapshots.append((work.name, work.position, work.data))
-                outcomes.append((future, None, None))
-                continue
-            staged: dict[str, int] = {}  # this call's versions, merged only if it all fits
-            first, start = len(rows), position
-            try:
-                for event in work:
-                    stream = event.stream
-                    current = staged.get(stream)
-                    if current is None:
-                        current = pending.get(stream)
-                        if current is None:
-                            current = self._versions.get(stream, 0)
-                    expected = event.expected_version
-                    if expected != ANY_VERSION and expected != current:
-                        raise WrongExpectedVersion(stream, expected, current)
-                    staged[stream] = current = current + 1
-                    position += 1
-                    rows.append(
-                        (position, stream, current, event.type, event.data, event.agent_id, now)
-                    )
-            except Exception as error:  # a conflict, or a malformed event: this call only
-                position = start
-                del rows[first:]
-                outcomes.append((future, None, error))
-                continue
-            pending.update(staged)
-            outcomes.append((future, (first, len(rows)), None))
+        staged = stage(batch, self._w_last, self._cached_version, time.time())
+        rows, snapshots = staged.rows, staged.snapshots
         if rows or snapshots:
+            position = staged.last_position
             columns = [list(column) for column in zip(*rows, strict=True)] if rows else []
             if not snapshots:  # one statement commits on its own
                 await conn.execute(_INSERT_EVENTS, *columns, NOTIFY_CHANNEL, str(position))
@@ -422,10 +374,10 @@ class PostgresEventStore(EventStore):
                         await conn.execute(_INSERT_EVENTS, *columns, NOTIFY_CHANNEL, str(position))
                     await conn.executemany(_UPSERT_SNAPSHOT, snapshots)
             self._w_last = position
-            self._remember(pending)
-            self._advance(position)
+            self._versions.remember(staged.versions)
+            self._progress.advance(position)
         built: list[StoredEvent] | None = None
-        for future, span, failure in outcomes:
+        for future, span, failure in staged.outcomes:
             if future.done():  # the caller was cancelled
                 continue
             if failure is not None:
@@ -437,35 +389,25 @@ class PostgresEventStore(EventStore):
                     built = [StoredEvent(*row) for row in rows]
                 future.set_result(built[span[0] : span[1]])
 
-    async def _load_versions(self, conn: asyncpg.Connection, batch: list[Any]) -> None:
-        """Caches the committed version of every stream in `batch` the cache lacks, in one
-        query; streams hinted as new are taken to be at version 0 without asking."""
-        unknown: set[str] = set()
-        fresh: set[str] = set()
-        for work, _ in batch:
-            if type(work) is _SnapshotWrite:
-                continue
-            for event in work:
-                if event.stream not in self._versions:
-                    (fresh if event.new_stream else unknown).add(event.stream)
-        fresh -= unknown
-        found = {}
+    def _cached_version(self, stream: str) -> int:
+        # `_load_versions` has put every stream of the batch in the cache.
+        return self._versions.get(stream) or 0
+
+    async def _load_versions(self, conn: asyncpg.Connection, batch: list[Queued]) -> None:
+        """Caches, in one query, the committed version of every stream in `batch` that
+        the cache lacks (streams hinted as new start at 0 without asking; were the hint
+        wrong, the unique (stream, version) index fails the commit)."""
+        unknown = {
+            event.stream
+            for work, _, _ in batch
+            if not isinstance(work, SnapshotWrite)
+            for event in work
+            if not event.new_stream and event.stream not in self._versions
+        }
         if unknown:
             found = dict(await conn.fetch(_STREAM_VERSIONS, list(unknown)))
-        for stream in unknown:
-            self._versions[stream] = int(found.get(stream) or 0)
-        for stream in fresh:
-            # Were the hint wrong, the unique (stream, version) index fails the commit.
-            self._versions[stream] = 0
-
-    def _remember(self, committed: dict[str, int]) -> None:
-        """Caches committed stream versions, evicting the least recently written."""
-        cache = self._versions
-        for stream, version in committed.items():
-            cache[stream] = version
-            cache.move_to_end(stream)
-        while len(cache) > self._cache_size:
-            cache.popitem(last=False)
+            for stream in unknown:
+                self._versions.load(stream, int(found.get(stream) or 0))
 
     async def _recover(self) -> None:
         """After a failed transaction, forgets cached state and rereads it."""
@@ -473,21 +415,12 @@ class PostgresEventStore(EventStore):
         assert self._wconn is not None
         with contextlib.suppress(Exception):
             self._w_last = int(await self._wconn.fetchval(_LAST_POSITION))
-            self._advance(self._w_last)
+            self._progress.advance(self._w_last)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         """A commit (ours or another process's) announced its last position."""
         with contextlib.suppress(ValueError):
-            self._advance(int(payload))
-
-    def _advance(self, position: int) -> None:
-        if position > self._last:
-            self._last = position
-            self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+            self._progress.advance(int(payload))
 
     # --- reads -----------------------------------------------------------------------
 
@@ -505,26 +438,15 @@ class PostgresEventStore(EventStore):
         self._check_open()
         if limit <= 0:
             return []
-        params: list[Any] = [after]
-        clauses = ["position > $1"]
-
-        def param(value: Any) -> str:
-            params.append(value)
-            return f"${len(params)}"
-
-        if up_to is not None:
-            clauses.append(f"position <= {param(up_to)}")
-        if stream is not None:
-            clauses.append(f"stream = {param(stream)}")
-        if agent_id is not None:
-            clauses.append(f"agent_id = {param(agent_id)}")
-            if agent_id:
-                clauses.append("agent_id <> ''")  # as the partial index says, so it is used
-        if types:
-            clauses.append(f"type = ANY({param(list(dict.fromkeys(types)))}::text[])")
-        order = "stream_version" if stream is not None else "position"
-        sql = (
-            f"{_SELECT_EVENTS} WHERE {' AND '.join(clauses)} ORDER BY {order} LIMIT {param(limit)}"
+        sql, params = read_query(
+            _SELECT_EVENTS,
+            lambda number: f"${number}",
+            after,
+            limit,
+            stream=stream,
+            agent_id=agent_id,
+            types=types,
+            up_to=up_to,
         )
         assert self._pool is not None
         rows = await self._pool.fetch(sql, *params)
@@ -532,18 +454,12 @@ class PostgresEventStore(EventStore):
 
     async def last_position(self) -> int:
         """The last position this instance knows to be committed; no I/O."""
-        return self._last
+        return self._progress.position
 
     async def wait_for_position(self, after: int, timeout: float | None = None) -> int:
         """Sleeps until a commit announces a position past `after`, the store closes,
         or `timeout` passes; nothing polls."""
-        try:
-            async with asyncio.timeout(timeout):
-                while self._last <= after and self._state != _CLOSED:
-                    await self._changed.wait()
-        except TimeoutError:
-            pass
-        return self._last
+        return await self._progress.wait_past(after, timeout)
 
     async def load_snapshot(self, name: str) -> tuple[int, bytes] | None:
         """Reads the snapshot on a pooled connection."""

@@ -15,11 +15,10 @@ interval (5 ms) while it is busy: under load a commit of a few thousand rows too
 hundreds of milliseconds, mostly spent waiting for the GIL. One statement per 512 rows
 asks for it a handful of times per commit.
 
-Version checks happen in Python before anything is written: the writer owns the only
-write connection, so it knows every stream's version (a bounded cache backed by
-``MAX(stream_version)``) and assigns positions itself (last + 1, hence gap-free). A call
-whose `expected_version` does not match is failed on its own and simply left out of the
-transaction, so it cannot disturb the calls that share the commit.
+Version checks and positions are `staging.stage`'s: the writer owns the only write
+connection, so it knows every stream's version (a bounded cache backed by
+``MAX(stream_version)``), and a call whose `expected_version` does not match is failed on
+its own and left out of the transaction.
 
 Reads use read-only connections from a small pool, in worker threads; WAL lets them run
 while the writer commits.
@@ -37,17 +36,18 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from godel_grpc.store.base import (
-    ANY_VERSION,
-    EventStore,
-    NewEvent,
-    StoreClosed,
-    StoredEvent,
-    WrongExpectedVersion,
+from godel_grpc.store.base import EventStore, LogProgress, NewEvent, StoreClosed, StoredEvent
+from godel_grpc.store.staging import (
+    Outcome,
+    Queued,
+    Row,
+    SnapshotWrite,
+    VersionCache,
+    read_query,
+    stage,
 )
 
 _SCHEMA: Final = """
@@ -99,10 +99,6 @@ _NEW, _OPEN, _CLOSED = 0, 1, 2
 _STOP: Final = object()
 """Queued by `close` after the last accepted append: the writer exits when it sees it."""
 
-_Row = tuple[int, str, int, str, bytes, str, float]
-# (future, (first, end) slice of the batch's rows or None, exception) for one caller.
-_Outcome = tuple[asyncio.Future[Any], tuple[int, int] | None, BaseException | None]
-
 
 @functools.lru_cache(maxsize=_SMALL_INSERT + 2)
 def _insert_statement(rows: int) -> str:
@@ -110,23 +106,12 @@ def _insert_statement(rows: int) -> str:
     return _INSERT_EVENTS + ", ".join([_ROW_PLACEHOLDERS] * rows)
 
 
-class _SnapshotWrite:
-    """A snapshot to upsert in the writer's next transaction."""
-
-    __slots__ = ("data", "name", "position")
-
-    def __init__(self, name: str, position: int, data: bytes) -> None:
-        self.name = name
-        self.position = position
-        self.data = data
-
-
 class _Built:
     """A batch's `StoredEvent`s, made once, on the loop thread, from the writer's rows."""
 
     __slots__ = ("_events", "_rows")
 
-    def __init__(self, rows: list[_Row]) -> None:
+    def __init__(self, rows: list[Row]) -> None:
         self._rows = rows
         self._events: list[StoredEvent] | None = None
 
@@ -148,19 +133,17 @@ class SqliteEventStore(EventStore):
         self, path: str | os.PathLike[str], *, version_cache_size: int = DEFAULT_VERSION_CACHE_SIZE
     ) -> None:
         self._path = pathlib.Path(path)
-        self._cache_size = max(version_cache_size, 1)
         self._state = _NEW
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._close_task: asyncio.Task[None] | None = None
         # Loop side: the last position whose commit has been reported to the loop.
-        self._last = 0
-        self._changed = asyncio.Event()
+        self._progress = LogProgress()
         # Writer side, touched only by the writer thread once it runs.
         self._wconn: sqlite3.Connection | None = None
         self._w_last = 0
-        self._versions: OrderedDict[str, int] = OrderedDict()
+        self._versions = VersionCache(version_cache_size)
         self._rows_per_insert = _ROWS_PER_INSERT
         # Idle read-only connections; the lock makes "return to pool" and "close all" exclusive.
         self._readers: list[sqlite3.Connection] = []
@@ -183,7 +166,7 @@ class SqliteEventStore(EventStore):
             raise RuntimeError("an event store cannot be reopened after close")
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._open_sync)
-        self._last = self._w_last
+        self._progress.advance(self._w_last)
         self._thread = threading.Thread(target=self._run, name="godel-store-writer", daemon=True)
         self._thread.start()
         self._state = _OPEN
@@ -232,7 +215,7 @@ class SqliteEventStore(EventStore):
             idle, self._readers = self._readers, []
         for conn in idle:
             conn.close()
-        self._changed.set()
+        self._progress.close()
 
     def _check_open(self) -> None:
         if self._state != _OPEN:
@@ -271,7 +254,7 @@ class SqliteEventStore(EventStore):
         self._check_open()
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put((_SnapshotWrite(name, position, data), future, False))
+        self._queue.put((SnapshotWrite(name, position, data), future, False))
         await future
 
     def _run(self) -> None:
@@ -296,7 +279,7 @@ class SqliteEventStore(EventStore):
             if self._wconn is not None:
                 self._wconn.close()
 
-    def _commit_safely(self, batch: list[Any]) -> None:
+    def _commit_safely(self, batch: list[Queued]) -> None:
         """Commits `batch`; a bug in the writer fails the batch instead of hanging its callers."""
         try:
             self._commit(batch)
@@ -305,10 +288,9 @@ class SqliteEventStore(EventStore):
             self._recover(self._wconn)
             self._report([(future, None, error) for _, future, _ in batch])
 
-    def _commit(self, batch: list[Any]) -> None:
+    def _commit(self, batch: list[Queued]) -> None:
         """Writes every acceptable call of `batch` in one transaction and reports outcomes.
 
-        Version checks run first, in Python, so a conflicting call is simply left out.
         Rows are plain tuples in `StoredEvent` field order; the loop thread turns them
         into `StoredEvent`s while this thread waits in COMMIT (which releases the GIL).
         """
@@ -316,55 +298,15 @@ class SqliteEventStore(EventStore):
             return
         conn = self._wconn
         assert conn is not None
-        now = time.time()
-        position = self._w_last
-        cached = self._versions.get
-        pending: dict[str, int] = {}  # stream versions written by this transaction
-        rows: list[_Row] = []
-        add_row = rows.append
-        snapshots: list[tuple[str, int, bytes]] = []
-        outcomes: list[_Outcome] = []
-        wanted = False
-        for work, future, want in batch:
-            if type(work) is _SnapshotWrite:
-                snapshots.append((work.name, work.position, work.data))
-                outcomes.append((future, None, None))
-                continue
-            staged: dict[str, int] = {}  # this call's versions, merged only if it all fits
-            first, start = len(rows), position
-            try:
-                for event in work:
-                    stream = event.stream
-                    current = staged.get(stream)
-                    if current is None:
-                        current = pending.get(stream)
-                        if current is None:
-                            current = 0 if event.new_stream else cached(stream)
-                            if current is None:
-                                current = self._load_version(conn, stream)
-                    expected = event.expected_version
-                    if expected != ANY_VERSION and expected != current:
-                        raise WrongExpectedVersion(stream, expected, current)
-                    staged[stream] = current = current + 1
-                    position += 1
-                    add_row(
-                        (position, stream, current, event.type, event.data, event.agent_id, now)
-                    )
-            except Exception as error:  # a conflict, or a malformed event: this call only
-                position = start
-                del rows[first:]
-                outcomes.append((future, None, error))
-                continue
-            pending.update(staged)
-            outcomes.append((future, (first, len(rows)) if want else None, None))
-            wanted = wanted or want
+        staged = stage(batch, self._w_last, self._committed_version, time.time())
+        rows, snapshots, outcomes = staged.rows, staged.snapshots, staged.outcomes
         built = _Built(rows)
         if rows or snapshots:
             try:
                 conn.execute("BEGIN")
                 if rows:
                     self._insert(conn, rows)
-                    if wanted and len(rows) >= _PREBUILD_MIN_ROWS:
+                    if staged.wanted and len(rows) >= _PREBUILD_MIN_ROWS:
                         # COMMIT waits on fsync without the GIL: the loop builds the results.
                         self._call_loop(built.build)
                 if snapshots:
@@ -374,11 +316,11 @@ class SqliteEventStore(EventStore):
                 self._recover(conn)
                 self._report([(f, None, e if e is not None else error) for f, _, e in outcomes])
                 return
-            self._w_last = position
-            self._remember(pending)
+            self._w_last = staged.last_position
+            self._versions.remember(staged.versions)
         self._report(outcomes, built)
 
-    def _insert(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
+    def _insert(self, conn: sqlite3.Connection, rows: list[Row]) -> None:
         """Inserts `rows` with as few statements as the statement shapes allow (see the
         module docstring for why not ``executemany``)."""
         full = self._rows_per_insert
@@ -390,23 +332,17 @@ class SqliteEventStore(EventStore):
             conn.execute(_insert_statement(size), list(itertools.chain.from_iterable(chunk)))
             index += size
 
-    def _load_version(self, conn: sqlite3.Connection, stream: str) -> int:
-        """Reads a stream's committed version from disk and caches it."""
-        row = conn.execute(
-            "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream = ?", (stream,)
-        ).fetchone()
-        version = int(row[0])
-        self._versions[stream] = version
+    def _committed_version(self, stream: str) -> int:
+        """A stream's committed version: remembered, or read from disk and remembered."""
+        version = self._versions.get(stream)
+        if version is None:
+            assert self._wconn is not None
+            row = self._wconn.execute(
+                "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream = ?", (stream,)
+            ).fetchone()
+            version = int(row[0])
+            self._versions.load(stream, version)
         return version
-
-    def _remember(self, committed: dict[str, int]) -> None:
-        """Caches committed stream versions, evicting the least recently written."""
-        cache = self._versions
-        for stream, version in committed.items():
-            cache[stream] = version
-            cache.move_to_end(stream)
-        while len(cache) > self._cache_size:
-            cache.popitem(last=False)
 
     def _recover(self, conn: sqlite3.Connection) -> None:
         """After a failed transaction, forgets cached state and rereads it from disk.
@@ -427,17 +363,14 @@ class SqliteEventStore(EventStore):
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback, *args)
 
-    def _report(self, outcomes: list[_Outcome], built: _Built | None = None) -> None:
+    def _report(self, outcomes: list[Outcome], built: _Built | None = None) -> None:
         """Hands a batch's outcomes to the event loop in one thread-safe call."""
         if outcomes:
             self._call_loop(self._deliver, outcomes, built, self._w_last)
 
-    def _deliver(self, outcomes: list[_Outcome], built: _Built | None, last: int) -> None:
+    def _deliver(self, outcomes: list[Outcome], built: _Built | None, last: int) -> None:
         """On the loop: publish the new last position, then resolve the callers."""
-        if last != self._last:
-            self._last = last
-            self._changed.set()
-            self._changed = asyncio.Event()
+        self._progress.advance(last)
         for future, span, error in outcomes:
             if future.done():  # the caller was cancelled
                 continue
@@ -464,46 +397,27 @@ class SqliteEventStore(EventStore):
         self._check_open()
         if limit <= 0:
             return []
-        clauses = ["position > ?"]
-        params: list[Any] = [after]
-        if up_to is not None:
-            clauses.append("position <= ?")
-            params.append(up_to)
-        if stream is not None:
-            clauses.append("stream = ?")
-            params.append(stream)
-        if agent_id is not None:
-            clauses.append("agent_id = ?")
-            params.append(agent_id)
-            if agent_id:
-                # Spelled exactly like the partial index's WHERE so the planner can use it.
-                clauses.append("agent_id != ''")
-        if types:
-            wanted = list(dict.fromkeys(types))
-            clauses.append(f"type IN ({', '.join('?' * len(wanted))})")
-            params.extend(wanted)
-        # Within a stream, version order is position order, and the UNIQUE (stream,
-        # stream_version) index already holds the rows that way: no sort, early LIMIT.
-        order = "stream_version" if stream is not None else "position"
-        sql = f"{_SELECT_EVENTS} WHERE {' AND '.join(clauses)} ORDER BY {order} LIMIT ?"
-        params.append(limit)
+        sql, params = read_query(
+            _SELECT_EVENTS,
+            lambda _: "?",
+            after,
+            limit,
+            stream=stream,
+            agent_id=agent_id,
+            types=types,
+            up_to=up_to,
+        )
         rows = await asyncio.to_thread(self._query, sql, params)
         return [StoredEvent(*row) for row in rows]
 
     async def last_position(self) -> int:
         """The last position the writer reported as committed; no I/O."""
-        return self._last
+        return self._progress.position
 
     async def wait_for_position(self, after: int, timeout: float | None = None) -> int:
         """Sleeps until a commit reports a position past `after`, the store closes, or
         `timeout` passes; each commit wakes the waiters once, nothing polls."""
-        try:
-            async with asyncio.timeout(timeout):
-                while self._last <= after and self._state != _CLOSED:
-                    await self._changed.wait()
-        except TimeoutError:
-            pass
-        return self._last
+        return await self._progress.wait_past(after, timeout)
 
     async def load_snapshot(self, name: str) -> tuple[int, bytes] | None:
         """Reads the snapshot on a pooled read-only connection."""
