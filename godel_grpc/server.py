@@ -164,7 +164,7 @@ async def start_server(
         method_kinds(service for service, _, _ in api_services()),
         tokens,
         RateLimiter(limits.rate_limit, limits.rate_burst),
-        agent_name=coordinator.agent_name,
+        agent_name=coordinator.directory.agent_name,
     )
     server = grpc.aio.server(
         interceptors=[gate, BoundaryInterceptor(metrics, authorizer)],

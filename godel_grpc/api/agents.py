@@ -4,7 +4,7 @@ agent queries, WatchAgents (a subscription query), ReplayAgent and monitor sampl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -63,12 +63,12 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     async def GetAgent(self, request: pb.GetAgentRequest, context: Context) -> pb.GetAgentResponse:
         if self._spawned is not None:
             return pb.GetAgentResponse(agent=self._spawned.get(request.id))
-        return pb.GetAgentResponse(agent=self._coordinator.get_agent(request.id))
+        return pb.GetAgentResponse(agent=self._coordinator.directory.get_agent(request.id))
 
     async def ReportAgentSample(
         self, request: pb.ReportAgentSampleRequest, context: Context
     ) -> pb.ReportAgentSampleResponse:
-        self._coordinator.report_sample(request.agent_id, request.sample)
+        self._coordinator.directory.report_sample(request.agent_id, request.sample)
         return pb.ReportAgentSampleResponse()
 
     async def GetCircuitState(
@@ -91,9 +91,15 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     async def ListAgents(
         self, request: pb.ListAgentsRequest, context: Context
     ) -> pb.ListAgentsResponse:
-        lister = self._spawned.list if self._spawned is not None else self._coordinator.list_agents
+        lister = self._lister()
         agents, token = lister(request.page_size, request.page_token, request.state, request.role)
         return pb.ListAgentsResponse(agents=agents, next_page_token=token)
+
+    def _lister(self) -> Callable[[int, str, int, str], tuple[list[agent_pb2.Agent], str]]:
+        """Pages of agents: spawned ones with the runtime's view, when there is one."""
+        if self._spawned is not None:
+            return self._spawned.list
+        return self._coordinator.directory.list_agents
 
     def _shown(self, agent: agent_pb2.Agent) -> agent_pb2.Agent:
         """The agent as GetAgent shows it (spawned agents with the runtime's view)."""
@@ -121,9 +127,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         listeners = self._coordinator.state.agent_listeners
         listeners.append(changed)  # before the first list, so no change falls between
         try:
-            lister = (
-                self._spawned.list if self._spawned is not None else self._coordinator.list_agents
-            )
+            lister = self._lister()
             token = ""
             while True:
                 agents, token = lister(1000, token, 0, request.role)

@@ -40,7 +40,7 @@ class ConvoyCommands:
 
     def _require_agents(self, nodes: list[convoy_pb2.ConvoyNode]) -> None:
         """Fail fast: every role needs a connected agent now."""
-        self._coordinator.require_serving(roles=[node.role for node in nodes])
+        self._coordinator.directory.require_serving(roles=[node.role for node in nodes])
 
     async def create(self, request: convoy_service_pb2.CreateConvoyRequest) -> convoy_pb2.Convoy:
         """Validates the DAG and records the convoy, PENDING."""

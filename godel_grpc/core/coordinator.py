@@ -17,7 +17,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -27,15 +27,14 @@ from godel_grpc._proto.godel.v1 import (
     agent_link_service_pb2 as link_pb2,
 )
 from godel_grpc._proto.godel.v1 import (
-    agent_pb2,
     event_pb2,
-    sample_pb2,
     task_pb2,
     task_service_pb2,
 )
 from godel_grpc.core import bulkheads as bulkhead_labels
 from godel_grpc.core import events
 from godel_grpc.core import swarms as swarm_labels
+from godel_grpc.core.agent_directory import AgentDirectory
 from godel_grpc.core.agent_history import AgentHistory
 from godel_grpc.core.breakers import BreakerBook, ForcedCircuits, breaker_settings
 from godel_grpc.core.bulkheads import BulkheadManager
@@ -112,6 +111,8 @@ class Coordinator:
         self.agent_history = AgentHistory(store)
         """Snapshots of event-sourced agents and ReplayAgent."""
         self.sessions: dict[str, AgentSession] = {}
+        self.directory = AgentDirectory(lambda: self.state, self.sessions)
+        """Lookups and pages of agents (the query side)."""
         self.spawned_ids: dict[str, str] = {}
         """Name → id promised by SpawnAgent; the hello with that name gets that id."""
         self._queued_at: dict[str, float] = {}
@@ -134,7 +135,7 @@ class Coordinator:
         metrics.watch_pattern_states("workflow", lambda: self.workflows.counts_by_state())
         metrics.watch_queues(lambda: self.queues.metric_rows())
         metrics.watch_bulkheads(lambda: self.bulkheads.metric_rows())
-        metrics.watch_agent_samples(self.sample_rows)
+        metrics.watch_agent_samples(self.directory.sample_rows)
         metrics.watch_swarms(lambda: self.swarms.metric_rows())
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -344,7 +345,7 @@ class Coordinator:
                 known = self.state.tasks.get(existing)
                 result.append(known.to_proto() if known else await self._existing_task(existing))
                 continue
-            event = self._accept_task(request)
+            event = self.accept_task(request)
             created.append(event)
             # The accepted task as recorded (QUEUED): later changes show in GetTask.
             result.append(event.task_submitted.task)
@@ -374,18 +375,6 @@ class Coordinator:
             task_id: an id from `new_task_id`; None makes one.
             shape: changes the spec before it is applied (a queue retargets it).
         """
-        return self._accept_task(request, owner, task_id=task_id, shape=shape)
-
-    def _accept_task(
-        self,
-        request: Message,
-        owner: task_pb2.TaskOwner | None = None,
-        *,
-        task_id: str | None = None,
-        shape: Callable[[task_pb2.Task], None] | None = None,
-    ) -> event_pb2.Event:
-        """Creates, applies and queues one task from a message carrying a task's fields;
-        the caller journals the returned event."""
         event = events.task_submitted_new(task_id or self.new_task_id())
         spec = event.task_submitted.task
         copy_common_fields(request, spec)
@@ -538,7 +527,7 @@ class Coordinator:
             batch: list[event_pb2.Event] = []
             for action in actions:
                 if isinstance(action, SubmitOwned):
-                    batch.append(self._accept_task(action.request, action.owner))
+                    batch.append(self.accept_task(action.request, action.owner))
                 else:
                     task = self.state.tasks.get(action.task_id)
                     if task is not None and not task.terminal:
@@ -936,80 +925,6 @@ class Coordinator:
             session.send_drain()
         return True
 
-    def require_serving(self, roles: Iterable[str] = (), actions: Iterable[str] = ()) -> None:
-        """Fail fast: raises FailedPrecondition unless every role and action has a
-        connected agent that is not draining."""
-        have_roles: set[str] = set()
-        have_actions: set[str] = set()
-        for agent_id, session in self.sessions.items():
-            if not session.draining:
-                agent = self.state.agents[agent_id]
-                have_roles.add(agent.role)
-                have_actions.update(agent.actions)
-        missing = [f"role {r}" for r in sorted(set(roles) - have_roles)] + [
-            f"action {a}" for a in sorted(set(actions) - have_actions)
-        ]
-        if missing:
-            raise FailedPrecondition(
-                f"no connected agent can run {', '.join(missing)}",
-                subject=missing[0].replace(" ", "s/", 1),
-                violation_type="NO_AGENT",
-                reason="NO_AGENT",
-            )
-
-    def report_sample(self, agent_id: str, sample: sample_pb2.Sample) -> None:
-        """Keeps a monitor sidecar's latest sample of a connected agent (not an event:
-        a sample is a reading, not a change of the coordinator's state)."""
-        agent = self.state.agents.get(agent_id)
-        if agent is None:
-            raise NotFound("agent", agent_id)
-        if sample.agent_id and sample.agent_id != agent_id:
-            raise InvalidArgument(
-                [FieldViolation("sample.agent_id", f"is {sample.agent_id!r}, not {agent_id!r}")]
-            )
-        if agent_id not in self.sessions:
-            raise FailedPrecondition(
-                f"agent {agent_id!r} is not connected; its samples are taken while it is",
-                subject=f"agents/{agent_id}",
-                reason="AGENT_NOT_CONNECTED",
-            )
-        agent.sample = sample
-
-    def agent_name(self, agent_id: str) -> str | None:
-        """The name of the agent with this id; None for an unknown id."""
-        agent = self.state.agents.get(agent_id)
-        return agent.name if agent is not None else None
-
-    def sample_rows(self) -> Iterator[tuple[str, sample_pb2.Sample]]:
-        """(agent name, latest sample) of each connected agent that has one."""
-        for agent_id in self.sessions:
-            agent = self.state.agents.get(agent_id)
-            if agent is not None and agent.sample is not None:
-                yield agent.name, agent.sample
-
-    def get_agent(self, agent_id: str) -> agent_pb2.Agent:
-        """The agent with this id, or NotFound."""
-        agent = self.state.agents.get(agent_id)
-        if agent is None:
-            raise NotFound("agent", agent_id)
-        return _agent_proto(agent)
-
-    def list_agents(
-        self, page_size: int = 0, page_token: str = "", state: int = 0, role: str = ""
-    ) -> tuple[list[agent_pb2.Agent], str]:
-        """A page of registered agents, oldest first, optionally of one state or role."""
-        size = page_size or 100
-        ids = list(self.state.agents)
-        start = _page_start(page_token, len(ids))
-        page: list[agent_pb2.Agent] = []
-        index = start
-        while index < len(ids) and len(page) < size:
-            agent = self.state.agents[ids[index]]
-            index += 1
-            if (not state or agent.state == state) and (not role or agent.role == role):
-                page.append(_agent_proto(agent))
-        return page, (str(index) if index < len(ids) else "")
-
     # -- background checks -------------------------------------------------------------
 
     async def _sweep(self) -> None:
@@ -1055,21 +970,8 @@ class Coordinator:
 _TERMINAL = (Task.STATE_SUCCEEDED, Task.STATE_FAILED, Task.STATE_CANCELLED)
 
 
-def _page_start(token: str, limit: int) -> int:
-    """The index a page token stands for; INVALID_ARGUMENT for anything else."""
-    if not token:
-        return 0
-    if not token.isdigit() or int(token) > limit:
-        raise InvalidArgument([FieldViolation("pageToken", NOT_A_TOKEN)])
-    return int(token)
-
-
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _agent_proto(agent: AgentRecord) -> agent_pb2.Agent:
-    return agent.to_proto()
 
 
 def _assignment(task: TaskRecord) -> link_pb2.TaskAssignment:

@@ -52,7 +52,7 @@ class SagaCommands:
             raise InvalidArgument([FieldViolation(v.path, v.description) for v in found])
         coordinator = self._coordinator
         if request.fail_fast:
-            coordinator.require_serving(actions=_actions_of(request.steps))
+            coordinator.directory.require_serving(actions=_actions_of(request.steps))
         saga = saga_pb2.Saga(
             id=f"s-{coordinator.state.epoch}-{next(self._ids)}",
             name=request.name,
@@ -82,7 +82,7 @@ class SagaCommands:
                 subject=f"sagas/{saga_id}",
             )
         if record.saga.fail_fast:
-            self._coordinator.require_serving(actions=_actions_of(record.saga.steps))
+            self._coordinator.directory.require_serving(actions=_actions_of(record.saga.steps))
         await self._coordinator.record([events.saga_executed(saga_id, input, manual_compensation)])
         return self._manager.to_proto(record)
 

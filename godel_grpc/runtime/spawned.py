@@ -159,14 +159,14 @@ class SpawnedAgents:
         handle = self.runtime.get(agent_id)
         if handle is not None:
             return self.show(handle)
-        return self.coordinator.get_agent(agent_id)
+        return self.coordinator.directory.get_agent(agent_id)
 
     def list(
         self, page_size: int, page_token: str, state: int, role: str
     ) -> tuple[list[Agent], str]:
         """ListAgents with spawned agents overlaid; spawned agents that have not said
         hello yet come on the last page. The state filter applies to what is shown."""
-        agents, token = self.coordinator.list_agents(page_size, page_token, 0, role)
+        agents, token = self.coordinator.directory.list_agents(page_size, page_token, 0, role)
         shown = [self.overlay(agent) for agent in agents]
         if not token:
             registered = self.coordinator.state.agents
