@@ -35,7 +35,7 @@ from godel_grpc.api.auth import Authorizer, method_kinds
 from godel_grpc.api.bulkheads import BulkheadServicer
 from godel_grpc.api.convoys import ConvoyServicer
 from godel_grpc.api.events import EventServicer
-from godel_grpc.api.interceptor import BoundaryInterceptor
+from godel_grpc.api.interceptor import PER_MESSAGE_VALIDATION, BoundaryInterceptor
 from godel_grpc.api.patterns import PatternServicer
 from godel_grpc.api.queues import QueueServicer
 from godel_grpc.api.reflection_pool import MethodAwarePool
@@ -167,7 +167,10 @@ async def start_server(
         agent_name=coordinator.directory.agent_name,
     )
     server = grpc.aio.server(
-        interceptors=[gate, BoundaryInterceptor(metrics, authorizer)],
+        interceptors=[
+            gate,
+            BoundaryInterceptor(metrics, authorizer, per_message=PER_MESSAGE_VALIDATION),
+        ],
         options=limits.server_options(),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )

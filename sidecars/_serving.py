@@ -19,8 +19,12 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from godel_grpc.api.interceptor import BoundaryInterceptor
 from godel_grpc.api.reflection_pool import MethodAwarePool
-from sidecars._boundary import SidecarBoundary
+
+PER_MESSAGE_METHODS = frozenset({"/godel.v1.LoggerSidecarService/Ship"})
+"""Ship's contract is that a record that does not decode or breaks its rules is dropped
+and counted while the stream goes on, so its records reach the logger as they come."""
 
 STOP_GRACE = 2.0
 """Seconds in-flight calls get to finish once a sidecar stops."""
@@ -59,7 +63,8 @@ async def start_sidecar_server(
     Raises:
         OSError: when the address cannot be bound.
     """
-    server = grpc.aio.server(interceptors=[SidecarBoundary()])
+    boundary = BoundaryInterceptor(None, per_message=PER_MESSAGE_METHODS, server_name="sidecar")
+    server = grpc.aio.server(interceptors=[boundary])
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -5,7 +5,7 @@ scope from the RPC's kind, rate limit: `api/auth.py`) before anything else, chec
 request message against the rules in the protos, maps `GodelError`s to their status
 with `google.rpc` details, turns anything unexpected into INTERNAL with a generic
 message (the traceback goes to the log, never to the client), and counts RPCs by
-method and code.
+method and code. The sidecars' servers use it too, without authorization or metrics.
 """
 
 from __future__ import annotations
@@ -50,12 +50,32 @@ async def _abort(context: Context, error: GodelError) -> None:
 class BoundaryInterceptor(grpc.aio.ServerInterceptor):
     """Validation, error mapping and RPC metrics for every method."""
 
-    def __init__(self, metrics: CoordinatorMetrics, authorizer: Authorizer | None = None) -> None:
+    def __init__(
+        self,
+        metrics: CoordinatorMetrics | None,
+        authorizer: Authorizer | None = None,
+        *,
+        per_message: frozenset[str] = frozenset(),
+        server_name: str = "coordinator",
+    ) -> None:
+        """Creates the boundary.
+
+        Args:
+            metrics: where RPCs are counted and timed; None counts nothing.
+            authorizer: admits callers; None admits everyone.
+            per_message: client-streaming methods whose servicer takes each message as
+                it comes, bytes that do not decode as an `Undecodable`, and decides
+                itself what a bad one costs (the boundary does not end the stream).
+            server_name: names the server in what a caller sees of an unexpected error.
+        """
         self._metrics = metrics
         self._authorizer = authorizer
+        self._per_message = per_message
+        self._server_name = server_name
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         """Wrapped handler per method: services are fixed once the server starts, so each
         method is looked up and wrapped once, not on every call."""
+        self._meters: dict[str, _MethodMeter] = {}
 
     async def intercept_service(
         self,
@@ -80,6 +100,8 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
             return None
         if method.startswith(("/grpc.health.", "/grpc.reflection.")):
             return handler
+        if self._metrics is not None:
+            self._meters[method] = _MethodMeter(self._metrics, method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
@@ -114,12 +136,14 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         except _ABORTED:
             raise
         except Exception as exc:
-            error = _translate(method, exc)
+            error = _translate(method, exc, self._server_name)
             code = error.code
             await _abort(context, error)  # raises: the caller gets the status
         finally:
-            self._metrics.rpcs.labels(method, _code_of(context, code).name).inc()
-            self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+            meter = self._meters.get(method)
+            if meter is not None:
+                meter.count(_code_of(context, code))
+                meter.seconds.observe(time.perf_counter() - started)
 
     def _admit(self, method: str, context: Context) -> Principal:
         """The caller's principal; raises when it may not make this call."""
@@ -159,7 +183,8 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         async def handle(requests: AsyncIterator[Message], context: Context) -> Message:
             async with self._boundary(method, context):
                 self._admit(method, context)
-                return await behaviour(_validated(requests), context)
+                checked = requests if method in self._per_message else _validated(requests)
+                return await behaviour(checked, context)
             raise AssertionError("unreachable: the boundary returns or raises")
 
         return handle
@@ -176,7 +201,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
                     requests = self._authorizer.guard_stream(method, principal, requests)
                 # Streams that answer each message (EnqueueStream) check every request
                 # themselves, so one malformed message does not end the whole stream.
-                checked = requests if method in PER_MESSAGE_VALIDATION else _validated(requests)
+                checked = requests if method in self._per_message else _validated(requests)
                 async for response in behaviour(checked, context):
                     yield response
 
@@ -184,8 +209,27 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
 
 
 PER_MESSAGE_VALIDATION = frozenset({"/godel.v1.QueueService/EnqueueStream"})
-"""Bidirectional methods whose servicer validates each request with `check` and
-answers a bad one in its reply, instead of the boundary ending the stream."""
+"""The coordinator's streaming methods whose servicer validates each request with
+`check` and answers a bad one in its reply, instead of the boundary ending the stream."""
+
+
+class _MethodMeter:
+    """One method's RPC metrics, resolved once: looking a labelled child up costs more
+    than counting in it."""
+
+    __slots__ = ("_by_code", "_method", "_rpcs", "seconds")
+
+    def __init__(self, metrics: CoordinatorMetrics, method: str) -> None:
+        self._rpcs = metrics.rpcs
+        self._method = method
+        self._by_code: dict[grpc.StatusCode, Any] = {}
+        self.seconds = metrics.rpc_seconds.labels(method)
+
+    def count(self, code: grpc.StatusCode) -> None:
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._rpcs.labels(self._method, code.name)
+        child.inc()
 
 
 async def _validated(requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
@@ -194,9 +238,10 @@ async def _validated(requests: AsyncIterator[Message]) -> AsyncIterator[Message]
         yield request
 
 
-class _Undecodable:
+class Undecodable:
     """Stands for request bytes that do not parse, so the handler can refuse them with
-    INVALID_ARGUMENT instead of gRPC's own INTERNAL."""
+    INVALID_ARGUMENT instead of gRPC's own INTERNAL (or, for a `per_message` method,
+    count them as it sees fit)."""
 
     __slots__ = ("reason",)
 
@@ -212,7 +257,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
         try:
             return deserializer(data)
         except Exception as exc:  # any parse failure is the caller's malformed input
-            return _Undecodable(str(exc) or type(exc).__name__)
+            return Undecodable(str(exc) or type(exc).__name__)
 
     return parse
 
@@ -221,7 +266,7 @@ def check(request: Any) -> None:
     """Validates one request as the boundary does: refuses undecodable bytes, then checks
     the message against its rules (InvalidArgument). The methods of
     `PER_MESSAGE_VALIDATION` call it themselves, per message."""
-    if isinstance(request, _Undecodable):
+    if isinstance(request, Undecodable):
         raise InvalidArgument(
             [FieldViolation("", "the request is not a valid protobuf message of this RPC")],
             "malformed request: the bytes do not decode as this RPC's request message",
@@ -229,23 +274,23 @@ def check(request: Any) -> None:
     validate(request)
 
 
-def _translate(method: str, exc: Exception) -> GodelError:
+def _translate(method: str, exc: Exception, server_name: str) -> GodelError:
     """The error a caller should see for `exc`."""
     if isinstance(exc, GodelError):
         return exc
     if isinstance(exc, WrongExpectedVersion):
         return Aborted(exc.stream, exc.expected, exc.actual)
     if isinstance(exc, NotImplementedError):
-        return Unimplemented(f"{method} is not available on this coordinator yet")
+        return Unimplemented(f"{method} is not available on this {server_name} yet")
     log.error("unexpected error in %s", method, exc_info=exc)
-    return _Internal()
+    return _Internal(server_name)
 
 
 class _Internal(GodelError):
     """What a caller sees of a bug: a status, never a traceback."""
 
-    def __init__(self) -> None:
-        super().__init__("internal error; the coordinator logged the details")
+    def __init__(self, server_name: str) -> None:
+        super().__init__(f"internal error; the {server_name} logged the details")
 
 
 def _code_of(context: Context, fallback: grpc.StatusCode) -> grpc.StatusCode:

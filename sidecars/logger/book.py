@@ -108,11 +108,12 @@ class LogBook:
 
     # Ship.
 
-    async def ship(self, records: AsyncIterable[LogRecord | None]) -> ShipCounts:
+    async def ship(self, records: AsyncIterable[LogRecord | object]) -> ShipCounts:
         """Takes one stream's records and returns once they are on disk.
 
-        `None` stands for a record that did not decode; it counts as invalid, as does
-        a record that breaks its field rules.
+        Anything but a `LogRecord` stands for a record that did not decode (the
+        boundary's `Undecodable`); it counts as invalid, as does a record that breaks
+        its field rules.
 
         Raises:
             Unavailable: when the book is closing; what was received is kept.
@@ -121,7 +122,7 @@ class LogBook:
         try:
             async for record in self._until_closing(records):
                 counts.received += 1
-                if record is None or violations(record):
+                if not isinstance(record, LogRecord) or violations(record):
                     counts.invalid += 1
                 elif not self._keep.keeps(record.level):
                     counts.filtered += 1
@@ -159,12 +160,12 @@ class LogBook:
             await self._changed.wait_for(lambda: self._written >= sequence)
 
     async def _until_closing(
-        self, records: AsyncIterable[LogRecord | None]
-    ) -> AsyncIterator[LogRecord | None]:
+        self, records: AsyncIterable[LogRecord | object]
+    ) -> AsyncIterator[LogRecord | object]:
         """The stream's records until it ends, or until the book starts closing."""
         iterator = aiter(records)
         closing = asyncio.ensure_future(self._closing.wait())
-        step: asyncio.Future[LogRecord | None] | None = None
+        step: asyncio.Future[LogRecord | object] | None = None
         try:
             while True:
                 step = asyncio.ensure_future(anext(iterator))

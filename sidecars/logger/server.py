@@ -13,6 +13,7 @@ from godel_grpc._proto.godel.v1 import (
     logger_sidecar_service_pb2,
     logger_sidecar_service_pb2_grpc,
 )
+from godel_grpc.api.interceptor import Undecodable
 from sidecars._serving import SidecarServer, start_sidecar_server
 from sidecars.logger.book import LogBook
 from sidecars.logger.filter import TailFilter
@@ -31,7 +32,7 @@ class LoggerServicer(logger_sidecar_service_pb2_grpc.LoggerSidecarServiceService
 
     async def Ship(
         self,
-        request_iterator: AsyncIterator[log_record_pb2.LogRecord | None],
+        request_iterator: AsyncIterator[log_record_pb2.LogRecord | Undecodable],
         context: Context,
     ) -> logger_sidecar_service_pb2.ShipResponse:
         counts = await self._book.ship(request_iterator)
