@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -58,6 +59,15 @@ class GodelError(Exception):
         for detail in self.details():
             status.details.add().Pack(detail)
         return status
+
+    async def abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Ends the call with this error's status, its message and its details in the
+        trailers (``grpc-status-details-bin``); raises, as `context.abort` does."""
+        await context.abort(
+            self.code,
+            self.message,
+            trailing_metadata=((DETAILS_METADATA_KEY, self.to_status().SerializeToString()),),
+        )
 
 
 class InvalidArgument(GodelError):

@@ -23,7 +23,6 @@ from godel_grpc.api.auth import Authorizer
 from godel_grpc.api.validation import validate
 from godel_grpc.auth.scopes import LOCAL, Principal
 from godel_grpc.errors import (
-    DETAILS_METADATA_KEY,
     Aborted,
     FieldViolation,
     GodelError,
@@ -36,15 +35,6 @@ from godel_grpc.store.base import WrongExpectedVersion
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-async def _abort(context: Context, error: GodelError) -> None:
-    status = error.to_status()
-    await context.abort(
-        error.code,
-        error.message,
-        trailing_metadata=((DETAILS_METADATA_KEY, status.SerializeToString()),),
-    )
 
 
 class BoundaryInterceptor(grpc.aio.ServerInterceptor):
@@ -98,7 +88,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if handler is None:
             return None
-        if method.startswith(("/grpc.health.", "/grpc.reflection.")):
+        if method.startswith(ALWAYS_OPEN):
             return handler
         if self._metrics is not None:
             self._meters[method] = _MethodMeter(self._metrics, method)
@@ -138,7 +128,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         except Exception as exc:
             error = _translate(method, exc, self._server_name)
             code = error.code
-            await _abort(context, error)  # raises: the caller gets the status
+            await error.abort(context)  # raises: the caller gets the status
         finally:
             meter = self._meters.get(method)
             if meter is not None:
@@ -208,6 +198,10 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         return handle
 
 
+ALWAYS_OPEN = ("/grpc.health.", "/grpc.reflection.")
+"""Prefixes of the standard services every boundary passes through untouched: health
+checks and reflection need no token, have no rules of ours, and are not counted."""
+
 PER_MESSAGE_VALIDATION = frozenset({"/godel.v1.QueueService/EnqueueStream"})
 """The coordinator's streaming methods whose servicer validates each request with
 `check` and answers a bad one in its reply, instead of the boundary ending the stream."""
@@ -274,7 +268,7 @@ def check(request: Any) -> None:
     validate(request)
 
 
-def _translate(method: str, exc: Exception, server_name: str) -> GodelError:
+def _translate(method: str, exc: Exception, server_name: str = "coordinator") -> GodelError:
     """The error a caller should see for `exc`."""
     if isinstance(exc, GodelError):
         return exc

@@ -14,9 +14,8 @@ from typing import Any
 
 import grpc
 
-from godel_grpc.errors import DETAILS_METADATA_KEY, Unavailable
-
-_ALWAYS_OPEN = ("/grpc.health.", "/grpc.reflection.")
+from godel_grpc.api.interceptor import ALWAYS_OPEN
+from godel_grpc.errors import Unavailable
 
 
 class StandbyGate(grpc.aio.ServerInterceptor):
@@ -40,7 +39,7 @@ class StandbyGate(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = handler_call_details.method
-        if self.active or method.startswith(_ALWAYS_OPEN):
+        if self.active or method.startswith(ALWAYS_OPEN):
             return await continuation(handler_call_details)
         refusal = self._refusals.get(method)
         if refusal is None:
@@ -57,11 +56,7 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any]) -> None:
         "log; retry, or call the active one",
         reason="STANDBY",
     )
-    await context.abort(
-        error.code,
-        error.message,
-        trailing_metadata=((DETAILS_METADATA_KEY, error.to_status().SerializeToString()),),
-    )
+    await error.abort(context)
 
 
 def _refusing(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
