@@ -19,7 +19,12 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from godel_grpc.patterns.reflex import MemoryLimitError, check_memory_write, encoded_size
+from godel_grpc.patterns.reflex import (
+    MemoryLimitError,
+    check_memory_write,
+    encoded,
+    encoded_size,
+)
 
 Write = tuple[str, Any, bool]
 """(key, value, deleted) as handed to the link."""
@@ -64,8 +69,9 @@ class Memory:
         Raises:
             MemoryLimitError: the value is not JSON, or a limit would be broken.
         """
-        size = encoded_size(value)
-        plain = json.loads(json.dumps(value))  # a copy with tuples as lists, like the wire
+        text = encoded(value)
+        size = len(text.encode())
+        plain = json.loads(text)  # a copy with tuples as lists, as the wire carries it
         write: Write = (key, plain, False)
         with self._lock:
             check_memory_write(self._sizes, key, size)

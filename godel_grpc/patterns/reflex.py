@@ -159,16 +159,25 @@ class MemoryLimitError(ValueError):
     """A memory write that would break one of the memory limits; the message says which."""
 
 
+def encoded(value: object) -> str:
+    """A memory value as compact JSON, the form its size limit is counted in.
+
+    Raises:
+        MemoryLimitError: when the value is not JSON.
+    """
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise MemoryLimitError(f"memory values must be JSON: {exc}") from None
+
+
 def encoded_size(value: object) -> int:
     """Bytes of a memory value as compact JSON.
 
     Raises:
         MemoryLimitError: when the value is not JSON.
     """
-    try:
-        return len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
-    except (TypeError, ValueError) as exc:
-        raise MemoryLimitError(f"memory values must be JSON: {exc}") from None
+    return len(encoded(value).encode())
 
 
 def check_memory_write(sizes: Mapping[str, int], key: str, value_bytes: int | None) -> None:
