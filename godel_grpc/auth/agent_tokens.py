@@ -6,7 +6,8 @@ open its own link) plus ``write`` and/or ``read`` as its spawn options ask (`pur
 the agent's own task commands find it too: a query agent can read the coordinator's
 state, and is refused when it tries to change it. The token lives in the same token
 file as the others (so `godel token list` shows it and `godel token revoke` can cut it
-off) and is revoked when the agent is terminated.
+off) and is revoked when the agent is terminated; a day later the next mint drops it
+from the file (`tokens.SPAWNED_REVOKED_KEPT`).
 """
 
 from __future__ import annotations

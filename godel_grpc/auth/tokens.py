@@ -42,6 +42,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+SPAWNED_REVOKED_KEPT = 24 * 3600.0
+"""Seconds a spawned agent's revoked token stays listed (`godel token list`) before the
+next mint drops it: swarms start and end agents all day, and an ever-growing file would
+be reread, whole, after every change."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenRecord:
     """One token as stored: everything but the token itself."""
@@ -142,6 +148,8 @@ class TokenFile:
         with self._locked() as records:
             if any(r.name == record.name and r.revoked is None for r in records):
                 raise ValueError(f"a token named {record.name!r} exists; revoke it first")
+            if spawned:
+                records[:] = [r for r in records if not _spent(r, record.created)]
             records.append(record)
         return record, token
 
@@ -168,6 +176,15 @@ class TokenFile:
             records = _read(self.path)
             yield records
             _write(self.path, records)
+
+
+def _spent(record: TokenRecord, now: float) -> bool:
+    """A spawned agent's token revoked longer ago than `SPAWNED_REVOKED_KEPT`."""
+    return (
+        record.spawned
+        and record.revoked is not None
+        and now - record.revoked > SPAWNED_REVOKED_KEPT
+    )
 
 
 def _read(path: Path) -> list[TokenRecord]:

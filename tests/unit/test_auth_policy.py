@@ -64,6 +64,36 @@ def test_token_file_stores_only_hashes_and_revocation_is_seen_at_once(tmp_path: 
         TokenFile(tmp_path).create(parse_scopes("agent"), name="unbound")
 
 
+def test_spawned_agents_revoked_tokens_are_dropped_after_a_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given spawned agents' tokens revoked two days and one hour ago, an operator's
+    token revoked two days ago and a live spawned token, when the next spawned agent's
+    token is minted, then only the spawned token revoked two days ago is gone."""
+    day = 24 * 3600.0
+    now = [1_000_000.0]
+    monkeypatch.setattr("godel_grpc.auth.tokens.time.time", lambda: now[0])
+    tokens = TokenFile(tmp_path)
+    for name in ("agent/old", "agent/recent", "agent/live"):
+        tokens.create(frozenset({"agent"}), name=name, agent=name, spawned=True)
+    tokens.create(frozenset({"read"}), name="operator")
+    now[0] += 1.0
+    tokens.revoke("agent/old")
+    tokens.revoke("operator")
+    now[0] += 2 * day - 3600.0
+    tokens.revoke("agent/recent")
+    now[0] += 3600.0
+
+    tokens.create(frozenset({"agent"}), name="agent/new", agent="agent/new", spawned=True)
+
+    assert [(r.name, r.revoked is not None) for r in tokens.records()] == [
+        ("agent/recent", True),
+        ("agent/live", False),
+        ("operator", True),
+        ("agent/new", False),
+    ]
+
+
 def test_a_broken_token_file_accepts_no_token(tmp_path: Path) -> None:
     """Given a token file broken by hand, no token is accepted (and nothing crashes)."""
     store = TokenFile(tmp_path)
