@@ -20,15 +20,14 @@ from godel_grpc._proto.godel.v1 import (
     event_pb2,
     task_pb2,
 )
-from godel_grpc.core import events
+from godel_grpc.core import events, pool_routing
 from godel_grpc.core.bulkheads import (
-    ACTION_LABEL,
-    ROLE_LABEL,
     BulkheadManager,
     BulkheadRecord,
     partition_subject,
 )
 from godel_grpc.core.paging import page_of
+from godel_grpc.core.pool_routing import carry_target
 from godel_grpc.errors import (
     AlreadyExists,
     FieldViolation,
@@ -175,11 +174,6 @@ class BulkheadCommands:
 
 
 def _route(spec: task_pb2.Task, record: BulkheadRecord, partition: str, role: str) -> None:
-    """Targets a new task at its partition's pool; the role or action it asked for (or
-    the partition's role) travels as a label and reaches the agent in its assignment."""
-    target = spec.WhichOneof("target")
-    if target == "action":
-        spec.labels[ACTION_LABEL] = spec.action
-    else:
-        spec.labels[ROLE_LABEL] = spec.role if target == "role" else role
+    """Targets a new task at its partition's pool (see `pool_routing`)."""
+    carry_target(spec, pool_routing.PARTITION, role)
     spec.partition = f"{record.name}/{partition}"

@@ -30,11 +30,6 @@ from godel_grpc.errors import FailedPrecondition, FieldViolation, InvalidArgumen
 from godel_grpc.patterns.bulkhead import Admitted, Bulkhead, PartitionSpec, UnknownPartition
 
 POOL_PREFIX = "partition:"
-ROLE_LABEL = "godel.partition.role"
-"""Label carrying a partition task's role (asked for, or the partition's): its target is
-the partition itself, and the agent still learns what it is asked to be."""
-ACTION_LABEL = "godel.partition.action"
-"""Label carrying a partition task's requested action, handed to the agent as `action`."""
 
 
 def partition_subject(bulkhead: str, partition: str) -> str:

@@ -31,9 +31,7 @@ from godel_grpc._proto.godel.v1 import (
     task_pb2,
     task_service_pb2,
 )
-from godel_grpc.core import bulkheads as bulkhead_labels
 from godel_grpc.core import events
-from godel_grpc.core import swarms as swarm_labels
 from godel_grpc.core.agent_directory import AgentDirectory
 from godel_grpc.core.agent_history import AgentHistory
 from godel_grpc.core.breakers import BreakerBook, ForcedCircuits, breaker_settings
@@ -43,7 +41,8 @@ from godel_grpc.core.fields import copy_common_fields
 from godel_grpc.core.journal import Journal
 from godel_grpc.core.paging import NOT_A_TOKEN
 from godel_grpc.core.pattern_host import PatternManager, SubmitOwned
-from godel_grpc.core.queues import ACTION_LABEL, ROLE_LABEL, QueueManager
+from godel_grpc.core.pool_routing import role_and_action
+from godel_grpc.core.queues import QueueManager
 from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord, TaskState
 from godel_grpc.core.reflex import ReflexManager
 from godel_grpc.core.sagas import SagaManager
@@ -976,16 +975,7 @@ def _sha256(token: str) -> str:
 
 def _assignment(task: TaskRecord) -> link_pb2.TaskAssignment:
     spec = task.spec
-    role, action = spec.role, spec.action
-    target = spec.WhichOneof("target")
-    if target == "queue":  # the queue is the pool; say what to run
-        role, action = spec.labels.get(ROLE_LABEL, ""), spec.labels.get(ACTION_LABEL, "")
-    elif target == "partition":  # likewise for a bulkhead partition
-        role = spec.labels.get(bulkhead_labels.ROLE_LABEL, "")
-        action = spec.labels.get(bulkhead_labels.ACTION_LABEL, "")
-    elif target == "swarm":  # and for a swarm
-        role = spec.labels.get(swarm_labels.ROLE_LABEL, "")
-        action = spec.labels.get(swarm_labels.ACTION_LABEL, "")
+    role, action = role_and_action(spec)
     assignment = link_pb2.TaskAssignment(
         task_id=task.id,
         attempt_id=task.attempt_id,

@@ -24,11 +24,10 @@ from godel_grpc._proto.godel.v1 import (
     queue_service_pb2,
     task_pb2,
 )
-from godel_grpc.core import events
+from godel_grpc.core import events, pool_routing
 from godel_grpc.core.paging import page_of
+from godel_grpc.core.pool_routing import carry_target
 from godel_grpc.core.queues import (
-    ACTION_LABEL,
-    ROLE_LABEL,
     QueueManager,
     QueueRecord,
     policy_config,
@@ -299,11 +298,6 @@ class QueueCommands:
 
 
 def _route(spec: task_pb2.Task, record: QueueRecord) -> None:
-    """Targets a new task at its queue's pool; the role or action it asked for (or the
-    queue's role) travels as a label and reaches the agent in its assignment."""
-    target = spec.WhichOneof("target")
-    if target == "action":
-        spec.labels[ACTION_LABEL] = spec.action
-    elif target == "role" or record.queue.role:
-        spec.labels[ROLE_LABEL] = spec.role if target == "role" else record.queue.role
+    """Targets a new task at its queue's pool (see `pool_routing`)."""
+    carry_target(spec, pool_routing.QUEUE, record.queue.role)
     spec.queue = record.name

@@ -26,10 +26,6 @@ from godel_grpc.core.records import TaskRecord
 from godel_grpc.patterns.backpressure import BackpressureConfig, BoundedQueue, Priority
 
 POOL_PREFIX = "queue:"
-ROLE_LABEL = "godel.queue.role"
-"""Label carrying a queued task's requested role: its target is the queue itself."""
-ACTION_LABEL = "godel.queue.action"
-"""Label carrying a queued task's requested action, handed to the agent as `action`."""
 
 
 def policy_config(backpressure: queue_pb2.BackpressureConfig) -> BackpressureConfig:

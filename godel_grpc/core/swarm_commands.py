@@ -31,13 +31,12 @@ from typing import TYPE_CHECKING
 from godel_grpc._proto.godel.v1 import event_pb2, swarm_pb2, swarm_service_pb2, task_pb2
 from godel_grpc.auth.agent_tokens import AgentCredentials
 from godel_grpc.auth.scopes import AGENT
-from godel_grpc.core import events
+from godel_grpc.core import events, pool_routing
 from godel_grpc.core.paging import page_of
+from godel_grpc.core.pool_routing import carry_target
 from godel_grpc.core.records import timestamp
 from godel_grpc.core.swarms import (
-    ACTION_LABEL,
     MEMBER_LABEL,
-    ROLE_LABEL,
     Member,
     SwarmManager,
     SwarmRecord,
@@ -350,15 +349,8 @@ class SwarmCommands:
 
 
 def _route(spec: task_pb2.Task, record: SwarmRecord) -> None:
-    """Targets a new task at its swarm's pool; the role or action it asked for (or the
-    template's role) travels as a label and reaches the agent in its assignment."""
-    target = spec.WhichOneof("target")
-    if target == "action":
-        spec.labels[ACTION_LABEL] = spec.action
-    else:
-        spec.labels[ROLE_LABEL] = (
-            spec.role if target == "role" else record.swarm.agent_template.role
-        )
+    """Targets a new task at its swarm's pool (see `pool_routing`)."""
+    carry_target(spec, pool_routing.SWARM, record.swarm.agent_template.role)
     spec.swarm = record.id
 
 

@@ -31,11 +31,6 @@ from godel_grpc.core.records import TaskRecord, timestamp
 from godel_grpc.patterns.autoscale import Autoscaler, Observation, ScalePolicy
 
 POOL_PREFIX = "swarm:"
-ROLE_LABEL = "godel.swarm.role"
-"""Label carrying a swarm task's role (asked for, or the template's): its target is the
-swarm, and the agent still learns what it is asked to be."""
-ACTION_LABEL = "godel.swarm.action"
-"""Label carrying a swarm task's requested action, handed to the agent as `action`."""
 MEMBER_LABEL = "godel.swarm"
 """Label on every swarm agent: the name of its swarm."""
 RECENT_DECISIONS = 20
