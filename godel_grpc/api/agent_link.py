@@ -48,7 +48,7 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
         found = violations(first.hello, "hello")
         if found:
             raise InvalidArgument(found)
-        session = await self._coordinator.open_session(first.hello)
+        session = await self._coordinator.links.open_session(first.hello)
         reader = asyncio.get_running_loop().create_task(self._read(session, first, messages))
         sent = self._coordinator.metrics.link_batch.labels("to_agent")
         try:
@@ -60,7 +60,7 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            self._coordinator.close_session(session, session.close_reason or "stream closed")
+            self._coordinator.links.close_session(session, session.close_reason or "stream closed")
 
     async def _read(
         self,
@@ -77,14 +77,14 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
                 or first.draining
                 or first.memory_writes
             ):
-                self._coordinator.on_agent_message(session, first)
+                self._coordinator.links.on_agent_message(session, first)
             received = self._coordinator.metrics.link_batch.labels("from_agent")
             async for message in messages:
                 if message.results:
                     received.observe(len(message.results))
-                self._coordinator.on_agent_message(session, message)
+                self._coordinator.links.on_agent_message(session, message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a broken stream is how lost agents usually show up
             reason = f"stream failed: {type(exc).__name__}"
-        self._coordinator.close_session(session, reason)
+        self._coordinator.links.close_session(session, reason)

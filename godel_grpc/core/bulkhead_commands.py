@@ -130,7 +130,7 @@ class BulkheadCommands:
         coordinator.state.apply(deleted)
         batch.append(deleted)
         for agent_id in self._manager.release(record):
-            coordinator.refresh_pools(agent_id)
+            coordinator.links.refresh_pools(agent_id)
         await coordinator.commit(batch)
 
     # -- admission ---------------------------------------------------------------------

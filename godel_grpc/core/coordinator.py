@@ -4,18 +4,17 @@ Single-threaded on the asyncio loop. Every change is an event: it is applied to 
 at once (so dispatch never waits for a disk) and handed to the journal; commands answer
 their callers only after their events are durable. Dispatch rounds run once per loop
 iteration at most, leasing everything that became possible and sending each agent one
-message with all its new assignments.
+message with all its new assignments. Agents' links live in `agent_links`, lookups of
+agents in `agent_directory`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import heapq
 import itertools
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,8 @@ from godel_grpc._proto.godel.v1 import (
 from godel_grpc.core import events
 from godel_grpc.core.agent_directory import AgentDirectory
 from godel_grpc.core.agent_history import AgentHistory
-from godel_grpc.core.breakers import BreakerBook, ForcedCircuits, breaker_settings
+from godel_grpc.core.agent_links import AgentLinks
+from godel_grpc.core.breakers import BreakerBook, ForcedCircuits
 from godel_grpc.core.bulkheads import BulkheadManager
 from godel_grpc.core.convoys import ConvoyManager
 from godel_grpc.core.fields import copy_common_fields
@@ -43,17 +43,15 @@ from godel_grpc.core.paging import NOT_A_TOKEN
 from godel_grpc.core.pattern_host import PatternManager, SubmitOwned
 from godel_grpc.core.pool_routing import role_and_action
 from godel_grpc.core.queues import QueueManager
-from godel_grpc.core.records import Agent, AgentRecord, Task, TaskRecord, TaskState
+from godel_grpc.core.records import Task, TaskRecord, TaskState
 from godel_grpc.core.reflex import ReflexManager
 from godel_grpc.core.sagas import SagaManager
 from godel_grpc.core.scheduler import Scheduler
-from godel_grpc.core.session import AgentSession
 from godel_grpc.core.state import CoordinatorState
 from godel_grpc.core.swarms import SwarmManager
 from godel_grpc.core.upgrade import decode
 from godel_grpc.core.workflows import WorkflowManager
 from godel_grpc.errors import (
-    AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -61,7 +59,6 @@ from godel_grpc.errors import (
     Unavailable,
 )
 from godel_grpc.metrics import CoordinatorMetrics
-from godel_grpc.patterns.breaker import Transition
 from godel_grpc.store.base import EventStore
 
 log = logging.getLogger(__name__)
@@ -100,16 +97,18 @@ class Coordinator:
         self.state = CoordinatorState(self.settings.retention)
         self._install_managers()
         self.scheduler = Scheduler()
+        self.links = AgentLinks(self)
+        """Agents' sessions: hellos, what they report, and the ends of their links."""
         self.breakers = BreakerBook(
             metrics.circuit_state,
             metrics.circuit_transitions,
-            self._probe_due,
-            self._circuit_changed,
+            self.links.probe_due,
+            self.links.circuit_changed,
         )
         self.journal = Journal(store, self._on_written, self._on_journal_failed)
         self.agent_history = AgentHistory(store)
         """Snapshots of event-sourced agents and ReplayAgent."""
-        self.sessions: dict[str, AgentSession] = {}
+        self.sessions = self.links.sessions
         self.directory = AgentDirectory(lambda: self.state, self.sessions)
         """Lookups and pages of agents (the query side)."""
         self.spawned_ids: dict[str, str] = {}
@@ -121,11 +120,11 @@ class Coordinator:
         self._dispatch_scheduled = False
         self._task_ids = itertools.count(1)
         self._attempt_ids = itertools.count(1)
-        self._agent_ids = itertools.count(1)
         self._sweeper: asyncio.Task[None] | None = None
         self._events_since_snapshot = 0
         self._stopping = False
-        self._lease_ended = asyncio.Event()
+        self.lease_ended = asyncio.Event()
+        """Set when a result or a release ends a lease (a drain waits on it)."""
         self.fatal: asyncio.Future[BaseException] | None = None
         metrics.watch_task_states(self._task_counts_by_name)
         # Read through `self` at scrape time: recovery may replace the managers.
@@ -161,7 +160,7 @@ class Coordinator:
             manager.reconcile([t.id for t in self.state.tasks.values() if not t.terminal])
         for task in self.state.tasks.values():
             if task.state == Task.STATE_QUEUED:
-                self._enqueue(task)
+                self.enqueue(task)
             if task.deadline is not None and not task.terminal:
                 heapq.heappush(self._deadlines, (task.deadline, task.id))
         self.journal.add(recovery)
@@ -207,9 +206,9 @@ class Coordinator:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            self._lease_ended.clear()
+            self.lease_ended.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lease_ended.wait(), remaining)
+                await asyncio.wait_for(self.lease_ended.wait(), remaining)
         for session in list(self.sessions.values()):
             session.close("coordinator shutting down")
         if self._sweeper is not None:
@@ -258,18 +257,19 @@ class Coordinator:
         for event in batch:
             self.state.apply(event)
 
-    def _enqueue(self, task: TaskRecord) -> None:
+    def enqueue(self, task: TaskRecord) -> None:
+        """Puts a queued task in line for an agent of its pool."""
         self._queued_at[task.id] = time.monotonic()
         self.scheduler.enqueue(task.id, task.pool, task.priority_rank)
-        self._schedule_dispatch()
+        self.schedule_dispatch()
 
-    def _retry_later(self, task: TaskRecord) -> None:
+    def retry_later(self, task: TaskRecord) -> None:
         """Queues a task whose attempt failed again, after its retry backoff if it has one
         (doubling per failure, capped at 10 minutes). The wait is liveness: a restart
         queues it at once."""
         spec = task.spec
         if not spec.HasField("retry_backoff"):
-            self._enqueue(task)
+            self.enqueue(task)
             return
         base = spec.retry_backoff.ToNanoseconds() / 1e9
         delay = min(MAX_RETRY_BACKOFF, base * 2 ** max(0, task.failures - 1))
@@ -278,14 +278,18 @@ class Coordinator:
     def _enqueue_if_waiting(self, task_id: str) -> None:
         task = self.state.tasks.get(task_id)
         if task is not None and task.state == Task.STATE_QUEUED and not self._stopping:
-            self._enqueue(task)
+            self.enqueue(task)
 
-    def _schedule_dispatch(self) -> None:
+    def schedule_dispatch(self) -> None:
+        """Asks for a dispatch round at the next turn of the loop (one per turn at most,
+        however many changes ask for it)."""
         if not self._dispatch_scheduled:
             self._dispatch_scheduled = True
             asyncio.get_running_loop().call_soon(self._dispatch)
 
-    def _notify(self, task: TaskRecord) -> None:
+    def notify(self, task: TaskRecord) -> None:
+        """Tells whoever follows the task that it changed: its watchers, its RunTask
+        callers once it ended, and its pattern's duration metric."""
         if task.terminal and task.has_owner and task.start_time:
             outcome = Task.State.Name(task.state).removeprefix("STATE_").lower()
             owner = task.spec.owner
@@ -383,7 +387,7 @@ class Coordinator:
             shape(spec)
         self.state.apply(event)
         task = self.state.tasks[spec.id]
-        self._enqueue(task)
+        self.enqueue(task)
         if task.deadline is not None:
             heapq.heappush(self._deadlines, (task.deadline, task.id))
         return event
@@ -484,11 +488,11 @@ class Coordinator:
         event = events.task_cancelled(task.id, reason, agent_id if was_running else "", code)
         self.state.apply(event)
         if was_running:
-            self._end_lease(agent_id, attempt_id)
+            self.end_lease(agent_id, attempt_id)
             session = self.sessions.get(agent_id)
             if session is not None:
                 session.send_cancellation(task.id, attempt_id, reason)
-        self._notify(task)
+        self.notify(task)
         return event
 
     # -- patterns ----------------------------------------------------------------------
@@ -603,13 +607,13 @@ class Coordinator:
             queued_at = self._queued_at.pop(task_id, None)
             if queued_at is not None:
                 self.metrics.dispatch_seconds.observe(now - queued_at)
-            self._notify(task)
+            self.notify(task)
         for agent_id, assignments in per_agent.items():
             self.sessions[agent_id].send_assignments(assignments)
         # Nobody waits on a lease: losing one in a crash only re-runs the attempt.
         self.journal.add(batch, urgent=False)
 
-    def _end_lease(self, agent_id: str, attempt_id: str) -> None:
+    def end_lease(self, agent_id: str, attempt_id: str) -> None:
         """Ends a lease whose attempt will not report (cancelled, past its deadline,
         released, or already over): its slot frees up, and so does the breaker's trial
         slot if it was a half-open trial."""
@@ -617,312 +621,7 @@ class Coordinator:
         if session is not None and session.leases.pop(attempt_id, None) is not None:
             self.scheduler.release(agent_id)
             self.breakers.release(agent_id)
-            self._schedule_dispatch()
-
-    # -- agents ------------------------------------------------------------------------
-
-    async def open_session(self, hello: link_pb2.AgentHello) -> AgentSession:
-        """Registers or resumes an agent and returns its session, welcome queued."""
-        self._require_open()
-        breaker = breaker_settings(
-            hello.circuit_breaker if hello.HasField("circuit_breaker") else None,
-            "hello.circuit_breaker",
-        )
-        token = hello.resume_token
-        agent_id = self.state.agents_by_token.get(_sha256(token)) if token else None
-        if agent_id is None and self.spawned_ids.get(hello.name) in self.state.agents:
-            agent_id = self.spawned_ids[hello.name]  # a restarted spawned process resumes
-        if agent_id is None:
-            agent_id = self.reflex.identity_for(hello, self.sessions)  # memory outlives processes
-        batch: list[event_pb2.Event] = []
-        resumed = agent_id is not None
-        if agent_id is None:
-            token = secrets.token_urlsafe(24)
-            agent_id = self.spawned_ids.get(hello.name) or (
-                f"ag-{self.state.epoch}-{next(self._agent_ids)}"
-            )
-            name = hello.name or f"{hello.role}-{agent_id}"
-            registered = event_pb2.AgentRegistered(
-                agent_id=agent_id,
-                name=name,
-                role=hello.role,
-                actions=hello.actions,
-                queues=hello.queues,
-                capacity=hello.capacity or 1,
-                labels=hello.labels,
-                resume_token_sha256=_sha256(token),
-                version=hello.version,
-            )
-            batch.append(events.agent_registered(registered))
-        else:
-            name = self.state.agents[agent_id].name
-        for other in self.sessions.values():
-            if other.name == name and other.agent_id != agent_id:
-                raise AlreadyExists(
-                    f"an agent named {name!r} is already connected", reason="AGENT_NAME_TAKEN"
-                )
-        previous = self.sessions.get(agent_id)
-        if previous is not None:
-            self.close_session(previous, "replaced by a new link of the same agent")
-        # Before anything is recorded: an agent refused a partition place registers
-        # nothing, and its SDK retries (FAILED_PRECONDITION) until a place frees up.
-        self.bulkheads.join(agent_id, hello.partitions)
-        capacity = hello.capacity or 1
-        batch.extend(self.reflex.configure(agent_id, hello))
-        batch.append(events.agent_connected(agent_id, resumed, capacity))
-        done = self.record(batch)
-        agent = self.state.agents[agent_id]
-        if resumed:
-            agent.actions = list(hello.actions)
-            agent.queues = list(hello.queues)
-            agent.labels = dict(hello.labels)
-        session = AgentSession(agent_id, name, capacity)
-        self.sessions[agent_id] = session
-        welcome = link_pb2.AgentWelcome(
-            agent_id=agent_id, name=name, resume_token=token, resumed=resumed
-        )
-        welcome.heartbeat_interval.FromNanoseconds(int(self.settings.heartbeat_interval * 1e9))
-        welcome.heartbeat_timeout.FromNanoseconds(int(self.settings.heartbeat_timeout * 1e9))
-        welcome.memory.CopyFrom(self.reflex.memory_struct(agent_id))
-        session.send_welcome(welcome)
-        await done
-        if not session.closed:
-            self.breakers.attach(agent_id, name, breaker)
-            if self.forced_circuits.is_forced(agent_id):  # until ResetCircuit, restarts too
-                self.breakers.force_open(agent_id, "still forced open from before it reconnected")
-            self.scheduler.add_agent(agent_id, self._pools_of(agent), capacity)
-            self.scheduler.set_score(agent_id, self.reflex.preference(agent_id))
-            self.metrics.agents_connected.set(len(self.sessions))
-            self._schedule_dispatch()
-        log.info(
-            "agent connected",
-            extra={"agent_id": agent_id, "agent": name, "role": hello.role, "resumed": resumed},
-        )
-        return session
-
-    def on_agent_message(self, session: AgentSession, message: link_pb2.AgentMessage) -> None:
-        """Folds in what an agent reported: results, progress, logs, drain, releases."""
-        if session.closed:
-            return
-        session.last_seen = time.monotonic()
-        agent = self.state.agents[session.agent_id]
-        agent.last_seen = time.time()
-        batch: list[event_pb2.Event] = []
-        changed: list[TaskRecord] = []
-        for result in message.results:
-            task = self._current_task(session, result.task_id, result.attempt_id)
-            if task is None:
-                self.metrics.results.labels("stale").inc()
-                log.debug(
-                    "dropped stale result",
-                    extra={"task_id": result.task_id, "attempt_id": result.attempt_id},
-                )
-                continue
-            del session.leases[result.attempt_id]
-            self.scheduler.release(session.agent_id)
-            self._feed_breaker(
-                session,
-                result.WhichOneof("outcome") != "error",
-                result.duration.ToNanoseconds() / 1e9,
-            )
-            if result.WhichOneof("outcome") == "error":
-                error = result.error
-                final = not error.retryable or task.failures + 1 >= task.max_attempts
-                event = events.task_attempt_failed(
-                    task.id, result.attempt_id, session.agent_id, error, final
-                )
-                self.metrics.results.labels("failed").inc()
-            else:
-                event = events.task_succeeded(
-                    task.id,
-                    result.attempt_id,
-                    session.agent_id,
-                    result.output if result.HasField("output") else None,
-                )
-                self.metrics.results.labels("succeeded").inc()
-            self.state.apply(event)
-            # Journalled as applied (it joins the same write): a breaker transition
-            # a later result causes is recorded after this one, as it happened.
-            self.journal.add([event])
-            batch.append(event)
-            if task.state == Task.STATE_QUEUED:
-                self._retry_later(task)
-            changed.append(task)
-        for attempt_id in message.released_attempt_ids:
-            task_id = session.leases.get(attempt_id)
-            task = self._current_task(session, task_id or "", attempt_id)
-            if task is None:
-                continue
-            self._end_lease(session.agent_id, attempt_id)
-            event = events.task_requeued(
-                task.id, attempt_id, session.agent_id, "released by agent", lost=False
-            )
-            self.state.apply(event)
-            self.journal.add([event])
-            batch.append(event)
-            self.metrics.requeued.labels("released").inc()
-            self._enqueue(task)
-            changed.append(task)
-        for progress in message.progress:
-            task = self._current_task(session, progress.task_id, progress.attempt_id)
-            if task is not None:
-                report = task_pb2.TaskProgressReport(
-                    fraction=progress.fraction, message=progress.message
-                )
-                report.time.GetCurrentTime()
-                task.progress = report
-                changed.append(task)
-        for line in message.logs:
-            log.debug(
-                "agent log",
-                extra={
-                    "agent": session.name,
-                    "task_id": line.task_id,
-                    "agent_level": line.level,
-                    "text": line.message,
-                },
-            )
-        for event in self.reflex.write_memory(session.agent_id, message.memory_writes):
-            self.state.apply(event)
-            self.journal.add([event])
-            batch.append(event)
-        if message.draining and not session.draining:
-            session.draining = True
-            agent.state = Agent.STATE_DRAINING
-            self.scheduler.remove_agent(session.agent_id)
-            for listener in self.state.agent_listeners:  # no event: tell WatchAgents
-                listener(agent)
-        if batch:
-            self.run_pattern_actions()
-            self._schedule_dispatch()
-            self._lease_ended.set()
-        for task in changed:
-            self._notify(task)
-
-    def _feed_breaker(self, session: AgentSession, success: bool, seconds: float) -> None:
-        self.breakers.record(session.agent_id, success, seconds)
-
-    def _circuit_changed(self, agent_id: str, change: Transition, comment: str) -> None:
-        """Records a breaker's change of state as an event, and logs it."""
-        event = events.agent_circuit_changed(
-            agent_id, change.from_state.value, change.to_state.value, change.reason.value, comment
-        )
-        self.state.apply(event)
-        self.journal.add([event], urgent=False)
-        log.warning(
-            "circuit breaker changed",
-            extra={
-                "agent_id": agent_id,
-                "from": change.from_state.value,
-                "to": change.to_state.value,
-                "reason": change.reason.value,
-            },
-        )
-
-    def _probe_due(self, agent_id: str) -> None:
-        """An open breaker's timeout ran out: its agent may take trial tasks."""
-        self.scheduler.wake(agent_id)
-        self._schedule_dispatch()
-
-    def _current_task(
-        self, session: AgentSession, task_id: str, attempt_id: str
-    ) -> TaskRecord | None:
-        if session.leases.get(attempt_id) != task_id:
-            return None
-        task = self.state.tasks.get(task_id)
-        if task is None or task.state != Task.STATE_RUNNING or task.attempt_id != attempt_id:
-            # A lease whose attempt is over: its slot frees up too, or the agent would
-            # look busier than it is for good.
-            self._end_lease(session.agent_id, attempt_id)
-            return None
-        return task
-
-    def close_session(self, session: AgentSession, reason: str) -> None:
-        """Ends an agent's link; unless the coordinator is stopping, its leases go back
-        to the queue as lost attempts."""
-        if self.sessions.get(session.agent_id) is not session:
-            session.close(reason)
-            return
-        session.close(reason)
-        del self.sessions[session.agent_id]
-        self.scheduler.remove_agent(session.agent_id)
-        self.bulkheads.leave(session.agent_id)
-        self.breakers.detach(session.agent_id)
-        agent = self.state.agents.get(session.agent_id)
-        if agent is not None:
-            agent.sample = None
-        self.metrics.agents_connected.set(len(self.sessions))
-        if self._stopping:
-            return
-        batch: list[event_pb2.Event] = []
-        requeued: list[TaskRecord] = []
-        for attempt_id, task_id in session.leases.items():
-            task = self.state.tasks.get(task_id)
-            if task is None or task.state != Task.STATE_RUNNING or task.attempt_id != attempt_id:
-                continue
-            final = task.failures + 1 >= task.max_attempts
-            if final:
-                error = task_pb2.TaskError(
-                    code="AGENT_LOST", message=f"agent {session.name} was lost: {reason}"
-                )
-                batch.append(
-                    events.task_attempt_failed(
-                        task_id, attempt_id, session.agent_id, error, final=True
-                    )
-                )
-            else:
-                batch.append(
-                    events.task_requeued(
-                        task_id, attempt_id, session.agent_id, f"agent lost: {reason}", lost=True
-                    )
-                )
-                self.metrics.requeued.labels("agent_lost").inc()
-            requeued.append(task)
-        session.leases.clear()
-        batch.append(events.agent_disconnected(session.agent_id, reason))
-        self.record(batch)
-        for task in requeued:
-            if task.state == Task.STATE_QUEUED:
-                self._enqueue(task)
-            self._notify(task)
-        log.info(
-            "agent disconnected",
-            extra={"agent_id": session.agent_id, "agent": session.name, "reason": reason},
-        )
-
-    def _pools_of(self, agent: AgentRecord) -> list[str]:
-        """The pools an agent serves: a swarm agent only its swarm's; only its
-        partitions' when it joined any (so no other work takes capacity a partition
-        counts on), else its role, actions and queues."""
-        swarm = self.swarms.pools_of(agent.id)
-        if swarm is not None:
-            return swarm
-        partitions = self.bulkheads.pools_of(agent.id)
-        return partitions if partitions is not None else agent.pools()
-
-    def refresh_pools(self, agent_id: str) -> None:
-        """Re-registers a connected agent's pools after its partitions changed (a
-        bulkhead was deleted), keeping its free slots."""
-        session = self.sessions.get(agent_id)
-        agent = self.state.agents.get(agent_id)
-        if session is None or agent is None or session.draining:
-            return
-        free = self.scheduler.free_slots(agent_id)
-        self.scheduler.add_agent(agent_id, self._pools_of(agent), free)
-        self._schedule_dispatch()
-
-    def drain_agent(self, agent_id: str) -> bool:
-        """Gives a connected agent no more work and asks it to finish what it runs and
-        disconnect (the link's drain). Returns False when it has no open link."""
-        session = self.sessions.get(agent_id)
-        if session is None:
-            return False
-        if not session.draining:
-            session.draining = True
-            self.state.agents[agent_id].state = Agent.STATE_DRAINING
-            self.scheduler.remove_agent(agent_id)
-            session.send_drain()
-        return True
+            self.schedule_dispatch()
 
     # -- background checks -------------------------------------------------------------
 
@@ -933,7 +632,7 @@ class Coordinator:
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 if now - session.last_seen > self.settings.heartbeat_timeout:
-                    self.close_session(session, "heartbeat timeout")
+                    self.links.close_session(session, "heartbeat timeout")
             self._expire_deadlines(time.time())
             if self._events_since_snapshot >= self.settings.snapshot_every and self.journal.idle:
                 await self._snapshot()
@@ -952,7 +651,7 @@ class Coordinator:
                 agent_id, attempt_id = task.agent_id, task.attempt_id
                 event = events.task_attempt_failed(task_id, attempt_id, agent_id, error, final=True)
                 self.state.apply(event)
-                self._end_lease(agent_id, attempt_id)
+                self.end_lease(agent_id, attempt_id)
                 session = self.sessions.get(agent_id)
                 if session is not None:
                     session.send_cancellation(task_id, attempt_id, "deadline exceeded")
@@ -960,17 +659,13 @@ class Coordinator:
                 event = events.task_attempt_failed(task_id, task.attempt_id, "", error, final=True)
                 self.state.apply(event)
             batch.append(event)
-            self._notify(task)
+            self.notify(task)
         if batch:
             self.journal.add(batch)
             self.run_pattern_actions()
 
 
 _TERMINAL = (Task.STATE_SUCCEEDED, Task.STATE_FAILED, Task.STATE_CANCELLED)
-
-
-def _sha256(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _assignment(task: TaskRecord) -> link_pb2.TaskAssignment:

@@ -266,7 +266,7 @@ class SwarmCommands:
         """The draining event for a member (for the caller to record), its link told to
         take no more work."""
         event = events.swarm_agent_draining(member.swarm_id, member.agent_id, reason)
-        self._coordinator.drain_agent(member.agent_id)
+        self._coordinator.links.drain_agent(member.agent_id)
         return event
 
     async def _spawn(self, record: SwarmRecord) -> None:
