@@ -28,10 +28,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from google.protobuf import json_format
+
 from godel_grpc._proto.godel.v1 import event_pb2, swarm_pb2, swarm_service_pb2, task_pb2
 from godel_grpc.auth.agent_tokens import AgentCredentials
 from godel_grpc.auth.scopes import AGENT
 from godel_grpc.core import events, pool_routing
+from godel_grpc.core.breakers import breaker_settings
 from godel_grpc.core.paging import page_of
 from godel_grpc.core.pool_routing import carry_target
 from godel_grpc.core.records import timestamp
@@ -145,6 +148,12 @@ class SwarmCommands:
             problems.append(
                 FieldViolation("maxAgents", f"the runtime runs at most {MAX_SWARM_AGENTS} agents")
             )
+        template = request.agent_template
+        if template.HasField("circuit_breaker"):
+            try:  # refused now, not in each agent's hello
+                breaker_settings(template.circuit_breaker, "agentTemplate.circuitBreaker")
+            except InvalidArgument as refused:
+                problems.extend(refused.violations)
         if problems:
             raise InvalidArgument(problems)
         if request.name in self._manager.by_name:
@@ -289,6 +298,11 @@ class SwarmCommands:
             capacity=template.capacity or 1,
             labels={**template.labels, MEMBER_LABEL: record.swarm.name},
             exec_command=template.exec,
+            circuit_breaker_json=(
+                json_format.MessageToJson(template.circuit_breaker, indent=None)
+                if template.HasField("circuit_breaker")
+                else ""
+            ),
             token=token,
         )
         coordinator.spawned_ids[name] = agent_id

@@ -256,6 +256,32 @@ async def test_swarm_survives_a_restart_and_comes_back_to_min(tmp_path: Path) ->
             assert done.output["agent"] == (await client.agents.get(done.agent_id)).name
 
 
+async def test_swarm_agents_get_the_templates_circuit_breaker(tmp_path: Path) -> None:
+    # Given a swarm whose agent template sets its own breaker,
+    with swarm_coordinator(tmp_path / "data") as coordinator:
+        async with Client(coordinator.address) as client:
+            await client.swarms.create(
+                name="guarded",
+                minAgents=1,
+                maxAgents=1,
+                agentTemplate={
+                    "role": "echoer",
+                    "circuitBreaker": {"enabled": True, "failureThreshold": 2, "timeout": 7},
+                },
+            )
+            # when its agent has connected,
+            (agent,) = await until(
+                lambda: live_swarm_agents(client, "guarded"),
+                lambda agents: len(agents) == 1 and agents[0].state == Agent.STATE_READY,
+                60,
+                "the swarm's agent ready",
+            )
+            # then the coordinator guards it with those settings, not the defaults.
+            circuit = await client.agents.get_circuit_state(agent.id)
+            assert circuit.config.enabled
+            assert (circuit.config.failure_threshold, circuit.config.timeout) == (2, 7.0)
+
+
 async def test_bad_swarms_are_refused_with_the_right_status(
     server: RunningServer, client: Client
 ) -> None:
@@ -269,6 +295,18 @@ async def test_bad_swarms_are_refused_with_the_right_status(
     assert bad.value.code.name == "INVALID_ARGUMENT"
     fields = {field for field, _ in bad.value.field_violations}
     assert fields == {"maxAgents", "scalePolicy.scaleDownThreshold"}
+
+    with pytest.raises(RPCError) as breaker:
+        await client.swarms.create(
+            name="bad-breaker",
+            minAgents=0,
+            maxAgents=1,
+            agentTemplate={"circuitBreaker": {"windowSize": 4, "minimumCalls": 5}},
+        )
+    assert breaker.value.code.name == "INVALID_ARGUMENT"
+    assert {field for field, _ in breaker.value.field_violations} == {
+        "agentTemplate.circuitBreaker"
+    }
 
     with pytest.raises(RPCError) as unknown:
         await client.swarms.submit("sw-nope", {"title": "lost"})

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from godel_grpc._proto.godel.v1 import agent_pb2 as _agent_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -258,6 +259,7 @@ class SwarmAgentTemplate(_message.Message):
     EXEC_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    CIRCUIT_BREAKER_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """Role of the swarm's agents. Empty means the swarm's name. At most 128 characters."""
     exec: _builtins.str
@@ -270,6 +272,12 @@ class SwarmAgentTemplate(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels given to each agent, at most 64 entries."""
 
+    @_builtins.property
+    def circuit_breaker(self) -> _agent_pb2.CircuitBreakerConfig:
+        """Circuit breaker guarding dispatch to each agent, as in SpawnAgentRequest. Unset
+        means the defaults (on, opening after 5 consecutive failures, open for 30 s).
+        """
+
     def __init__(
         self,
         *,
@@ -277,10 +285,11 @@ class SwarmAgentTemplate(_message.Message):
         exec: _builtins.str = ...,
         capacity: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        circuit_breaker: _agent_pb2.CircuitBreakerConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breaker", b"circuit_breaker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "exec", b"exec", "labels", b"labels", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "circuit_breaker", b"circuit_breaker", "exec", b"exec", "labels", b"labels", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
