@@ -1,9 +1,11 @@
 """Event-sourced agents: snapshots every `snapshotInterval` of an agent's events, and
 replay of its state as of any event id.
 
-Snapshots are built from the log, not from memory: one tail reads the durable events
-(so each has its position) and folds those of event-sourced agents with `agent_fold`,
-the function the live state uses. Every `interval`-th event it saves the state under
+Snapshots are built from the log, not from memory: one tail reads the durable events of
+the event-sourced agents (so each has its position), through the store's per-agent
+index, and folds them with `agent_fold`, the function the live state uses. Other
+agents' events are never read, however busy the log; the tail stops while no agent is
+event-sourced. Every `interval`-th event it saves the state under
 `agent/<id>/snapshot/<k>` (k = events folded / interval) through the store's snapshot
 table. Snapshots are derived data, so they stay out of the log: subscribers and
 ListAgentEvents see only facts, and losing a snapshot only makes a replay read more.
@@ -78,7 +80,7 @@ class AgentHistory:
         """
         self.intervals[agent_id] = interval or DEFAULT_SNAPSHOT_INTERVAL
         self._folds[agent_id] = None
-        if self._tail is None:
+        if self._tail is None or self._tail.done():
             after = await self._store.last_position()
             self._tail = asyncio.get_running_loop().create_task(
                 self._run(after), name="agent snapshots"
@@ -100,24 +102,33 @@ class AgentHistory:
             self._tail = None
 
     async def _run(self, after: int) -> None:
-        """One tail of the log for every event-sourced agent: it reads each event once
-        and decodes only those of the agents it snapshots."""
+        """Folds each event-sourced agent's new events, read by agent, after every
+        commit; returns once no agent is event-sourced (`enable` starts it again)."""
         store = self._store
-        position = after
+        position = after  # every agent's events up to here are folded
         try:
-            while True:
+            while self._folds:
                 last = await store.last_position()
-                while position < last:
-                    batch = await store.read(position, _READ_BATCH, up_to=last)
-                    for stored in batch:
-                        if stored.agent_id in self._folds:
-                            await self._fold(stored)
-                    position = batch[-1].position if len(batch) == _READ_BATCH else last
+                for agent_id in list(self._folds):
+                    await self._catch_up(agent_id, position, last)
+                position = last
                 await store.wait_for_position(position)
         except asyncio.CancelledError:
             raise
         except Exception:  # a store failure stops snapshots, never the coordinator
             log.exception("agent snapshots stopped")
+
+    async def _catch_up(self, agent_id: str, after: int, last: int) -> None:
+        """Folds the agent's events with positions in (after, last]."""
+        while agent_id in self._folds:
+            batch = await self._store.read(after, _READ_BATCH, agent_id=agent_id, up_to=last)
+            for stored in batch:
+                if agent_id not in self._folds:  # disabled meanwhile
+                    return
+                await self._fold(stored)
+            if len(batch) < _READ_BATCH:
+                return
+            after = batch[-1].position
 
     async def _fold(self, stored: StoredEvent) -> None:
         agent_id = stored.agent_id
