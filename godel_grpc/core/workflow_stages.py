@@ -323,8 +323,6 @@ class StageRunner:
                     role=stage_role(workflow, stage), exec=stage.exec, capacity=1
                 ),
             )
-            if workflow.patterns.resilience == "circuit-breaker":  # as the other stages' agents
-                request.agent_template.circuit_breaker.enabled = True
             request.labels.update(mine)
             found = await self._swarms.create(request)
         await self._swarm_parts(workflow, stage, found.id, given)
