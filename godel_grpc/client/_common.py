@@ -1,4 +1,5 @@
-"""What the client's service namespaces share: default deadline, paging, reconnect backoff."""
+"""What the client's service namespaces share: default deadline, paging, reconnect
+backoff, and `struct` for payloads."""
 
 from __future__ import annotations
 
@@ -9,15 +10,8 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from godel_grpc._proto.godel.v1 import task_pb2
-
 DEFAULT_TIMEOUT = 30.0
 """Seconds every unary call may take unless the caller says otherwise."""
-
-TERMINAL_STATES = frozenset(
-    {task_pb2.Task.STATE_SUCCEEDED, task_pb2.Task.STATE_FAILED, task_pb2.Task.STATE_CANCELLED}
-)
-
 
 RECONNECT_FOR = 60.0
 """Seconds a resuming stream keeps trying to reach a coordinator before giving up."""

@@ -37,7 +37,7 @@ class SnapshotWrite:
         self.data = data
 
 
-Queued = tuple["Sequence[NewEvent] | SnapshotWrite", asyncio.Future[Any], bool]
+Queued = tuple[Sequence[NewEvent] | SnapshotWrite, asyncio.Future[Any], bool]
 """A call waiting for the writer: its events (or a snapshot), its future, and whether it
 wants the stored events back."""
 
