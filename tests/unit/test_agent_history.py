@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from typing import Any
 
 from godel_grpc._proto.godel.v1 import event_pb2
 from godel_grpc.core import events
@@ -25,19 +25,9 @@ class CountingStore(InMemoryEventStore):
         await super().save_snapshot(name, position, data)
         self.snapshots.put_nowait(name)
 
-    async def read(
-        self,
-        after: int = 0,
-        limit: int = 1000,
-        *,
-        stream: str | None = None,
-        agent_id: str | None = None,
-        types: Sequence[str] = (),
-        up_to: int | None = None,
-    ) -> list[StoredEvent]:
-        rows = await super().read(
-            after, limit, stream=stream, agent_id=agent_id, types=types, up_to=up_to
-        )
+    async def read(self, *args: Any, **filters: Any) -> list[StoredEvent]:
+        rows = await super().read(*args, **filters)
+        agent_id = filters.get("agent_id")
         self.rows_read[agent_id] = self.rows_read.get(agent_id, 0) + len(rows)
         return rows
 
