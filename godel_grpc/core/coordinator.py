@@ -109,6 +109,7 @@ class Coordinator:
         self.agent_history = AgentHistory(store)
         """Snapshots of event-sourced agents and ReplayAgent."""
         self.sessions = self.links.sessions
+        """The links' own dict of open sessions (dispatch sends through them)."""
         self.directory = AgentDirectory(lambda: self.state, self.sessions)
         """Lookups and pages of agents (the query side)."""
         self.spawned_ids: dict[str, str] = {}
