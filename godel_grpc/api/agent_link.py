@@ -3,7 +3,13 @@
 The first message must be a hello; after the welcome, a reader task feeds the agent's
 messages to the coordinator while this handler streams the session's merged outgoing
 messages. Whichever side ends first ends the link, and the session is always closed in
-`finally`, so a lost agent's leases return to the queue.
+`finally`, so a lost agent's leases return to the queue. A message that breaks the
+protos' rules (or does not decode) ends the link with INVALID_ARGUMENT and its field
+violations, so the agent learns why.
+
+The handler checks each message itself (the boundary's `PER_MESSAGE_VALIDATION`): a
+link lives as long as its agent, and one less generator layer per link is memory every
+connected agent saves.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import grpc
 
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2_grpc as pb_grpc
+from godel_grpc.api.interceptor import check
 from godel_grpc.api.validation import violations
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.core.session import AgentSession
@@ -43,6 +50,7 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
             raise InvalidArgument(
                 [FieldViolation("hello", "the first message must carry a hello")]
             ) from None
+        check(first)
         if not first.HasField("hello"):
             raise InvalidArgument([FieldViolation("hello", "the first message must carry a hello")])
         found = violations(first.hello, "hello")
@@ -50,17 +58,22 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
             raise InvalidArgument(found)
         session = await self._coordinator.links.open_session(first.hello)
         reader = asyncio.get_running_loop().create_task(self._read(session, first, messages))
+        del first  # the reader has it; this frame lives as long as the link
         sent = self._coordinator.metrics.link_batch.labels("to_agent")
         try:
-            async for outgoing in session.outgoing():
+            while (outgoing := await session.next_message()) is not None:
                 if outgoing.assignments:
                     sent.observe(len(outgoing.assignments))
                 yield outgoing
         finally:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            self._coordinator.links.close_session(session, session.close_reason or "stream closed")
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader  # raises the reader's InvalidArgument for a bad message
+            finally:
+                self._coordinator.links.close_session(
+                    session, session.close_reason or "stream closed"
+                )
 
     async def _read(
         self,
@@ -68,6 +81,7 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
         first: pb.AgentMessage,
         messages: AsyncIterator[pb.AgentMessage],
     ) -> None:
+        links = self._coordinator.links
         reason = "stream closed by agent"
         try:
             if (
@@ -77,14 +91,19 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
                 or first.draining
                 or first.memory_writes
             ):
-                self._coordinator.links.on_agent_message(session, first)
+                links.on_agent_message(session, first)
+            del first  # the hello is folded in; keep nothing of it for the link's life
             received = self._coordinator.metrics.link_batch.labels("from_agent")
             async for message in messages:
+                check(message)
                 if message.results:
                     received.observe(len(message.results))
-                self._coordinator.links.on_agent_message(session, message)
+                links.on_agent_message(session, message)
         except asyncio.CancelledError:
+            raise
+        except InvalidArgument:
+            links.close_session(session, "malformed message from the agent")
             raise
         except Exception as exc:  # a broken stream is how lost agents usually show up
             reason = f"stream failed: {type(exc).__name__}"
-        self._coordinator.links.close_session(session, reason)
+        links.close_session(session, reason)

@@ -10,7 +10,6 @@ method and code. The sidecars' servers use it too, without authorization or metr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -116,24 +115,9 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    @contextlib.asynccontextmanager
-    async def _boundary(self, method: str, context: Context) -> AsyncIterator[None]:
+    def _boundary(self, method: str, context: Context) -> _Boundary:
         """Around one call: a failure becomes its status, and the call is counted."""
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            yield
-        except _ABORTED:
-            raise
-        except Exception as exc:
-            error = _translate(method, exc, self._server_name)
-            code = error.code
-            await error.abort(context)  # raises: the caller gets the status
-        finally:
-            meter = self._meters.get(method)
-            if meter is not None:
-                meter.count(_code_of(context, code))
-                meter.seconds.observe(time.perf_counter() - started)
+        return _Boundary(method, context, self._meters.get(method), self._server_name)
 
     def _admit(self, method: str, context: Context) -> Principal:
         """The caller's principal; raises when it may not make this call."""
@@ -198,13 +182,55 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         return handle
 
 
+class _Boundary:
+    """The context one call runs in (`BoundaryInterceptor._boundary`).
+
+    A class rather than an ``asynccontextmanager``: a generator-based context costs two
+    objects and a generator frame per call, held for a stream's whole life, and every
+    agent link is such a stream.
+    """
+
+    __slots__ = ("_context", "_meter", "_method", "_server_name", "_started")
+
+    def __init__(
+        self, method: str, context: Context, meter: _MethodMeter | None, server_name: str
+    ) -> None:
+        self._method = method
+        self._context = context
+        self._meter = meter
+        self._server_name = server_name
+        self._started = time.perf_counter()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _traceback: Any
+    ) -> None:
+        code = grpc.StatusCode.OK
+        try:
+            if isinstance(exc, Exception) and not isinstance(exc, _ABORTED):
+                error = _translate(self._method, exc, self._server_name)
+                code = error.code
+                await error.abort(self._context)  # raises: the caller gets the status
+        finally:
+            meter = self._meter
+            if meter is not None:
+                meter.count(_code_of(self._context, code))
+                meter.seconds.observe(time.perf_counter() - self._started)
+
+
 ALWAYS_OPEN = ("/grpc.health.", "/grpc.reflection.")
 """Prefixes of the standard services every boundary passes through untouched: health
 checks and reflection need no token, have no rules of ours, and are not counted."""
 
-PER_MESSAGE_VALIDATION = frozenset({"/godel.v1.QueueService/EnqueueStream"})
-"""The coordinator's streaming methods whose servicer validates each request with
-`check` and answers a bad one in its reply, instead of the boundary ending the stream."""
+PER_MESSAGE_VALIDATION = frozenset(
+    {"/godel.v1.QueueService/EnqueueStream", "/godel.v1.AgentLinkService/Connect"}
+)
+"""The coordinator's streaming methods whose servicer checks each request itself with
+`check`, instead of the boundary wrapping the request stream: EnqueueStream answers a
+bad message in its reply and goes on; the agent link ends with the violations, but saves
+a generator per connected agent."""
 
 
 class _MethodMeter:

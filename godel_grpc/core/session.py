@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as link_pb2
 
@@ -28,7 +28,10 @@ class AgentSession:
         self.draining = False
         self.close_reason = ""
         self._pending: link_pb2.CoordinatorMessage | None = None
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        """Set while `outgoing` waits for something to send. A bare future, not an
+        `asyncio.Event`: an idle fleet holds one per agent, and an event's waiter queue
+        costs more than everything else the session keeps."""
         self._closed = False
 
     @property
@@ -39,7 +42,7 @@ class AgentSession:
     def _message(self) -> link_pb2.CoordinatorMessage:
         if self._pending is None:
             self._pending = link_pb2.CoordinatorMessage()
-            self._ready.set()
+            self._wake()
         return self._pending
 
     def send_welcome(self, welcome: link_pb2.AgentWelcome) -> None:
@@ -67,15 +70,21 @@ class AgentSession:
         if not self._closed:
             self._closed = True
             self.close_reason = reason
-            self._ready.set()
+            self._wake()
 
-    async def outgoing(self) -> AsyncIterator[link_pb2.CoordinatorMessage]:
-        """Yields merged messages for the agent until the session closes."""
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            message, self._pending = self._pending, None
-            if message is not None:
-                yield message
-            if self._closed and self._pending is None:
-                return
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_message(self) -> link_pb2.CoordinatorMessage | None:
+        """The next merged message for the agent, waiting for one; None once the session
+        is closed and everything queued before has been taken."""
+        if self._pending is None and not self._closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message, self._pending = self._pending, None
+        return message

@@ -299,8 +299,10 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._in_flight = 0
         self._trial_successes = 0
-        self._window: deque[tuple[bool, bool]] = deque(maxlen=self._config.window_size)
-        """(failed, slow) of the most recent results while CLOSED."""
+        self._window: deque[tuple[bool, bool]] | None = None
+        """(failed, slow) of the most recent results while CLOSED. Made at the first
+        result a rate rule counts: most breakers have no rate rule, and an idle agent's
+        breaker sees no result, so neither pays for an empty window."""
         self._window_failures = 0
         self._window_slow = 0
         self._transitions: list[Transition] = []
@@ -436,7 +438,7 @@ class CircuitBreaker:
                 if half_open
                 else 0
             ),
-            window_calls=len(self._window),
+            window_calls=self._window_calls(),
             window_failures=self._window_failures,
             window_slow_calls=self._window_slow,
         )
@@ -475,7 +477,8 @@ class CircuitBreaker:
         """Each state starts with an empty window and no trials."""
         self._in_flight = 0
         self._trial_successes = 0
-        self._window.clear()
+        if self._window is not None:
+            self._window.clear()
         self._window_failures = 0
         self._window_slow = 0
 
@@ -484,7 +487,9 @@ class CircuitBreaker:
         if not self._config.windowed:
             return
         window = self._window
-        if len(window) == window.maxlen:
+        if window is None:
+            window = self._window = deque(maxlen=self._config.window_size)
+        elif len(window) == window.maxlen:
             old_failed, old_slow = window[0]
             self._window_failures -= old_failed
             self._window_slow -= old_slow
@@ -492,10 +497,13 @@ class CircuitBreaker:
         self._window_failures += failed
         self._window_slow += slow
 
+    def _window_calls(self) -> int:
+        return 0 if self._window is None else len(self._window)
+
     def _rate_exceeded(self) -> TransitionReason | None:
         """After a failure: the rate rule the window now breaks, if any."""
         threshold = self._config.failure_rate_threshold
-        calls = len(self._window)
+        calls = self._window_calls()
         if (
             threshold is not None
             and calls >= self._config.minimum_calls
@@ -506,7 +514,7 @@ class CircuitBreaker:
 
     def _slow_rate_exceeded(self) -> bool:
         threshold = self._config.slow_call_rate_threshold
-        calls = len(self._window)
+        calls = self._window_calls()
         return (
             threshold is not None
             and calls >= self._config.minimum_calls

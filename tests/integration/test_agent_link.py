@@ -15,8 +15,8 @@ import pytest
 
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as link_pb
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2_grpc as link_grpc
-from godel_grpc._proto.godel.v1 import task_pb2
-from godel_grpc.client import Client
+from godel_grpc._proto.godel.v1 import agent_pb2, task_pb2
+from godel_grpc.client import Client, RPCError
 from godel_grpc.server import RunningServer
 
 pytestmark = pytest.mark.integration
@@ -132,4 +132,23 @@ async def test_a_link_must_start_with_a_valid_hello(server: RunningServer) -> No
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await agent.call.read()
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await agent.close()
+
+
+async def test_a_malformed_message_ends_the_link_with_its_violations(
+    server: RunningServer, client: Client
+) -> None:
+    agent = RawAgent(f"127.0.0.1:{server.port}")
+    welcome = await agent.hello(role="strict", name="strict")
+    # A second hello in mid-link is checked like the first: its role is required
+    await agent.outgoing.put(link_pb.AgentMessage(hello=link_pb.AgentHello(role="")))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await asyncio.wait_for(agent.next_assignments(), 10)
+    error = RPCError.from_aio(refused.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in error.field_violations] == ["hello.role"]
+    # And the coordinator no longer counts the agent as connected
+    (known,) = await client.agents.list(role="strict")
+    assert known.id == welcome.agent_id
+    assert known.state == agent_pb2.Agent.STATE_DISCONNECTED
     await agent.close()
