@@ -138,6 +138,10 @@ class BreakerBook:
             breaker.record_success(now, duration)
         else:
             breaker.record_failure(now)
+        if not breaker.has_transitions:
+            # Same state as at the last settle, so its gauge and probe timer still hold:
+            # the common case, one per task result, skips both.
+            return []
         return self._settle(agent_id, breaker)
 
     def force_open(self, agent_id: str, comment: str = "") -> list[Transition] | None:

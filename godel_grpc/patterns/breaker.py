@@ -443,6 +443,11 @@ class CircuitBreaker:
             window_slow_calls=self._window_slow,
         )
 
+    @property
+    def has_transitions(self) -> bool:
+        """Whether a transition happened since the last `drain_transitions`."""
+        return bool(self._transitions)
+
     def drain_transitions(self) -> list[Transition]:
         """The transitions since the last drain, oldest first; the queue is emptied."""
         drained, self._transitions = self._transitions, []

@@ -111,6 +111,21 @@ async def test_capacity_bounds_what_is_in_flight(server: RunningServer, client: 
     await agent.close()
 
 
+async def test_an_assignment_carries_the_tasks_labels(
+    server: RunningServer, client: Client
+) -> None:
+    agent = RawAgent(f"127.0.0.1:{server.port}")
+    await agent.hello(role="labelled", capacity=2)
+    plain = await client.tasks.submit(role="labelled")
+    tagged = await client.tasks.submit(role="labelled", labels={"team": "infra", "tier": "1"})
+    got: dict[str, link_pb.TaskAssignment] = {}
+    while len(got) < 2:
+        got.update((a.task_id, a) for a in await agent.next_assignments())
+    assert dict(got[plain.id].labels) == {}
+    assert dict(got[tagged.id].labels) == {"team": "infra", "tier": "1"}
+    await agent.close()
+
+
 async def test_a_second_link_with_a_taken_name_is_refused(server: RunningServer) -> None:
     address = f"127.0.0.1:{server.port}"
     first = RawAgent(address)
