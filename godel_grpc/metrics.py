@@ -128,6 +128,28 @@ class _QueueCollector(Collector):
         yield tasks
 
 
+class _CircuitCollector(Collector):
+    """Reads each connected agent's breaker position at scrape time.
+
+    Nothing per agent lives in the registry: a breaker that never changes costs the
+    metrics nothing, and an agent's series goes with its link.
+    """
+
+    def __init__(self, rows: Callable[[], Iterable[tuple[str, int]]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "godel_circuit_state",
+            "Circuit breaker of each connected agent: 0 closed, 1 open, 2 half-open. "
+            "A series goes when its agent disconnects.",
+            labels=["agent"],
+        )
+        for name, value in self._rows():
+            family.add_metric([name], value)
+        yield family
+
+
 BulkheadRow = tuple[str, str, int, int, int]
 """(bulkhead name, partition, queued, running, rejected) of one bulkhead partition."""
 
@@ -255,13 +277,6 @@ class CoordinatorMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
             registry=registry,
         )
-        self.circuit_state = Gauge(
-            "godel_circuit_state",
-            "Circuit breaker of each connected agent: 0 closed, 1 open, 2 half-open. "
-            "A series goes when its agent disconnects.",
-            ["agent"],
-            registry=registry,
-        )
         self.circuit_transitions = Counter(
             "godel_circuit_transitions",
             "Circuit breaker state changes, by the state entered and the rule that fired "
@@ -309,6 +324,11 @@ class CoordinatorMetrics:
         """Exports each connected agent's latest monitor sample (`godel_agent_cpu_percent`,
         `godel_agent_memory_rss_bytes`, `godel_agent_threads`, `godel_agent_open_fds`)."""
         self.registry.register(_SampleCollector(rows))
+
+    def watch_circuits(self, rows: Callable[[], Iterable[tuple[str, int]]]) -> None:
+        """Exports each connected agent's breaker position (`godel_circuit_state`), read
+        from `rows` (agent name, value) at scrape time."""
+        self.registry.register(_CircuitCollector(rows))
 
     def watch_queues(self, rows: Callable[[], Iterable[QueueRow]]) -> None:
         """Exports backpressure queues (`godel_queue_depth`, `godel_queue_pressure`,

@@ -43,13 +43,14 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
     async def Connect(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
     ) -> AsyncIterator[pb.CoordinatorMessage]:
-        messages = aiter(request_iterator)
+        # Messages are read with context.read(): iterating request_iterator would make
+        # one more generator per link, for as long as the link lives.
         try:
-            first = await asyncio.wait_for(anext(messages), HELLO_TIMEOUT)
-        except (StopAsyncIteration, TimeoutError):
-            raise InvalidArgument(
-                [FieldViolation("hello", "the first message must carry a hello")]
-            ) from None
+            first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT)
+        except TimeoutError:
+            first = grpc.aio.EOF
+        if first is grpc.aio.EOF:
+            raise InvalidArgument([FieldViolation("hello", "the first message must carry a hello")])
         check(first)
         if not first.HasField("hello"):
             raise InvalidArgument([FieldViolation("hello", "the first message must carry a hello")])
@@ -57,7 +58,7 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
         if found:
             raise InvalidArgument(found)
         session = await self._coordinator.links.open_session(first.hello)
-        reader = asyncio.get_running_loop().create_task(self._read(session, first, messages))
+        reader = asyncio.get_running_loop().create_task(self._read(session, first, context))
         del first  # the reader has it; this frame lives as long as the link
         sent = self._coordinator.metrics.link_batch.labels("to_agent")
         try:
@@ -79,7 +80,7 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
         self,
         session: AgentSession,
         first: pb.AgentMessage,
-        messages: AsyncIterator[pb.AgentMessage],
+        context: Context,
     ) -> None:
         links = self._coordinator.links
         reason = "stream closed by agent"
@@ -94,7 +95,7 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
                 links.on_agent_message(session, first)
             del first  # the hello is folded in; keep nothing of it for the link's life
             received = self._coordinator.metrics.link_batch.labels("from_agent")
-            async for message in messages:
+            while (message := await context.read()) is not grpc.aio.EOF:
                 check(message)
                 if message.results:
                     received.observe(len(message.results))

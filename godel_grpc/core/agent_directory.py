@@ -76,8 +76,11 @@ class AgentDirectory:
         return agent.name if agent is not None else None
 
     def sample_rows(self) -> Iterator[tuple[str, sample_pb2.Sample]]:
-        """(agent name, latest sample) of each connected agent that has one."""
-        for agent_id in self._sessions:
+        """(agent name, latest sample) of each connected agent that has one.
+
+        Called by the metrics server's thread: it walks a copy of the sessions taken in
+        one step, as links may open and close meanwhile."""
+        for agent_id in list(self._sessions):
             agent = self._state().agents.get(agent_id)
             if agent is not None and agent.sample is not None:
                 yield agent.name, agent.sample

@@ -2,8 +2,9 @@
 
 The rules live in `patterns.breaker` (pure, clock passed in); this module keeps one
 breaker per agent identity, feeds it results, answers "may this agent take a task now"
-for the scheduler, exports `godel_circuit_state`, and wakes the dispatcher when an open
-breaker's timeout runs out so that trial tasks go out without anyone polling.
+for the scheduler, gives `godel_circuit_state` its rows at scrape time, and wakes the
+dispatcher when an open breaker's timeout runs out so that trial tasks go out without
+anyone polling.
 Breakers are liveness, like heartbeats: they live in memory and start CLOSED after a
 coordinator restart; their transitions are recorded as events for the audit trail.
 """
@@ -11,11 +12,10 @@ coordinator restart; their transitions are recorded as events for the audit trai
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 from godel_grpc._proto.godel.v1 import agent_pb2, event_pb2
 from godel_grpc.core.pattern_host import PatternAction
@@ -74,7 +74,6 @@ class BreakerBook:
 
     def __init__(
         self,
-        state_gauge: Gauge,
         transitions: Counter,
         on_probe_due: Callable[[str], None],
         on_transition: Callable[[str, Transition, str], None],
@@ -82,7 +81,6 @@ class BreakerBook:
     ) -> None:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._names: dict[str, str] = {}
-        self._gauge = state_gauge
         self._transitions = transitions
         self._on_probe_due = on_probe_due
         self._on_transition = on_transition
@@ -98,7 +96,6 @@ class BreakerBook:
         if current is None or current.config != config:
             self._breakers[agent_id] = CircuitBreaker(config)
         self._names[agent_id] = name
-        self._publish(agent_id)
 
     def detach(self, agent_id: str) -> None:
         """Forgets a departed agent: its metric series goes, so cardinality follows the
@@ -107,10 +104,21 @@ class BreakerBook:
         timer = self._timers.pop(agent_id, None)
         if timer is not None:
             timer.cancel()
-        name = self._names.pop(agent_id, None)
-        if name is not None:
-            with contextlib.suppress(KeyError):
-                self._gauge.remove(name)
+        self._names.pop(agent_id, None)
+
+    def metric_rows(self) -> Iterator[tuple[str, int]]:
+        """(agent name, `STATE_VALUES` of its breaker now) of each connected agent.
+
+        Called by the metrics server's thread while the loop may attach and detach
+        agents: it works on a copy of the book taken in one step, and only peeks at
+        each breaker (a scrape must not move a breaker from OPEN to HALF_OPEN).
+        """
+        now = self._clock()
+        names = self._names
+        for agent_id, breaker in list(self._breakers.items()):
+            name = names.get(agent_id)
+            if name is not None:
+                yield name, STATE_VALUES[breaker.peek(now)]
 
     def allow(self, agent_id: str) -> bool:
         """May a task be leased to this agent now? Takes a trial slot when half-open."""
@@ -139,8 +147,8 @@ class BreakerBook:
         else:
             breaker.record_failure(now)
         if not breaker.has_transitions:
-            # Same state as at the last settle, so its gauge and probe timer still hold:
-            # the common case, one per task result, skips both.
+            # Same state as at the last settle, so its probe timer still holds: the
+            # common case, one per task result, skips rebuilding the breaker's view.
             return []
         return self._settle(agent_id, breaker)
 
@@ -181,7 +189,6 @@ class BreakerBook:
         for change in changes:
             self._transitions.labels(change.to_state.value.lower(), change.reason.value).inc()
             self._on_transition(agent_id, change, comment)
-        self._publish(agent_id)
         probe_at = breaker.view(self._clock()).next_probe_at
         timer = self._timers.pop(agent_id, None)
         if timer is not None:
@@ -200,12 +207,6 @@ class BreakerBook:
             breaker.state(self._clock())  # OPEN turns HALF_OPEN lazily; make it happen
             self._settle(agent_id, breaker)
             self._on_probe_due(agent_id)
-
-    def _publish(self, agent_id: str) -> None:
-        breaker = self._breakers.get(agent_id)
-        name = self._names.get(agent_id)
-        if breaker is not None and name is not None:
-            self._gauge.labels(name).set(STATE_VALUES[breaker.state(self._clock())])
 
 
 class ForcedCircuits:

@@ -100,7 +100,6 @@ class Coordinator:
         self.links = AgentLinks(self)
         """Agents' sessions: hellos, what they report, and the ends of their links."""
         self.breakers = BreakerBook(
-            metrics.circuit_state,
             metrics.circuit_transitions,
             self.links.probe_due,
             self.links.circuit_changed,
@@ -135,6 +134,7 @@ class Coordinator:
         metrics.watch_queues(lambda: self.queues.metric_rows())
         metrics.watch_bulkheads(lambda: self.bulkheads.metric_rows())
         metrics.watch_agent_samples(self.directory.sample_rows)
+        metrics.watch_circuits(self.breakers.metric_rows)
         metrics.watch_swarms(lambda: self.swarms.metric_rows())
 
     # -- lifecycle ---------------------------------------------------------------------

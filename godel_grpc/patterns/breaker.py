@@ -317,6 +317,15 @@ class CircuitBreaker:
         self._advance(now)
         return self._state
 
+    def peek(self, now: float) -> CircuitState:
+        """The position as of ``now``, like `state`, without moving the breaker: for
+        readers outside the dispatcher (a metrics scrape), which must not record the
+        OPEN to HALF_OPEN transition themselves."""
+        probe_at = self._next_probe_at()
+        if probe_at is not None and now >= probe_at:
+            return CircuitState.HALF_OPEN
+        return self._state
+
     def allow(self, now: float) -> bool:
         """May a task be dispatched to this agent now?
 

@@ -1,7 +1,7 @@
-"""The book of every agent's breaker: what it publishes and schedules as results arrive.
+"""The book of every agent's breaker: what it exports and schedules as results arrive.
 
-Most results change nothing (the breaker stays CLOSED), and the book skips its gauge
-and timer work for them; these tests hold that the gauge, the transitions and the
+Most results change nothing (the breaker stays CLOSED), and the book skips its timer
+work for them; these tests hold that `godel_circuit_state`, the transitions and the
 probe timer still follow every change of state.
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from godel_grpc.core.breakers import BreakerBook
+from godel_grpc.metrics import CoordinatorMetrics
 from godel_grpc.patterns.breaker import BreakerConfig, Transition
 
 
@@ -30,17 +31,18 @@ class Book:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        metrics = CoordinatorMetrics(self.registry)
         self.clock = Clock()
         self.probes: list[str] = []
         self.probed = asyncio.Event()
         self.changes: list[tuple[str, str]] = []
         self.book = BreakerBook(
-            Gauge("circuit_state", "state", ["agent"], registry=self.registry),
-            Counter("circuit_transitions", "changes", ["to", "reason"], registry=self.registry),
+            metrics.circuit_transitions,
             on_probe_due=self._probe,
             on_transition=self._changed,
             clock=self.clock,
         )
+        metrics.watch_circuits(self.book.metric_rows)
 
     def _probe(self, agent_id: str) -> None:
         self.probes.append(agent_id)
@@ -50,7 +52,7 @@ class Book:
         self.changes.append((agent_id, change.to_state.value))
 
     def gauge(self, name: str) -> float | None:
-        return self.registry.get_sample_value("circuit_state", {"agent": name})
+        return self.registry.get_sample_value("godel_circuit_state", {"agent": name})
 
 
 async def test_the_gauge_and_transitions_follow_the_breaker_through_every_state() -> None:
@@ -71,8 +73,11 @@ async def test_the_gauge_and_transitions_follow_the_breaker_through_every_state(
     # A late failure while open changes nothing
     assert book.book.record("a1", False, 0.01) == []
     assert book.gauge("alpha") == 1
-    # After the timeout, a trial is allowed; its success closes the breaker
+    # After the timeout a scrape reads it half-open, without moving it itself
     book.clock.now += 5.0
+    assert book.gauge("alpha") == 2
+    assert book.changes == [("a1", "OPEN")]
+    # A trial is allowed; its success closes the breaker
     assert book.book.allow("a1")
     changes = book.book.record("a1", True, 0.01)
     assert [c.to_state.value for c in changes] == ["HALF_OPEN", "CLOSED"]
