@@ -24,7 +24,6 @@ import grpc
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2_grpc as pb_grpc
 from godel_grpc.api.interceptor import check
-from godel_grpc.api.validation import violations
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.core.session import AgentSession
 from godel_grpc.errors import FieldViolation, InvalidArgument
@@ -51,12 +50,9 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
             first = grpc.aio.EOF
         if first is grpc.aio.EOF:
             raise InvalidArgument([FieldViolation("hello", "the first message must carry a hello")])
-        check(first)
+        check(first)  # the hello's rules included
         if not first.HasField("hello"):
             raise InvalidArgument([FieldViolation("hello", "the first message must carry a hello")])
-        found = violations(first.hello, "hello")
-        if found:
-            raise InvalidArgument(found)
         session = await self._coordinator.links.open_session(first.hello)
         reader = asyncio.get_running_loop().create_task(self._read(session, first, context))
         del first  # the reader has it; this frame lives as long as the link

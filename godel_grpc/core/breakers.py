@@ -32,6 +32,9 @@ from godel_grpc.patterns.breaker import (
 STATE_VALUES = {CircuitState.CLOSED: 0, CircuitState.OPEN: 1, CircuitState.HALF_OPEN: 2}
 """`godel_circuit_state` values."""
 
+_SEED_DEFAULTS = BreakerConfig()
+"""Shared by every breaker with the default settings (the config is immutable)."""
+
 
 def breaker_settings(
     given: agent_pb2.CircuitBreakerConfig | None, path: str = "circuit_breaker"
@@ -45,7 +48,7 @@ def breaker_settings(
         InvalidArgument: fields that contradict each other, named under `path`.
     """
     if given is None:
-        return BreakerConfig()
+        return _SEED_DEFAULTS
     try:
         return BreakerConfig.from_proto(given)
     except ValueError as problems:

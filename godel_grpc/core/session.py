@@ -18,6 +18,19 @@ from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as link_pb2
 class AgentSession:
     """The coordinator's side of one open agent link."""
 
+    __slots__ = (
+        "_closed",
+        "_pending",
+        "_waiter",
+        "agent_id",
+        "capacity",
+        "close_reason",
+        "draining",
+        "last_seen",
+        "leases",
+        "name",
+    )
+
     def __init__(self, agent_id: str, name: str, capacity: int) -> None:
         self.agent_id = agent_id
         self.name = name

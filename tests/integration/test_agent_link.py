@@ -167,3 +167,16 @@ async def test_a_malformed_message_ends_the_link_with_its_violations(
     assert known.id == welcome.agent_id
     assert known.state == agent_pb2.Agent.STATE_DISCONNECTED
     await agent.close()
+
+
+async def test_a_hello_that_breaks_its_rules_is_refused_with_the_field_named(
+    server: RunningServer,
+) -> None:
+    agent = RawAgent(f"127.0.0.1:{server.port}")
+    await agent.outgoing.put(link_pb.AgentMessage(hello=link_pb.AgentHello(name="x" * 129)))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await agent.call.read()
+    error = RPCError.from_aio(refused.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(field for field, _ in error.field_violations) == ["hello.name", "hello.role"]
+    await agent.close()
