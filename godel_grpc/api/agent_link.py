@@ -23,6 +23,7 @@ import grpc
 
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import agent_link_service_pb2_grpc as pb_grpc
+from godel_grpc.api.auth import check_link_identity
 from godel_grpc.api.interceptor import check
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.core.session import AgentSession
@@ -50,6 +51,8 @@ class AgentLinkServicer(pb_grpc.AgentLinkServiceServicer):
             first = grpc.aio.EOF
         if first is grpc.aio.EOF:
             raise InvalidArgument([FieldViolation("hello", "the first message must carry a hello")])
+        if isinstance(first, pb.AgentMessage) and first.HasField("hello"):
+            check_link_identity(first.hello)
         check(first)  # the hello's rules included
         if not first.HasField("hello"):
             raise InvalidArgument([FieldViolation("hello", "the first message must carry a hello")])

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any
 
 from google.protobuf.descriptor import ServiceDescriptor
@@ -30,6 +31,10 @@ from godel_grpc.errors import PermissionDenied, ResourceExhausted, Unauthenticat
 log = logging.getLogger(__name__)
 
 AGENT_LINK_METHOD = "/godel.v1.AgentLinkService/Connect"
+CALLER: ContextVar[Principal] = ContextVar("godel_caller", default=LOCAL)
+"""The principal of the call this task serves, set by the boundary once it admitted the
+call, for checks that depend on what the caller sends: the agent link reads its own
+messages, so its hello is checked there (`check_link_identity`)."""
 REPORT_SAMPLE_METHOD = "/godel.v1.AgentService/ReportAgentSample"
 """A monitor sidecar's report, made with its agent's credentials, for that agent only."""
 
@@ -141,27 +146,15 @@ class Authorizer:
                 agent=request.agent_id,
             )
 
-    def guard_stream(
-        self, method: str, principal: Principal, requests: AsyncIterator[Any]
-    ) -> AsyncIterator[Any]:
-        """The request stream of a call, checked where the principal's identity
-        matters: on the agent link, the hello must name the agent the credentials are
-        bound to (an agent may open only its own link and act only as itself)."""
-        if method != AGENT_LINK_METHOD or principal is LOCAL:
-            return requests
-        return _own_link_only(principal, requests)
 
-
-async def _own_link_only(principal: Principal, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    first = True
-    async for message in requests:
-        if first and isinstance(message, agent_link_service_pb2.AgentMessage):
-            first = False
-            if message.HasField("hello") and not principal.may_act_as(message.hello.name):
-                raise PermissionDenied(
-                    f"the credentials of {principal.name!r} may open a link only as agent "
-                    f"{principal.agent!r}, not as {message.hello.name!r}",
-                    reason="AGENT_IDENTITY_MISMATCH",
-                    agent=message.hello.name,
-                )
-        yield message
+def check_link_identity(hello: agent_link_service_pb2.AgentHello) -> None:
+    """Refuses a hello that names another agent than the one the caller's credentials
+    are bound to: an agent may open only its own link, and act only as itself."""
+    principal = CALLER.get()
+    if principal is not LOCAL and not principal.may_act_as(hello.name):
+        raise PermissionDenied(
+            f"the credentials of {principal.name!r} may open a link only as agent "
+            f"{principal.agent!r}, not as {hello.name!r}",
+            reason="AGENT_IDENTITY_MISMATCH",
+            agent=hello.name,
+        )

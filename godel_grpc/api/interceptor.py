@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from godel_grpc.api.auth import Authorizer
+from godel_grpc.api.auth import CALLER, Authorizer
 from godel_grpc.api.validation import validate
 from godel_grpc.auth.scopes import LOCAL, Principal
 from godel_grpc.errors import (
@@ -123,7 +123,9 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         """The caller's principal; raises when it may not make this call."""
         if self._authorizer is None:
             return LOCAL
-        return self._authorizer.admit(method, context.invocation_metadata())
+        principal = self._authorizer.admit(method, context.invocation_metadata())
+        CALLER.set(principal)  # seen by this call only: grpc serves each call in its own task
+        return principal
 
     def _unary(
         self, method: str, behaviour: Callable[..., Awaitable[Message]]
@@ -170,9 +172,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
             requests: AsyncIterator[Message], context: Context
         ) -> AsyncIterator[Message]:
             async with self._boundary(method, context):
-                principal = self._admit(method, context)
-                if self._authorizer is not None:
-                    requests = self._authorizer.guard_stream(method, principal, requests)
+                self._admit(method, context)
                 # Streams that answer each message (EnqueueStream) check every request
                 # themselves, so one malformed message does not end the whole stream.
                 checked = requests if method in self._per_message else _validated(requests)
