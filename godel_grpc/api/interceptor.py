@@ -10,6 +10,7 @@ method and code. The sidecars' servers use it too, without authorization or metr
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -166,8 +167,20 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         return handle
 
     def _stream_stream(
-        self, method: str, behaviour: Callable[..., AsyncIterator[Message]]
-    ) -> Callable[..., AsyncIterator[Message]]:
+        self, method: str, behaviour: Callable[..., Any]
+    ) -> Callable[..., AsyncIterator[Message]] | Callable[..., Awaitable[None]]:
+        """Wraps a response generator, or a handler that writes with context.write()."""
+        if not inspect.isasyncgenfunction(behaviour):
+            # A handler that writes through context.write() itself (the agent link):
+            # no response generator between it and gRPC.
+            async def handle_writing(requests: AsyncIterator[Message], context: Context) -> None:
+                async with self._boundary(method, context):
+                    self._admit(method, context)
+                    checked = requests if method in self._per_message else _validated(requests)
+                    await behaviour(checked, context)
+
+            return handle_writing
+
         async def handle(
             requests: AsyncIterator[Message], context: Context
         ) -> AsyncIterator[Message]:

@@ -126,6 +126,31 @@ async def test_an_assignment_carries_the_tasks_labels(
     await agent.close()
 
 
+async def test_link_messages_are_counted_by_the_tasks_they_carry(
+    server: RunningServer, client: Client
+) -> None:
+    def carried(direction: str) -> float:
+        labels = {"direction": direction}
+        return server.registry.get_sample_value("godel_link_message_tasks_sum", labels) or 0.0
+
+    before_out, before_in = carried("to_agent"), carried("from_agent")
+    agent = RawAgent(f"127.0.0.1:{server.port}")
+    await agent.hello(role="counted", capacity=3)
+    tasks = [await client.tasks.submit(role="counted") for _ in range(3)]
+    got: list[link_pb.TaskAssignment] = []
+    while len(got) < 3:
+        got.extend(await agent.next_assignments())
+    result = link_pb.AgentMessage()
+    for assignment in got:
+        result.results.add(task_id=assignment.task_id, attempt_id=assignment.attempt_id)
+    await agent.outgoing.put(result)
+    for task in tasks:
+        await client.tasks.wait(task.id, timeout=10)
+    assert carried("to_agent") - before_out == 3
+    assert carried("from_agent") - before_in == 3
+    await agent.close()
+
+
 async def test_a_second_link_with_a_taken_name_is_refused(server: RunningServer) -> None:
     address = f"127.0.0.1:{server.port}"
     first = RawAgent(address)
