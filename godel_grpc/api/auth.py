@@ -30,7 +30,6 @@ from godel_grpc.errors import PermissionDenied, ResourceExhausted, Unauthenticat
 
 log = logging.getLogger(__name__)
 
-AGENT_LINK_METHOD = "/godel.v1.AgentLinkService/Connect"
 CALLER: ContextVar[Principal] = ContextVar("godel_caller", default=LOCAL)
 """The principal of the call this task serves, set by the boundary once it admitted the
 call, for checks that depend on what the caller sends: the agent link reads its own
