@@ -39,6 +39,9 @@ class AgentLinks:
         self._core = core
         self.sessions: dict[str, AgentSession] = {}
         """The open link of each connected agent, by agent id."""
+        self._named: dict[str, AgentSession] = {}
+        """The same links by agent name: a hello's name is checked in one lookup, not by
+        walking every link (which made connecting n agents cost n squared)."""
         self._agent_ids = itertools.count(1)
 
     async def open_session(self, hello: link_pb2.AgentHello) -> AgentSession:
@@ -76,11 +79,11 @@ class AgentLinks:
             batch.append(events.agent_registered(registered))
         else:
             name = self._core.state.agents[agent_id].name
-        for other in self.sessions.values():
-            if other.name == name and other.agent_id != agent_id:
-                raise AlreadyExists(
-                    f"an agent named {name!r} is already connected", reason="AGENT_NAME_TAKEN"
-                )
+        other = self._named.get(name)
+        if other is not None and other.agent_id != agent_id:
+            raise AlreadyExists(
+                f"an agent named {name!r} is already connected", reason="AGENT_NAME_TAKEN"
+            )
         previous = self.sessions.get(agent_id)
         if previous is not None:
             self.close_session(previous, "replaced by a new link of the same agent")
@@ -98,6 +101,7 @@ class AgentLinks:
             agent.labels = dict(hello.labels)
         session = AgentSession(agent_id, name, capacity)
         self.sessions[agent_id] = session
+        self._named[name] = session
         welcome = link_pb2.AgentWelcome(
             agent_id=agent_id, name=name, resume_token=token, resumed=resumed
         )
@@ -269,6 +273,8 @@ class AgentLinks:
             return
         session.close(reason)
         del self.sessions[session.agent_id]
+        if self._named.get(session.name) is session:
+            del self._named[session.name]
         self._core.scheduler.remove_agent(session.agent_id)
         self._core.bulkheads.leave(session.agent_id)
         self._core.breakers.detach(session.agent_id)

@@ -166,6 +166,26 @@ async def test_a_second_link_with_a_taken_name_is_refused(server: RunningServer)
         await agent.close()
 
 
+async def test_a_name_is_free_again_once_its_link_has_ended(
+    server: RunningServer, client: Client
+) -> None:
+    address = f"127.0.0.1:{server.port}"
+    first = RawAgent(address)
+    before = await first.hello(role="named", name="reused")
+    await first.close()
+    for _ in range(500):  # its link ends on the coordinator's side too
+        if (await client.agents.get(before.agent_id)).state == agent_pb2.Agent.STATE_DISCONNECTED:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the first link was never seen to end")
+    # A new process (no resume token) may take the name: it is a new agent
+    second = RawAgent(address)
+    after = await second.hello(role="named", name="reused")
+    assert after.agent_id != before.agent_id and after.name == "reused"
+    await second.close()
+
+
 async def test_a_link_must_start_with_a_valid_hello(server: RunningServer) -> None:
     agent = RawAgent(f"127.0.0.1:{server.port}")
     await agent.outgoing.put(link_pb.AgentMessage(draining=True))
