@@ -437,27 +437,42 @@ class Coordinator:
         self, page_size: int, page_token: str, state: int
     ) -> tuple[list[task_pb2.Task], str]:
         """A page of the tasks in memory (everything in progress and the most recently
-        ended), newest first; the token is the id of the last task of the previous page."""
+        ended), newest first; the token is the id of the last task of the previous page.
+
+        For QUEUED or RUNNING the scan stops once it has passed every task in that state:
+        they are all in memory and the state counts them, so "is anything queued?" does
+        not walk the ended tasks kept besides (up to `retention`, 100,000 by default).
+        """
         size = page_size or 100
-        ids = reversed(self.state.tasks)
+        tasks = self.state.tasks
+        ids = reversed(tasks)
+        left: int | None = None  # tasks in that state not passed yet, for a state in progress
+        if state and state not in _TERMINAL:
+            left = self.state.task_counts[state]
         if page_token:
-            if page_token not in self.state.tasks:
+            if page_token not in tasks:
                 raise InvalidArgument([FieldViolation("pageToken", NOT_A_TOKEN)])
             for task_id in ids:
+                if left is not None and tasks[task_id].state == state:
+                    left -= 1
                 if task_id == page_token:
                     break
         page: list[task_pb2.Task] = []
         last = ""
-        for task_id in ids:
-            task = self.state.tasks[task_id]
-            if not state or task.state == state:
-                page.append(task.to_proto())
-                last = task_id
-                if len(page) == size:
-                    break
-        more = len(page) == size and any(
-            not state or self.state.tasks[i].state == state for i in ids
-        )
+        if left != 0:
+            for task_id in ids:
+                task = tasks[task_id]
+                if not state or task.state == state:
+                    page.append(task.to_proto())
+                    last = task_id
+                    if left is not None:
+                        left -= 1
+                    if len(page) == size or left == 0:
+                        break
+        if left is not None:
+            more = len(page) == size and left > 0
+        else:
+            more = len(page) == size and any(not state or tasks[i].state == state for i in ids)
         return page, (last if more else "")
 
     async def cancel_task(self, task_id: str, reason: str) -> task_pb2.Task:

@@ -280,3 +280,32 @@ async def test_a_watch_left_early_is_cancelled_on_the_server(
     while task.id in watchers:
         assert asyncio.get_running_loop().time() < deadline, "the call stayed open"
         await asyncio.sleep(0.02)
+
+
+async def test_list_pages_through_one_state_newest_first(
+    server: RunningServer, client: Client
+) -> None:
+    # Given five tasks nobody serves, two of them cancelled
+    made = [await client.tasks.submit(role="nobody", title=f"t{i}") for i in range(1, 6)]
+    for task in (made[1], made[3]):
+        await client.tasks.cancel(task.id)
+    queued = [made[4].id, made[2].id, made[0].id]
+    cancelled = [made[3].id, made[1].id]
+
+    async def pages(state: int, size: int) -> list[list[str]]:
+        found: list[list[str]] = []
+        token = ""
+        while True:
+            page, token = await client.tasks.list(page_size=size, page_token=token, state=state)
+            found.append([task.id for task in page])
+            if not token:
+                return found
+
+    # Then each state pages through exactly its own tasks, newest first
+    assert await pages(Task.STATE_QUEUED, 2) == [queued[:2], queued[2:]]
+    assert await pages(Task.STATE_QUEUED, 3) == [queued]
+    assert await pages(Task.STATE_QUEUED, 1) == [[i] for i in queued]
+    assert await pages(Task.STATE_CANCELLED, 1) == [[i] for i in cancelled]
+    assert await pages(Task.STATE_RUNNING, 2) == [[]]
+    everything, _ = await client.tasks.list(page_size=10)
+    assert [task.id for task in everything] == [t.id for t in reversed(made)]
