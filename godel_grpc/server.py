@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from godel_grpc import heap
 from godel_grpc._proto.godel import v1 as proto_package
 from godel_grpc.api.agent_link import AgentLinkServicer
 from godel_grpc.api.agents import AgentServicer
@@ -294,6 +295,7 @@ async def serve(config: ServeConfig) -> int:
         log.info("stopped before becoming active")
         return 0
     running = starting.result()
+    heap.settle()  # this process only: tests serve in-process and keep their own settings
     assert running.coordinator.fatal is not None
     fatal = running.coordinator.fatal
     await asyncio.wait([stopper, fatal], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
