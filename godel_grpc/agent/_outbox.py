@@ -166,7 +166,10 @@ class Outbox:
                 return None
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), idle_timeout)
+                # asyncio.timeout, not wait_for: wait_for runs the wait as a task of its
+                # own, one more task and loop turn per message on the result's way out.
+                async with asyncio.timeout(idle_timeout):
+                    await self._ready.wait()
             except TimeoutError:
                 return link_pb2.AgentMessage()
             # Parts often arrive in a burst (several handlers released by one event):

@@ -305,7 +305,8 @@ class PostgresEventStore(EventStore):
         while True:
             if queue.empty():
                 try:
-                    first = await asyncio.wait_for(queue.get(), IDLE_PROBE_SECONDS)
+                    async with asyncio.timeout(IDLE_PROBE_SECONDS):  # no task per batch
+                        first = await queue.get()
                 except TimeoutError:
                     await self._probe()
                     continue
