@@ -23,6 +23,7 @@ from godel_grpc.auth.scopes import (
 from godel_grpc.auth.tokens import TokenFile, hash_token
 from godel_grpc.auth.transport import UnsafeConfig, decide, is_loopback
 from godel_grpc.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from godel_grpc.limits import LimitsConfig
 from godel_grpc.server import api_services
 
 SUBMIT = "/godel.v1.TaskService/SubmitTask"
@@ -140,6 +141,19 @@ def test_rate_limit_refuses_with_retry_after(tmp_path: Path) -> None:
     with pytest.raises(ResourceExhausted) as limited:
         auth.admit(GET, bearer(token))
     assert limited.value.retry_after == pytest.approx(1.0)
+
+
+def test_the_default_rate_lets_one_caller_keep_the_server_busy() -> None:
+    """With the default limits, one principal (with authentication off, every caller)
+    may start 2,500 requests a second for four seconds, the one-task-per-call rate the
+    bench aims at, without a refusal; twice the server's unary rate is refused."""
+    defaults = LimitsConfig()
+    limiter = RateLimiter(defaults.rate_limit, defaults.rate_burst)
+    refused = sum(limiter.take("local", i / 2_500) > 0 for i in range(10_000))
+    assert refused == 0
+    flood = RateLimiter(defaults.rate_limit, defaults.rate_burst)
+    refused = sum(flood.take("local", i / 10_000) > 0 for i in range(60_000))
+    assert refused >= 19_000  # 60,000 asked, at most 10,000 + 6 s x 5,000 admitted
 
 
 @given(
