@@ -43,6 +43,11 @@ class AgentLinks:
         """The same links by agent name: a hello's name is checked in one lookup, not by
         walking every link (which made connecting n agents cost n squared)."""
         self._agent_ids = itertools.count(1)
+        self._counted = {
+            outcome: core.metrics.results.labels(outcome)
+            for outcome in ("stale", "failed", "succeeded")
+        }
+        """`godel_task_results_total` children, resolved once: one is counted per result."""
 
     async def open_session(self, hello: link_pb2.AgentHello) -> AgentSession:
         """Registers or resumes an agent and returns its session, welcome queued."""
@@ -140,7 +145,7 @@ class AgentLinks:
         for result in message.results:
             task = self._current_task(session, result.task_id, result.attempt_id)
             if task is None:
-                self._core.metrics.results.labels("stale").inc()
+                self._counted["stale"].inc()
                 log.debug(
                     "dropped stale result",
                     extra={"task_id": result.task_id, "attempt_id": result.attempt_id},
@@ -148,18 +153,17 @@ class AgentLinks:
                 continue
             del session.leases[result.attempt_id]
             self._core.scheduler.release(session.agent_id)
-            self._feed_breaker(
-                session,
-                result.WhichOneof("outcome") != "error",
-                result.duration.ToNanoseconds() / 1e9,
+            failed = result.WhichOneof("outcome") == "error"
+            self._core.breakers.record(
+                session.agent_id, not failed, result.duration.ToNanoseconds() / 1e9
             )
-            if result.WhichOneof("outcome") == "error":
+            if failed:
                 error = result.error
                 final = not error.retryable or task.failures + 1 >= task.max_attempts
                 event = events.task_attempt_failed(
                     task.id, result.attempt_id, session.agent_id, error, final
                 )
-                self._core.metrics.results.labels("failed").inc()
+                self._counted["failed"].inc()
             else:
                 event = events.task_succeeded(
                     task.id,
@@ -167,7 +171,7 @@ class AgentLinks:
                     session.agent_id,
                     result.output if result.HasField("output") else None,
                 )
-                self._core.metrics.results.labels("succeeded").inc()
+                self._counted["succeeded"].inc()
             self._core.state.apply(event)
             # Journalled as applied (it joins the same write): a breaker transition
             # a later result causes is recorded after this one, as it happened.
@@ -226,9 +230,6 @@ class AgentLinks:
             self._core.lease_ended.set()
         for task in changed:
             self._core.notify(task)
-
-    def _feed_breaker(self, session: AgentSession, success: bool, seconds: float) -> None:
-        self._core.breakers.record(session.agent_id, success, seconds)
 
     def circuit_changed(self, agent_id: str, change: Transition, comment: str) -> None:
         """Records a breaker's change of state as an event, and logs it."""
