@@ -43,6 +43,8 @@ class AgentLinks:
         """The same links by agent name: a hello's name is checked in one lookup, not by
         walking every link (which made connecting n agents cost n squared)."""
         self._agent_ids = itertools.count(1)
+        self._drain_on_connect: set[str] = set()
+        """Agents asked to drain before their first link (see `drain_agent`)."""
         self._counted = {
             outcome: core.metrics.results.labels(outcome)
             for outcome in ("stale", "failed", "succeeded")
@@ -125,6 +127,9 @@ class AgentLinks:
                 )
             self._core.scheduler.add_agent(agent_id, self.pools_of(agent), capacity)
             self._core.scheduler.set_score(agent_id, self._core.reflex.preference(agent_id))
+            if agent_id in self._drain_on_connect:  # before any dispatch can lease to it
+                self._drain_on_connect.discard(agent_id)
+                self.drain_agent(agent_id)
             self._core.metrics.agents_connected.set(len(self.sessions))
             self._core.schedule_dispatch()
         log.info(
@@ -342,18 +347,20 @@ class AgentLinks:
         self._core.scheduler.add_agent(agent_id, self.pools_of(agent), free)
         self._core.schedule_dispatch()
 
-    def drain_agent(self, agent_id: str) -> bool:
-        """Gives a connected agent no more work and asks it to finish what it runs and
-        disconnect (the link's drain). Returns False when it has no open link."""
+    def drain_agent(self, agent_id: str) -> None:
+        """Gives an agent no more work and asks it to finish what it runs and disconnect
+        (the link's drain). An agent without a link yet (a spawned process still
+        starting) is drained as soon as it connects: otherwise it would come up READY
+        and take work after its swarm let it go."""
         session = self.sessions.get(agent_id)
         if session is None:
-            return False
+            self._drain_on_connect.add(agent_id)
+            return
         if not session.draining:
             session.draining = True
             self._core.state.agents[agent_id].state = Agent.STATE_DRAINING
             self._core.scheduler.remove_agent(agent_id)
             session.send_drain()
-        return True
 
 
 def _sha256(token: str) -> str:

@@ -30,6 +30,7 @@ class RawAgent:
         self.outgoing: asyncio.Queue[link_pb.AgentMessage | None] = asyncio.Queue()
         self.call = link_grpc.AgentLinkServiceStub(self.channel).Connect(self._requests())
         self.welcome: link_pb.AgentWelcome | None = None
+        self.first_message: link_pb.CoordinatorMessage | None = None
 
     async def _requests(self) -> AsyncIterator[link_pb.AgentMessage]:
         while (message := await self.outgoing.get()) is not None:
@@ -40,6 +41,7 @@ class RawAgent:
         first = await self.call.read()
         assert first.HasField("welcome")
         self.welcome = first.welcome
+        self.first_message = first
         return first.welcome
 
     async def next_assignments(self) -> list[link_pb.TaskAssignment]:
@@ -148,6 +150,25 @@ async def test_link_messages_are_counted_by_the_tasks_they_carry(
         await client.tasks.wait(task.id, timeout=10)
     assert carried("to_agent") - before_out == 3
     assert carried("from_agent") - before_in == 3
+    await agent.close()
+
+
+async def test_an_agent_drained_before_it_connects_is_drained_when_it_does(
+    server: RunningServer, client: Client
+) -> None:
+    # Given a spawned agent's identity, drained while its process is still starting
+    server.coordinator.spawned_ids["late-starter"] = "ag-late"
+    server.coordinator.links.drain_agent("ag-late")
+    # When it connects, it is asked to drain at once and gets no work
+    agent = RawAgent(f"127.0.0.1:{server.port}")
+    welcome = await agent.hello(role="late", name="late-starter", capacity=2)
+    assert welcome.agent_id == "ag-late"
+    first = agent.first_message
+    assert first is not None and first.drain
+    task = await client.tasks.submit(role="late")
+    shown = await client.agents.get("ag-late")
+    assert shown.state == agent_pb2.Agent.STATE_DRAINING
+    assert (await client.tasks.get(task.id)).state == task_pb2.Task.STATE_QUEUED
     await agent.close()
 
 
