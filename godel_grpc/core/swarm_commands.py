@@ -222,13 +222,17 @@ class SwarmCommands:
             task = coordinator.state.tasks.get(task_id)
             if task is not None and not task.terminal:
                 batch.append(coordinator.cancel_applied(task, f"swarm {record.swarm.name} deleted"))
-        for member in list(record.members.values()):
-            if member.draining is None:
-                batch.append(self._drain(member, "swarm deleted"))
-        deleted = events.swarm_deleted(swarm_id)
-        coordinator.state.apply(deleted)
-        batch.append(deleted)
-        await coordinator.commit(batch)
+        # Applied here, not only journaled: the reaper stops a member once memory shows
+        # it draining, and records why it stopped from the same mark.
+        parting = [
+            self._drain(member, "swarm deleted")
+            for member in record.members.values()
+            if member.draining is None
+        ]
+        parting.append(events.swarm_deleted(swarm_id))
+        for event in parting:
+            coordinator.state.apply(event)
+        await coordinator.commit(batch + parting)
 
     # -- scaling -----------------------------------------------------------------------
 

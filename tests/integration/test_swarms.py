@@ -81,6 +81,16 @@ async def live_swarm_agents(client: Client, swarm: str) -> list[Agent]:
     ]
 
 
+async def swarm_history(client: Client, agent_id: str) -> dict[str, str]:
+    """The reason of each swarm membership event recorded for the agent, by kind."""
+    reasons: dict[str, str] = {}
+    for event in await client.events.get_for_agent(agent_id):
+        kind = event.WhichOneof("payload") or ""
+        if kind in ("swarm_agent_draining", "swarm_agent_stopped"):
+            reasons[kind] = getattr(event, kind).reason
+    return reasons
+
+
 async def test_seed_swarm_and_task_through_grpcurl(tmp_path: Path) -> None:
     # Given a real coordinator process, when the seed's swarm and a task in the seed's
     # shape go through grpcurl verbatim,
@@ -339,12 +349,12 @@ async def test_delete_drains_busy_agents_and_cancels_waiting_tasks(tmp_path: Pat
                 agentTemplate={"exec": "sleep 1.5", "capacity": 1},
             )
             tasks = [await swarm.submit({"title": f"slow {i}"}) for i in range(4)]
-            await until(swarm.get, lambda s: s.in_flight == 2, 30, "two tasks running")
+            running = await until(swarm.get, lambda s: s.in_flight == 2, 30, "two tasks running")
             # when the swarm is deleted,
             await swarm.delete()
             ended = await asyncio.gather(*(client.tasks.wait(t.id, timeout=30) for t in tasks))
             # then the running tasks finish on their agents, the waiting ones are
-            # cancelled, and the agents stop once idle.
+            # cancelled, and the agents stop once idle,
             states = sorted(Task.State.Name(t.state) for t in ended)
             assert states == ["STATE_CANCELLED"] * 2 + ["STATE_SUCCEEDED"] * 2
             assert all(t.attempts == 1 for t in ended if t.state == Task.STATE_SUCCEEDED)
@@ -354,6 +364,18 @@ async def test_delete_drains_busy_agents_and_cancels_waiting_tasks(tmp_path: Pat
                 60,
                 "agents stopped after their work",
             )
+            # each recorded as drained by the delete, then stopped because it was drained.
+            for agent_id in running.agent_ids:
+                history = await until(
+                    lambda agent_id=agent_id: swarm_history(client, agent_id),
+                    lambda kinds: "swarm_agent_stopped" in kinds,
+                    30,
+                    f"{agent_id} recorded stopped",
+                )
+                assert history == {
+                    "swarm_agent_draining": "swarm deleted",
+                    "swarm_agent_stopped": "drained",
+                }
 
 
 async def test_scale_down_drains_busy_agents_instead_of_killing_them(tmp_path: Path) -> None:
