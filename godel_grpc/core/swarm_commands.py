@@ -295,6 +295,12 @@ class SwarmCommands:
             if self._credentials is not None
             else ""
         )
+        if record.deleted or coordinator.stopping:
+            # Deleted while the token was being written: the swarm would not know this
+            # member, so nothing would ever stop its process.
+            if self._credentials is not None:
+                await self._credentials.revoke(agent_id)
+            return
         launch = AgentLaunch(
             agent_id=agent_id,
             name=name,

@@ -19,11 +19,17 @@ from typing import TypeVar
 
 import psutil
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from godel_grpc._proto.godel.v1 import agent_pb2, swarm_pb2, task_pb2
+from godel_grpc._proto.godel.v1 import agent_pb2, swarm_pb2, swarm_service_pb2, task_pb2
+from godel_grpc.auth.agent_tokens import AgentCredentials
+from godel_grpc.auth.tokens import TokenFile
 from godel_grpc.client import Client, RPCError
-from godel_grpc.server import RunningServer
+from godel_grpc.config import ServeConfig
+from godel_grpc.errors import NotFound
+from godel_grpc.security import SecurityConfig
+from godel_grpc.server import RunningServer, start_server
 from tests.support import CoordinatorProcess, grpcurl_json, require_tool
 
 pytestmark = pytest.mark.integration
@@ -376,6 +382,48 @@ async def test_delete_drains_busy_agents_and_cancels_waiting_tasks(tmp_path: Pat
                     "swarm_agent_draining": "swarm deleted",
                     "swarm_agent_stopped": "drained",
                 }
+
+
+async def test_a_swarm_deleted_while_its_agent_token_is_written_starts_no_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a coordinator with authentication on, where writing the token of a swarm's
+    # first agent is held (the real write follows) until the swarm has been deleted,
+    writing, release = asyncio.Event(), asyncio.Event()
+    mint = AgentCredentials.mint
+
+    async def held(self: AgentCredentials, *args: object) -> str:
+        writing.set()
+        await release.wait()
+        return await mint(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AgentCredentials, "mint", held)
+    config = ServeConfig(
+        listen="127.0.0.1:0",
+        metrics_listen="",
+        data_dir=tmp_path / "data",
+        security=SecurityConfig(auth="required"),
+    )
+    running = await start_server(config, CollectorRegistry())
+    try:
+        assert running.swarms is not None and running.runtime is not None
+        creating = asyncio.create_task(
+            running.swarms.create(
+                swarm_service_pb2.CreateSwarmRequest(name="brief", min_agents=1, max_agents=1)
+            )
+        )
+        await asyncio.wait_for(writing.wait(), 10)
+        # when the swarm is deleted meanwhile,
+        await running.swarms.delete(running.coordinator.swarms.by_name["brief"].id)
+        release.set()
+        with pytest.raises(NotFound):
+            await creating
+        # then no agent process is started for it, and the token written is revoked.
+        assert running.runtime.list() == []
+        (token,) = [record for record in TokenFile(config.data_dir).records() if record.spawned]
+        assert token.revoked is not None
+    finally:
+        await running.stop(grace=1.0)
 
 
 async def test_scale_down_drains_busy_agents_instead_of_killing_them(tmp_path: Path) -> None:
