@@ -194,12 +194,18 @@ async def test_run_task_answers_with_the_ended_task(server: RunningServer, clien
         done = await client.tasks.run(role="runner", payload={"x": 1}, wait_timeout=20)
         assert done.state == Task.STATE_SUCCEEDED
         assert done.output["echo"]["x"] == 1
-        # The ending is durable: it is in the log when the reply arrives
+        # The task's whole story is durable: it is in the log when the reply arrives
+        # (its submission is committed with its result, not before).
         events = await server.coordinator.store.read(0, 1000, stream=f"task/{done.id}")
-        assert [e.type for e in events][-1] == "task.succeeded"
+        assert [e.type for e in events] == ["task.submitted", "task.leased", "task.succeeded"]
     with pytest.raises(RPCError) as waited:
-        await client.tasks.run(role="nobody-runs-this", wait_timeout=0.3)
+        await client.tasks.run(role="nobody-runs-this", idempotency_key="late", wait_timeout=0.3)
     assert waited.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    # A task whose RunTask gave up waiting carries on, and was committed by itself.
+    waiting = await client.tasks.submit(role="nobody-runs-this", idempotency_key="late")
+    assert waiting.state == Task.STATE_QUEUED
+    events = await server.coordinator.store.read(0, 1000, stream=f"task/{waiting.id}")
+    assert [e.type for e in events] == ["task.submitted"]
 
 
 async def test_ended_tasks_past_the_retention_are_read_from_the_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
