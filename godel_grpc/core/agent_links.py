@@ -362,6 +362,11 @@ class AgentLinks:
             self._core.scheduler.remove_agent(agent_id)
             session.send_drain()
 
+    def forget_drain(self, agent_id: str) -> None:
+        """Drops a drain kept for an agent that will not connect now (its process is
+        gone), so that such drains do not pile up over a long-lived coordinator."""
+        self._drain_on_connect.discard(agent_id)
+
 
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()

@@ -323,6 +323,7 @@ class SwarmCommands:
         except SpawnFailed as exc:
             log.warning("swarm agent failed to start", extra={"agent": name, "error": str(exc)})
             coordinator.spawned_ids.pop(name, None)
+            coordinator.links.forget_drain(agent_id)
             coordinator.record(
                 [events.swarm_agent_stopped(record.id, agent_id, f"spawn failed: {exc}")]
             )
@@ -346,6 +347,7 @@ class SwarmCommands:
                     reason = f"process exited with code {handle.exit_code}"
                 batch.append(events.swarm_agent_stopped(member.swarm_id, member.agent_id, reason))
                 self._coordinator.spawned_ids.pop(member.name, None)
+                self._coordinator.links.forget_drain(member.agent_id)
                 continue
             if member.draining is None:
                 continue

@@ -172,6 +172,23 @@ async def test_an_agent_drained_before_it_connects_is_drained_when_it_does(
     await agent.close()
 
 
+async def test_a_drain_kept_for_an_agent_whose_process_is_gone_is_dropped(
+    server: RunningServer,
+) -> None:
+    # Given a spawned identity drained before it connected, whose process then went
+    # away (a swarm records its member stopped),
+    server.coordinator.spawned_ids["gone-starter"] = "ag-gone"
+    server.coordinator.links.drain_agent("ag-gone")
+    server.coordinator.links.forget_drain("ag-gone")
+    # when a link with that identity connects after all, the drain is not waiting for it.
+    agent = RawAgent(f"127.0.0.1:{server.port}")
+    welcome = await agent.hello(role="gone", name="gone-starter")
+    assert welcome.agent_id == "ag-gone"
+    first = agent.first_message
+    assert first is not None and not first.drain
+    await agent.close()
+
+
 async def test_a_second_link_with_a_taken_name_is_refused(server: RunningServer) -> None:
     address = f"127.0.0.1:{server.port}"
     first = RawAgent(address)
