@@ -111,6 +111,7 @@ async def test_the_seed_json_creates_a_bulkhead_through_grpcurl(
     assert [b.id for b in await client.bulkheads.list()] == [bulkhead.id]
 
 
+@pytest.mark.usefixtures("serving_heap")  # the coordinator shares this test's process
 async def test_a_flooded_hanging_partition_does_not_slow_its_neighbour(
     server: RunningServer, client: Client
 ) -> None:
