@@ -154,7 +154,7 @@ class BulkheadCommands:
         key = request.idempotency_key
         existing = coordinator.state.idempotency.get(key) if key else None
         if existing is not None:
-            return await coordinator.get_task(existing)
+            return await coordinator.repeated_task(existing)
         if not record.policy.has_room(partition):
             refused = record.policy.admit(partition)  # counts the rejection
             assert isinstance(refused, Refused)

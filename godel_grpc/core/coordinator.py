@@ -348,10 +348,12 @@ class Coordinator:
             raise InvalidArgument(violations)
         created: list[event_pb2.Event] = []
         result: list[task_pb2.Task] = []
+        repeated = False
         for request in requests:
             key = request.idempotency_key
             existing = self.state.idempotency.get(key) if key else None
             if existing is not None:
+                repeated = True
                 known = self.state.tasks.get(existing)
                 result.append(known.to_proto() if known else await self._existing_task(existing))
                 continue
@@ -361,10 +363,22 @@ class Coordinator:
             result.append(event.task_submitted.task)
         if created:
             if durable:
-                await self.journal.record(created)
+                await self.journal.record(created)  # commits in order: repeats' too
             else:
                 self.journal.add(created, urgent=False)
+        elif repeated and durable:
+            await self.journal.flush()  # see `repeated_task`
         return result
+
+    async def repeated_task(self, task_id: str) -> task_pb2.Task:
+        """The task a repeated idempotency key names, once its submission is durable.
+
+        The first submission may still be on its way to disk (a RunTask's rides with
+        the next commit); answering a repeat before that would confirm a task that a
+        crash could still lose.
+        """
+        await self.journal.flush()
+        return await self.get_task(task_id)
 
     def new_task_id(self) -> str:
         """A fresh task id, for callers that must name a task before it is accepted

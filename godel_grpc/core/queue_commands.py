@@ -195,7 +195,7 @@ class QueueCommands:
         key = request.idempotency_key
         existing = coordinator.state.idempotency.get(key) if key else None
         if existing is not None:
-            task = await coordinator.get_task(existing)
+            task = await coordinator.repeated_task(existing)
             return Admitted(Outcome.ACCEPTED, task, policy.pressure, policy.depth), None
         priority = Priority.parse(request.priority)
         if request.HasField("deadline"):

@@ -206,7 +206,7 @@ class SwarmCommands:
         key = request.idempotency_key
         existing = coordinator.state.idempotency.get(key) if key else None
         if existing is not None:
-            return await coordinator.get_task(existing)
+            return await coordinator.repeated_task(existing)
         event = coordinator.accept_task(request, shape=lambda spec: _route(spec, record))
         await coordinator.commit([event])
         return event.task_submitted.task

@@ -208,6 +208,27 @@ async def test_run_task_answers_with_the_ended_task(server: RunningServer, clien
     assert [e.type for e in events] == ["task.submitted"]
 
 
+async def test_a_repeated_key_is_answered_once_the_first_submission_is_durable(
+    server: RunningServer,
+) -> None:
+    # Given a RunTask whose submission is not committed yet (it rides with a later
+    # commit, at most 5 ms on),
+    coordinator = server.coordinator
+    request = task_pb.SubmitTaskRequest(role="nobody-runs-this", idempotency_key="twice")
+    running = asyncio.create_task(coordinator.run_task(request))
+    await asyncio.sleep(0)  # its first step accepts the task and waits for the end
+    assert "twice" in coordinator.state.idempotency
+    # when the same key is submitted again, the answer names the same task, and that
+    # task is in the log by then: a crash now could not lose what the answer confirmed.
+    (repeat,) = await coordinator.submit_tasks([request])
+    assert repeat.id == coordinator.state.idempotency["twice"]
+    events = await coordinator.store.read(0, 1000, stream=f"task/{repeat.id}")
+    assert [e.type for e in events] == ["task.submitted"]
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
 async def test_ended_tasks_past_the_retention_are_read_from_the_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from prometheus_client import CollectorRegistry
 
