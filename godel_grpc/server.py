@@ -122,7 +122,14 @@ class RunningServer:
                 await self.runtime.close(grace)
         await self.server.stop(grace=min(grace, 2.0))
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
+            _close_metrics(self._metrics_server)
+
+
+def _close_metrics(metrics_server: Any) -> None:
+    """Stops the /metrics server's thread and closes its listening socket (shutdown
+    alone leaves the socket open, which an embedding process would leak)."""
+    metrics_server.shutdown()
+    metrics_server.server_close()
 
 
 async def start_server(
@@ -242,7 +249,7 @@ async def start_server(
     except BaseException:
         await server.stop(grace=0)
         if metrics_server is not None:
-            metrics_server.shutdown()
+            _close_metrics(metrics_server)
         raise
     watch_store_failure(store, coordinator)
     gate.activate()

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from godel_grpc._proto.godel.v1 import task_pb2
 from godel_grpc.client import Client, task_request
+from godel_grpc.config import ServeConfig
+from godel_grpc.server import start_server
 from godel_grpc.store.sqlite import SqliteEventStore
 from tests.support import agent_processes, coordinator_process, require_tool, wait_for_agents
 
@@ -209,3 +213,20 @@ async def test_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert len(accepted) == total
     # The kill really hit a run in progress: most results came after the restart
     assert restarted and done_before_restart < total
+
+
+async def test_a_coordinator_stopped_in_process_frees_its_ports(tmp_path: Path) -> None:
+    # Given a coordinator embedded in this process, serving gRPC and /metrics,
+    config = ServeConfig(
+        listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", data_dir=tmp_path / "data"
+    )
+    running = await start_server(config, CollectorRegistry())
+    ports = [running.port, running.metrics_port]
+    # when it stops,
+    await running.stop(grace=1.0)
+    # then both ports can be listened on again (nothing of it still holds them).
+    for port in ports:
+        assert port
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
