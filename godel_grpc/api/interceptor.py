@@ -238,12 +238,16 @@ ALWAYS_OPEN = ("/grpc.health.", "/grpc.reflection.")
 checks and reflection need no token, have no rules of ours, and are not counted."""
 
 PER_MESSAGE_VALIDATION = frozenset(
-    {"/godel.v1.QueueService/EnqueueStream", "/godel.v1.AgentLinkService/Connect"}
+    {
+        "/godel.v1.QueueService/EnqueueStream",
+        "/godel.v1.TaskService/SubmitTaskStream",
+        "/godel.v1.AgentLinkService/Connect",
+    }
 )
 """The coordinator's streaming methods whose servicer checks each request itself with
-`check`, instead of the boundary wrapping the request stream: EnqueueStream answers a
-bad message in its reply and goes on; the agent link ends with the violations, but saves
-a generator per connected agent."""
+`check`, instead of the boundary wrapping the request stream: EnqueueStream and
+SubmitTaskStream answer a bad message in their reply and go on; the agent link ends with
+the violations, but saves a generator per connected agent."""
 
 
 class _MethodMeter:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,9 +11,19 @@ import grpc
 
 from godel_grpc._proto.godel.v1 import task_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as pb_grpc
+from godel_grpc.api.interceptor import check
 from godel_grpc.core.coordinator import Coordinator
+from godel_grpc.errors import GodelError, InvalidArgument, Unavailable
 
 Context = grpc.aio.ServicerContext[Any, Any]
+Ack = pb.SubmitTaskStreamAck
+Decided = tuple[Ack, "asyncio.Future[None] | None"]
+"""One streamed task's answer, and what must be durable before it is sent."""
+
+READ_AHEAD = 1_000
+"""Tasks of one SubmitTaskStream accepted ahead of their answers (waiting for their
+commit): enough for a burst to share a commit, few enough to push back on a producer
+through gRPC's flow control once the disk falls behind."""
 
 
 class TaskServicer(pb_grpc.TaskServiceServicer):
@@ -31,6 +43,68 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     ) -> pb.SubmitTasksResponse:
         tasks = await self._coordinator.submit_tasks(request.requests)
         return pb.SubmitTasksResponse(tasks=tasks)
+
+    async def SubmitTaskStream(
+        self, requests: AsyncIterator[pb.SubmitTaskStreamRequest], context: Context
+    ) -> AsyncIterator[pb.SubmitTaskStreamResponse]:
+        """Answers each task once it is durable, in order, the answers that are ready
+        together in one message.
+
+        Pipelined: a reader accepts up to `READ_AHEAD` tasks while earlier ones wait for
+        their commit, so a burst shares one commit, and the answers it releases share one
+        message. With one task per message in and one answer per message out, each task
+        would cost two streamed messages here; under load it costs one and a fraction.
+        """
+        slots = asyncio.Semaphore(READ_AHEAD)  # bounds `decided`, whose end marker fits
+        decided: asyncio.Queue[Decided | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await slots.acquire()
+                    decided.put_nowait(await self._decide(request))
+            finally:
+                decided.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read(), name="submit-stream-reader")
+        try:
+            ended = False
+            while not ended and (first := await decided.get()) is not None:
+                batch = [first]
+                while not decided.empty():
+                    more = decided.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    batch.append(more)
+                for _, written in batch:
+                    if written is not None:
+                        await written  # in commit order: mostly already done
+                yield pb.SubmitTaskStreamResponse(acks=[ack for ack, _ in batch])
+                for _ in batch:
+                    slots.release()
+            await reader  # its error (shutting down), if any, ends the stream
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _decide(self, request: Any) -> Decided:
+        """Accepts or refuses one streamed task."""
+        sequence = getattr(request, "sequence", 0)
+        try:
+            check(request)  # undecodable or rule-breaking: refused, and the stream goes on
+        except InvalidArgument as invalid:
+            return _refusal(sequence, invalid), None
+        try:
+            (task,), written = await self._coordinator.admit_tasks([request.task])
+        except Unavailable:
+            raise  # shutting down: the stream itself ends
+        except InvalidArgument as invalid:
+            return _refusal(sequence, invalid, "task."), None
+        except GodelError as refused:
+            return _refusal(sequence, refused), None
+        return Ack(sequence=sequence, task=task), written
 
     async def RunTask(self, request: pb.RunTaskRequest, context: Context) -> pb.RunTaskResponse:
         return pb.RunTaskResponse(task=await self._coordinator.run_task(request.task))
@@ -58,3 +132,15 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     ) -> AsyncIterator[pb.WatchTaskResponse]:
         async for task in self._coordinator.watch_task(request.id):
             yield pb.WatchTaskResponse(task=task)
+
+
+def _refusal(sequence: int, error: GodelError, prefix: str = "") -> Ack:
+    """The answer to a refused task: the status SubmitTask would have returned, with
+    field paths relative to the stream's request."""
+    ack = Ack(sequence=sequence, error_code=error.code.name, message=error.message)
+    if isinstance(error, InvalidArgument):
+        for violation in error.violations:
+            ack.field_problems.add(
+                field=prefix + violation.field, description=violation.description
+            )
+    return ack

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -72,6 +72,38 @@ class Tasks:
             task_pb.RunTaskRequest(task=task_request(**fields)), timeout=wait_timeout
         )
         return response.task
+
+    async def submit_stream(
+        self,
+        requests: AsyncIterable[task_pb.SubmitTaskRequest] | Iterable[task_pb.SubmitTaskRequest],
+        *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[task_pb.SubmitTaskStreamAck]:
+        """Submits tasks one per message on one stream, as they come, and yields each
+        one's answer in order once it is durable: `ack.task`, or why it was refused
+        (`ack.error_code`, `ack.message`, `ack.field_problems`), which does not end the
+        stream. Requests are numbered from 1 (`ack.sequence`).
+
+        Args:
+            requests: the tasks (see `task_request`), sync or async.
+            timeout: seconds the whole stream may last; None, as long as it takes.
+        """
+
+        async def numbered() -> AsyncIterator[task_pb.SubmitTaskStreamRequest]:
+            sequence = 0
+            if isinstance(requests, AsyncIterable):
+                async for request in requests:
+                    sequence += 1
+                    yield task_pb.SubmitTaskStreamRequest(sequence=sequence, task=request)
+            else:
+                for request in requests:
+                    sequence += 1
+                    yield task_pb.SubmitTaskStreamRequest(sequence=sequence, task=request)
+
+        call = self._stub.SubmitTaskStream(numbered(), timeout=timeout)
+        async for acks in streamed(call, "acks"):
+            for ack in acks:
+                yield ack
 
     @translated
     async def submit_many(

@@ -335,6 +335,28 @@ class Coordinator:
                 commit (at most `journal.LAZY_DELAY` later), for a caller that answers
                 only after a later flush (RunTask).
         """
+        tasks, written = await self.admit_tasks(requests, urgent=durable)
+        if written is not None:
+            await written
+        return tasks
+
+    async def admit_tasks(
+        self, requests: Sequence[task_service_pb2.SubmitTaskRequest], *, urgent: bool = True
+    ) -> tuple[list[task_pb2.Task], asyncio.Future[None] | None]:
+        """Accepts tasks at once (applied and queued) and returns them with what resolves
+        once they are durable, for a caller that answers later: SubmitTaskStream reads
+        on while earlier tasks wait for their commit.
+
+        Args:
+            requests: the tasks to accept; a repeated idempotency key names the task
+                created first.
+            urgent: False lets new submissions ride with the next commit (at most
+                `journal.LAZY_DELAY` later) and returns no future for them.
+
+        Returns:
+            The tasks in the order of the requests, and a future that resolves once
+            they are durable (None when there is nothing to wait for).
+        """
         self._require_open()
         now = time.time()
         violations = [
@@ -362,13 +384,12 @@ class Coordinator:
             # The accepted task as recorded (QUEUED): later changes show in GetTask.
             result.append(event.task_submitted.task)
         if created:
-            if durable:
-                await self.journal.record(created)  # commits in order: repeats' too
-            else:
-                self.journal.add(created, urgent=False)
-        elif repeated and durable:
-            await self.journal.flush()  # see `repeated_task`
-        return result
+            if urgent:
+                return result, self.journal.record(created)  # commits in order: repeats' too
+            self.journal.add(created, urgent=False)
+        elif repeated and urgent:
+            return result, asyncio.ensure_future(self.journal.flush())  # see `repeated_task`
+        return result, None
 
     async def repeated_task(self, task_id: str) -> task_pb2.Task:
         """The task a repeated idempotency key names, once its submission is durable.

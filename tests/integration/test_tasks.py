@@ -11,6 +11,7 @@ import pytest
 
 from godel_grpc._proto.godel.v1 import event_pb2, task_pb2
 from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
+from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as task_grpc
 from godel_grpc.client import Client, RPCError, task_request
 from godel_grpc.server import RunningServer
 from tests.support import AgentProcess, agent_processes, wait_for_agents
@@ -186,6 +187,63 @@ async def test_bad_input_gets_a_clear_status_and_changes_nothing(
     assert unknown.value.code == grpc.StatusCode.NOT_FOUND
     after, _ = await client.tasks.list()
     assert len(after) == len(before)
+
+
+async def test_a_task_stream_answers_each_task_in_order_once_it_is_durable(
+    server: RunningServer, client: Client
+) -> None:
+    # Given one stream of tasks, one per message: a malformed one, one with an unknown
+    # priority and a repeated idempotency key among them,
+    requests = [
+        task_request(role="streamed", title="first", idempotency_key="stream-1"),
+        task_pb.SubmitTaskRequest(title="no target"),
+        task_request(role="streamed", priority="urgent"),
+        task_request(role="streamed", title="again", idempotency_key="stream-1"),
+        *(task_request(role="streamed", payload={"n": n}) for n in range(200)),
+    ]
+    acks: list[task_pb.SubmitTaskStreamAck] = []
+    async for ack in client.tasks.submit_stream(requests, timeout=60):
+        acks.append(ack)
+        if len(acks) == 1:  # then the first is in the log as soon as it is answered,
+            stream = f"task/{ack.task.id}"
+            logged = await server.coordinator.store.read(0, 10, stream=stream)
+            assert [event.type for event in logged] == ["task.submitted"]
+    # every task is answered once, in order; the malformed ones say why and the
+    # stream goes on; the repeat names the first task,
+    assert [ack.sequence for ack in acks] == list(range(1, len(requests) + 1))
+    refused = acks[1:3]
+    assert [ack.error_code for ack in refused] == ["INVALID_ARGUMENT"] * 2
+    assert not any(ack.HasField("task") for ack in refused)
+    assert [p.field for p in acks[2].field_problems] == ["task.priority"]
+    assert acks[3].task.id == acks[0].task.id
+    accepted = {ack.task.id for ack in acks if ack.HasField("task")}
+    assert len(accepted) == 201
+    # every accepted task is in the log,
+    submitted = {
+        event.stream.removeprefix("task/")
+        for event in await server.coordinator.store.read(0, 100_000)
+        if event.type == "task.submitted"
+    }
+    assert accepted <= submitted
+    # and real agents run them all.
+    with agent_processes(address(server), "streamed", 2, "--handler", f"{HANDLERS}:echo"):
+        ended = await asyncio.gather(*(client.tasks.wait(t, timeout=60) for t in accepted))
+    assert {task.state for task in ended} == {Task.STATE_SUCCEEDED}
+
+
+async def test_a_task_stream_answers_a_burst_in_fewer_messages(server: RunningServer) -> None:
+    # Given a burst of 300 tasks sent on one stream as fast as the client can,
+    requests = [
+        task_pb.SubmitTaskStreamRequest(sequence=n, task=task_request(role="burst"))
+        for n in range(1, 301)
+    ]
+    async with grpc.aio.insecure_channel(address(server)) as channel:
+        stub = task_grpc.TaskServiceStub(channel)
+        replies = [reply async for reply in stub.SubmitTaskStream(iter(requests), timeout=60)]
+    # then all are answered, in order, and answers that were ready together shared a
+    # message (each commit releases the tasks read while it was under way).
+    assert [ack.sequence for reply in replies for ack in reply.acks] == list(range(1, 301))
+    assert len(replies) < 300
 
 
 async def test_run_task_answers_with_the_ended_task(server: RunningServer, client: Client) -> None:

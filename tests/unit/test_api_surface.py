@@ -116,6 +116,7 @@ def test_client_covers_task_service() -> None:
         "SubmitTask": "submit",
         "RunTask": "run",
         "SubmitTasks": "submit_many",
+        "SubmitTaskStream": "submit_stream",
         "GetTask": "get",
         "ListTasks": "list",
         "CancelTask": "cancel",

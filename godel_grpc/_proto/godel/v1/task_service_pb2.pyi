@@ -191,6 +191,134 @@ class SubmitTasksResponse(_message.Message):
 Global___SubmitTasksResponse: _TypeAlias = SubmitTasksResponse  # noqa: Y015
 
 @_typing.final
+class SubmitTaskStreamRequest(_message.Message):
+    """Request of TaskService.SubmitTaskStream: one task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The producer's number for this task, echoed in its answer."""
+    @_builtins.property
+    def task(self) -> Global___SubmitTaskRequest:
+        """Required. The task, as for SubmitTask."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        task: Global___SubmitTaskRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitTaskStreamRequest: _TypeAlias = SubmitTaskStreamRequest  # noqa: Y015
+
+@_typing.final
+class SubmitTaskStreamResponse(_message.Message):
+    """Response of TaskService.SubmitTaskStream: the answers to consecutive requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitTaskStreamAck]:
+        """One answer per request, in the order of the requests. Every request is answered
+        exactly once.
+        """
+
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[Global___SubmitTaskStreamAck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitTaskStreamResponse: _TypeAlias = SubmitTaskStreamResponse  # noqa: Y015
+
+@_typing.final
+class SubmitTaskStreamAck(_message.Message):
+    """The answer to one task of TaskService.SubmitTaskStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FIELD_PROBLEMS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The request's `sequence`."""
+    error_code: _builtins.str
+    """When refused: the name of the status code SubmitTask would have returned, e.g.
+    "INVALID_ARGUMENT". Empty when accepted.
+    """
+    message: _builtins.str
+    """When refused: why, in words."""
+    @_builtins.property
+    def task(self) -> _task_pb2.Task:
+        """The accepted task as recorded, or the task a repeated idempotency key names; it is
+        durable. Unset when the task was refused.
+        """
+
+    @_builtins.property
+    def field_problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldProblem]:
+        """When INVALID_ARGUMENT: the fields at fault, with paths relative to the request
+        (e.g. `task.role`).
+        """
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        task: _task_pb2.Task | None = ...,
+        error_code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        field_problems: _abc.Iterable[Global___FieldProblem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "field_problems", b"field_problems", "message", b"message", "sequence", b"sequence", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitTaskStreamAck: _TypeAlias = SubmitTaskStreamAck  # noqa: Y015
+
+@_typing.final
+class FieldProblem(_message.Message):
+    """One field of a request that breaks the rules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """Path of the field, e.g. `task.priority`."""
+    description: _builtins.str
+    """What is wrong with it."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldProblem: _TypeAlias = FieldProblem  # noqa: Y015
+
+@_typing.final
 class RunTaskRequest(_message.Message):
     """Request of TaskService.RunTask."""
 

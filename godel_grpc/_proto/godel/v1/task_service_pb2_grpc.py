@@ -45,6 +45,11 @@ class TaskServiceStub:
                 request_serializer=godel_dot_v1_dot_task__service__pb2.SubmitTasksRequest.SerializeToString,
                 response_deserializer=godel_dot_v1_dot_task__service__pb2.SubmitTasksResponse.FromString,
                 _registered_method=True)
+        self.SubmitTaskStream = channel.stream_stream(
+                '/godel.v1.TaskService/SubmitTaskStream',
+                request_serializer=godel_dot_v1_dot_task__service__pb2.SubmitTaskStreamRequest.SerializeToString,
+                response_deserializer=godel_dot_v1_dot_task__service__pb2.SubmitTaskStreamResponse.FromString,
+                _registered_method=True)
         self.RunTask = channel.unary_unary(
                 '/godel.v1.TaskService/RunTask',
                 request_serializer=godel_dot_v1_dot_task__service__pb2.RunTaskRequest.SerializeToString,
@@ -89,6 +94,18 @@ class TaskServiceServicer:
         """Accepts up to 1,000 tasks in one call and one durable write: the fast path for
         producers. All tasks are validated first; if any is invalid none is accepted and the
         reply is INVALID_ARGUMENT with field paths like `requests[3].role`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitTaskStream(self, request_iterator, context):
+        """Submits tasks one per message on one long-lived stream, for producers that cannot
+        batch: each task is answered once it is durable, in the order sent, and answers that
+        are ready together travel in one message, so a burst of tasks shares one commit and
+        one reply. A malformed task is answered with why (nothing was changed) and the
+        stream goes on; a repeated idempotency key is answered with the task created first.
+        The stream itself ends with UNAVAILABLE when the coordinator shuts down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +163,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.SubmitTasks,
                     request_deserializer=godel_dot_v1_dot_task__service__pb2.SubmitTasksRequest.FromString,
                     response_serializer=godel_dot_v1_dot_task__service__pb2.SubmitTasksResponse.SerializeToString,
+            ),
+            'SubmitTaskStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitTaskStream,
+                    request_deserializer=godel_dot_v1_dot_task__service__pb2.SubmitTaskStreamRequest.FromString,
+                    response_serializer=godel_dot_v1_dot_task__service__pb2.SubmitTaskStreamResponse.SerializeToString,
             ),
             'RunTask': grpc.unary_unary_rpc_method_handler(
                     servicer.RunTask,
@@ -228,6 +250,33 @@ class TaskService:
             '/godel.v1.TaskService/SubmitTasks',
             godel_dot_v1_dot_task__service__pb2.SubmitTasksRequest.SerializeToString,
             godel_dot_v1_dot_task__service__pb2.SubmitTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTaskStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/godel.v1.TaskService/SubmitTaskStream',
+            godel_dot_v1_dot_task__service__pb2.SubmitTaskStreamRequest.SerializeToString,
+            godel_dot_v1_dot_task__service__pb2.SubmitTaskStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,14 @@ class TaskServiceStub:
     producers. All tasks are validated first; if any is invalid none is accepted and the
     reply is INVALID_ARGUMENT with field paths like `requests[3].role`.
     """
+    SubmitTaskStream: _grpc.StreamStreamMultiCallable[_task_service_pb2.SubmitTaskStreamRequest, _task_service_pb2.SubmitTaskStreamResponse]
+    """Submits tasks one per message on one long-lived stream, for producers that cannot
+    batch: each task is answered once it is durable, in the order sent, and answers that
+    are ready together travel in one message, so a burst of tasks shares one commit and
+    one reply. A malformed task is answered with why (nothing was changed) and the
+    stream goes on; a repeated idempotency key is answered with the task created first.
+    The stream itself ends with UNAVAILABLE when the coordinator shuts down.
+    """
     RunTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.RunTaskRequest, _task_service_pb2.RunTaskResponse]
     """Submits one task and answers once it has ended and its result is durable: the
     one-call round trip for a caller that would wait anyway. INVALID_ARGUMENT as for
@@ -76,6 +84,14 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Accepts up to 1,000 tasks in one call and one durable write: the fast path for
     producers. All tasks are validated first; if any is invalid none is accepted and the
     reply is INVALID_ARGUMENT with field paths like `requests[3].role`.
+    """
+    SubmitTaskStream: _aio.StreamStreamMultiCallable[_task_service_pb2.SubmitTaskStreamRequest, _task_service_pb2.SubmitTaskStreamResponse]  # type: ignore[assignment]
+    """Submits tasks one per message on one long-lived stream, for producers that cannot
+    batch: each task is answered once it is durable, in the order sent, and answers that
+    are ready together travel in one message, so a burst of tasks shares one commit and
+    one reply. A malformed task is answered with why (nothing was changed) and the
+    stream goes on; a repeated idempotency key is answered with the task created first.
+    The stream itself ends with UNAVAILABLE when the coordinator shuts down.
     """
     RunTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.RunTaskRequest, _task_service_pb2.RunTaskResponse]  # type: ignore[assignment]
     """Submits one task and answers once it has ended and its result is durable: the
@@ -119,6 +135,20 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         """Accepts up to 1,000 tasks in one call and one durable write: the fast path for
         producers. All tasks are validated first; if any is invalid none is accepted and the
         reply is INVALID_ARGUMENT with field paths like `requests[3].role`.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitTaskStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_task_service_pb2.SubmitTaskStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_task_service_pb2.SubmitTaskStreamResponse], _abc.AsyncIterator[_task_service_pb2.SubmitTaskStreamResponse]]:
+        """Submits tasks one per message on one long-lived stream, for producers that cannot
+        batch: each task is answered once it is durable, in the order sent, and answers that
+        are ready together travel in one message, so a burst of tasks shares one commit and
+        one reply. A malformed task is answered with why (nothing was changed) and the
+        stream goes on; a repeated idempotency key is answered with the task created first.
+        The stream itself ends with UNAVAILABLE when the coordinator shuts down.
         """
 
     @_abc_1.abstractmethod
