@@ -15,8 +15,9 @@ In order:
 2. the event store alone (`bench.store_bench`), on the same disk as the coordinator's;
 3. one `godel serve` (SQLite in a fresh data directory): RSS idle and with 1,000 idle
    agent links (`bench.idle_agents`), then with 4 `godel agent` processes running a
-   no-op handler: throughput batched and one task per message (`bench.producer`
-   processes submit; the benchmark keeps the clock), then round-trip latency;
+   no-op handler: throughput batched (SubmitTasks), one task per call (SubmitTask) and
+   one task per message (SubmitTaskStream) (`bench.producer` processes submit; the
+   benchmark keeps the clock), then round-trip latency;
 4. the round trip again on ``--store memory://``, to separate durability from the rest;
 5. memory per queued task; 6. the backpressure acceptance at full scale
    (`bench.backpressure`: 50,000 tasks per strategy into a queue of 10,000).
@@ -67,6 +68,9 @@ class Sizes:
     single_tasks: int = 5_000
     single_producers: int = 2
     single_concurrency: int = 64
+    stream_tasks: int = 20_000
+    stream_producers: int = 2
+    """Producer processes of the streamed run, one SubmitTaskStream each."""
     agents: int = 4
     capacity: int = 256
     latency_samples: int = 1_000
@@ -84,6 +88,7 @@ class Sizes:
 QUICK = Sizes(
     batched_tasks=4_000,
     single_tasks=1_000,
+    stream_tasks=2_000,
     latency_samples=100,
     latency_warmup=20,
     idle_agents=200,
@@ -393,7 +398,7 @@ async def coordinator_figures(
 
         per_producer = sizes.single_tasks // sizes.single_producers
         title = (
-            f"throughput, one task per message: {per_producer * sizes.single_producers:,} "
+            f"throughput, one task per call: {per_producer * sizes.single_producers:,} "
             f"tasks, SubmitTask, {sizes.single_producers} producer processes x "
             f"{sizes.single_concurrency} calls in flight"
         )
@@ -407,8 +412,27 @@ async def coordinator_figures(
             counter=counter,
         )  # fmt: skip
         _print_throughput(report, single, how, per_call="SubmitTask")
+        done()
+
+        per_stream = sizes.stream_tasks // sizes.stream_producers
+        title = (
+            f"throughput, one task per message: {per_stream * sizes.stream_producers:,} "
+            f"tasks, SubmitTaskStream, {sizes.stream_producers} producer processes x "
+            "1 stream, each sending as fast as flow control lets it"
+        )
+        done = section(title)
+        streamed = await e2e.throughput(
+            children, coordinator, agents, stub,
+            producers=sizes.stream_producers,
+            tasks_per_producer=per_stream,
+            batch=1,
+            concurrency=1,
+            counter=counter,
+            stream=True,
+        )  # fmt: skip
+        _print_throughput(report, streamed, how, per_call="streamed task (taken -> answered)")
         report.target(
-            "throughput, one task per message", "tasks/s", 2_500, single.rate, higher=True
+            "throughput, one task per message", "tasks/s", 2_500, streamed.rate, higher=True
         )
         done()
 
@@ -447,9 +471,17 @@ async def coordinator_figures(
     done()
 
     done = section("ratios to the raw limit")
-    report.figure("single-mode tasks/s / raw echo msgs/s", single.rate / raw.echo_rate, "", ".3f")
     report.figure(
-        "single-mode tasks/s / raw unary calls/s", single.rate / raw.unary_rate, "", ".3f"
+        "one-per-message (stream) tasks/s / raw echo msgs/s",
+        streamed.rate / raw.echo_rate,
+        "",
+        ".3f",
+    )
+    report.figure(
+        "one-per-call (SubmitTask) tasks/s / raw unary calls/s",
+        single.rate / raw.unary_rate,
+        "",
+        ".3f",
     )
     report.figure("batched tasks/s / raw echo msgs/s", batched.rate / raw.echo_rate, "", ".3f")
     report.figure("round-trip p50 / raw ping-pong p50", p50 / raw.ping_p50, "", ".2f")
@@ -476,11 +508,21 @@ async def coordinator_figures(
     report.figure("round-trip p50 / that floor", p50 / floor, "", ".2f")
     ceiling = 1 / (raw.unary_cpu + raw.echo_cpu)
     report.figure(
-        "single-mode ceiling: one core / (raw CPU per unary call + per echoed message)",
+        "one-per-call ceiling: one core / (raw CPU per unary call + per echoed message)",
         ceiling,
         "tasks/s",
     )
-    report.figure("single-mode tasks/s / that ceiling", single.rate / ceiling, "", ".3f")
+    report.figure("one-per-call tasks/s / that ceiling", single.rate / ceiling, "", ".3f")
+    stream_ceiling = 1 / (2 * raw.echo_cpu)
+    report.figure(
+        "one-per-message ceiling: one core / (raw CPU of two echoed messages: task in and "
+        "lease out, result in and answer out)",
+        stream_ceiling,
+        "tasks/s",
+    )
+    report.figure(
+        "one-per-message tasks/s / that ceiling", streamed.rate / stream_ceiling, "", ".3f"
+    )
     report.figure(
         "coordinator RSS after all runs (every task is kept in memory)",
         rss_end / 2**20,

@@ -270,6 +270,7 @@ async def throughput(
     batch: int,
     concurrency: int,
     counter: SucceededCounter | None = None,
+    stream: bool = False,
 ) -> Throughput:
     """Runs producers against the coordinator and times the whole batch of tasks.
 
@@ -283,6 +284,7 @@ async def throughput(
         "--count", str(tasks_per_producer),
         "--batch", str(batch),
         "--concurrency", str(concurrency),
+        *(["--stream"] if stream else []),
     ]  # fmt: skip
     started = [
         await children.start(f"producer-{batch}-{index}", args, pipes=True)

@@ -9,10 +9,12 @@ benchmark, not the producer, owns the clock and the start is simultaneous:
    ``{"ready": true}``;
 2. it waits for a line on stdin, then submits `count` tasks with `concurrency` calls in
    flight: ``SubmitTask`` (one task per call) when B is 1, ``SubmitTasks`` with B tasks
-   per call otherwise;
+   per call otherwise; with ``--stream``, `concurrency` ``SubmitTaskStream`` calls
+   instead, each sending its share one task per message as fast as flow control lets it;
 3. it prints ``{"submitted": N, "seconds": S, "cpu_seconds": C, "call_p50_ms": ...,
    "call_p99_ms": ...}`` and exits (C is its own CPU time while submitting, which the
-   benchmark cannot read once the process is gone).
+   benchmark cannot read once the process is gone). For a stream, a "call" is one task
+   from the moment the stream takes it to its answer.
 
 Requests are built before the start so that the figures do not include making protobuf
 objects in Python, which is the producer's cost, not the coordinator's.
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Iterator
 
 import grpc
 
@@ -40,9 +43,16 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def produce(address: str, count: int, batch: int, concurrency: int) -> None:
+async def produce(
+    address: str, count: int, batch: int, concurrency: int, stream: bool = False
+) -> None:
     """Runs the protocol described in the module docstring."""
     single = task_pb.SubmitTaskRequest(role=ROLE)
+    shares = [count // concurrency + (i < count % concurrency) for i in range(concurrency)]
+    streamed = [
+        [task_pb.SubmitTaskStreamRequest(sequence=n, task=single) for n in range(1, share + 1)]
+        for share in shares
+    ]
     if batch <= 1:
         calls: list[task_pb.SubmitTaskRequest | task_pb.SubmitTasksRequest] = [single] * count
     else:
@@ -69,9 +79,27 @@ async def produce(address: str, count: int, batch: int, concurrency: int) -> Non
                     await stub.SubmitTasks(request, timeout=60)
                 latencies.append(time.perf_counter() - started)
 
+        async def stream_worker(requests: list[task_pb.SubmitTaskStreamRequest]) -> None:
+            taken: dict[int, float] = {}
+
+            def feed() -> Iterator[task_pb.SubmitTaskStreamRequest]:
+                for request in requests:
+                    taken[request.sequence] = time.perf_counter()
+                    yield request
+
+            async for reply in stub.SubmitTaskStream(feed(), timeout=120):
+                now = time.perf_counter()
+                for ack in reply.acks:
+                    if ack.error_code:
+                        raise RuntimeError(f"task {ack.sequence} refused: {ack.message}")
+                    latencies.append(now - taken.pop(ack.sequence))
+
         cpu_start = time.process_time()
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if stream:
+            await asyncio.gather(*(stream_worker(requests) for requests in streamed))
+        else:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
     emit(
@@ -92,8 +120,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--stream", action="store_true", help="one task per message on SubmitTaskStream"
+    )
     args = parser.parse_args()
-    asyncio.run(produce(args.address, args.count, args.batch, args.concurrency))
+    asyncio.run(produce(args.address, args.count, args.batch, args.concurrency, args.stream))
 
 
 if __name__ == "__main__":
