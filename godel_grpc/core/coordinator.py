@@ -46,7 +46,7 @@ from godel_grpc.core.queues import QueueManager
 from godel_grpc.core.records import Task, TaskRecord, TaskState
 from godel_grpc.core.reflex import ReflexManager
 from godel_grpc.core.sagas import SagaManager
-from godel_grpc.core.scheduler import Scheduler
+from godel_grpc.core.scheduler import Scheduler, gather_delay
 from godel_grpc.core.state import CoordinatorState
 from godel_grpc.core.swarms import SwarmManager
 from godel_grpc.core.upgrade import decode
@@ -282,11 +282,17 @@ class Coordinator:
             self.enqueue(task)
 
     def schedule_dispatch(self) -> None:
-        """Asks for a dispatch round at the next turn of the loop (one per turn at most,
+        """Asks for a dispatch round at the next turn of the loop, or after
+        `scheduler.gather_delay` while the fleet is busy (one round pending at most,
         however many changes ask for it)."""
         if not self._dispatch_scheduled:
             self._dispatch_scheduled = True
-            asyncio.get_running_loop().call_soon(self._dispatch)
+            loop = asyncio.get_running_loop()
+            delay = gather_delay(self.state.task_counts[Task.STATE_RUNNING], len(self.sessions))
+            if delay:
+                loop.call_later(delay, self._dispatch)
+            else:
+                loop.call_soon(self._dispatch)
 
     def notify(self, task: TaskRecord) -> None:
         """Tells whoever follows the task that it changed: its watchers, its RunTask

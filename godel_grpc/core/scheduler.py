@@ -20,6 +20,26 @@ from dataclasses import dataclass, field
 
 from godel_grpc.patterns import reflex
 
+GATHER_SECONDS = 0.002
+"""How long a dispatch round waits for more work while the fleet is busy (see
+`gather_delay`)."""
+BUSY_RUNNING_PER_AGENT = 2
+"""Tasks running per connected agent above which the fleet counts as busy."""
+
+
+def gather_delay(running: int, agents: int) -> float:
+    """Seconds the next dispatch round should wait before it leases.
+
+    None while the fleet is lightly loaded: a lone task goes out at once. Once more than
+    `BUSY_RUNNING_PER_AGENT` tasks per connected agent are running, `GATHER_SECONDS`:
+    the tasks and freed slots of those 2 ms are leased together, several to a message
+    per agent, and each agent answers them together. On this machine a streamed message
+    costs about 84 us of CPU at each end, so under a flood of small tasks this is what
+    keeps the agents and the coordinator from spending themselves on one message per
+    task; it adds at most 2 ms before a task starts, and only while the fleet is busy.
+    """
+    return GATHER_SECONDS if running > BUSY_RUNNING_PER_AGENT * agents else 0.0
+
 
 @dataclass(slots=True)
 class _Pool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from godel_grpc.core.scheduler import Scheduler
+from godel_grpc.core.scheduler import GATHER_SECONDS, Scheduler, gather_delay
 
 
 def always_ready(_: str) -> bool:
@@ -193,3 +193,13 @@ def test_a_score_survives_a_change_of_the_agents_pools() -> None:
     # Then it is still drawn by its score, not skipped by plain rotation
     scheduler.enqueue("t0", "role:w", 2)
     assert scheduler.assign(always_ready) == [("t0", "scored")]
+
+
+def test_a_round_waits_to_gather_work_only_while_the_fleet_is_busy() -> None:
+    # A lone task, or a fleet running up to two tasks per agent, is leased at once;
+    assert gather_delay(running=0, agents=0) == 0.0
+    assert gather_delay(running=1, agents=1) == 0.0
+    assert gather_delay(running=8, agents=4) == 0.0
+    # beyond that, a round waits to lease what arrives meanwhile in the same messages.
+    assert gather_delay(running=9, agents=4) == GATHER_SECONDS
+    assert gather_delay(running=1, agents=0) == GATHER_SECONDS
