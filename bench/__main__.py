@@ -430,7 +430,8 @@ async def coordinator_figures(
             counter=counter,
             stream=True,
         )  # fmt: skip
-        _print_throughput(report, streamed, how, per_call="streamed task (taken -> answered)")
+        backlog = "streamed task (sent -> answered; all sent at once, so this is the backlog)"
+        _print_throughput(report, streamed, how, per_call=backlog)
         report.target(
             "throughput, one task per message", "tasks/s", 2_500, streamed.rate, higher=True
         )
