@@ -118,13 +118,13 @@ class AgentLinks:
         welcome.heartbeat_timeout.FromNanoseconds(int(self._core.settings.heartbeat_timeout * 1e9))
         welcome.memory.CopyFrom(self._core.reflex.memory_struct(agent_id))
         session.send_welcome(welcome)
+        # Its breaker exists from the moment it shows as connected (GetCircuitState
+        # answers), not only once that is durable; a link closed meanwhile detaches it.
+        self._core.breakers.attach(agent_id, name, breaker)
+        if self._core.forced_circuits.is_forced(agent_id):  # until ResetCircuit, restarts too
+            self._core.breakers.force_open(agent_id, "still forced open from before it reconnected")
         await done
         if not session.closed:
-            self._core.breakers.attach(agent_id, name, breaker)
-            if self._core.forced_circuits.is_forced(agent_id):  # until ResetCircuit, restarts too
-                self._core.breakers.force_open(
-                    agent_id, "still forced open from before it reconnected"
-                )
             self._core.scheduler.add_agent(agent_id, self.pools_of(agent), capacity)
             self._core.scheduler.set_score(agent_id, self._core.reflex.preference(agent_id))
             if agent_id in self._drain_on_connect:  # before any dispatch can lease to it

@@ -16,6 +16,7 @@ from godel_grpc._proto.godel.v1 import agent_link_service_pb2 as link_pb
 from godel_grpc._proto.godel.v1 import agent_pb2, agent_service_pb2, task_pb2
 from godel_grpc.client import Client, RPCError, task_request
 from godel_grpc.config import ServeConfig
+from godel_grpc.core.breaker_commands import BreakerCommands
 from godel_grpc.server import RunningServer, start_server
 from tests.integration.test_agent_link import RawAgent
 from tests.support import agent_processes
@@ -198,6 +199,22 @@ async def test_failure_rate_over_a_window_opens_the_breaker(
         opened = await client.agents.get_circuit_state(agent_id)
         assert opened.state == Breaker.STATE_OPEN and opened.failure_count == 2
         assert (await circuit_events(server, client, agent_id))[-1][:2] == ("OPEN", "failure-rate")
+
+
+async def test_an_agent_shown_connected_has_its_breaker_already(server: RunningServer) -> None:
+    # Given an agent whose connection is applied but not yet durable (its hello is
+    # being committed),
+    coordinator = server.coordinator
+    hello = link_pb.AgentHello(role="early", name="early-bird")
+    opening = asyncio.create_task(coordinator.links.open_session(hello))
+    await asyncio.sleep(0)  # its first step applies the connection, then awaits the commit
+    (agent,) = [a for a in coordinator.state.agents.values() if a.name == "early-bird"]
+    assert not opening.done() and agent.state == agent_pb2.Agent.STATE_READY
+    # then GetCircuitState, asked now, already answers for it.
+    shown = BreakerCommands(coordinator).state(agent.id)
+    assert shown.state == Breaker.STATE_CLOSED
+    session = await opening
+    coordinator.links.close_session(session, "test over")
 
 
 async def test_slow_successes_count_as_failures(server: RunningServer, client: Client) -> None:
