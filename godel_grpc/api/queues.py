@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -12,14 +11,13 @@ import grpc
 from godel_grpc._proto.godel.v1 import queue_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import queue_service_pb2_grpc as pb_grpc
 from godel_grpc.api.interceptor import check
+from godel_grpc.api.pipeline import Decided, answered_in_order
 from godel_grpc.core.queue_commands import QueueCommands
 from godel_grpc.errors import DeadlineExceeded, GodelError, Unavailable
 from godel_grpc.patterns.backpressure import Outcome
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-READ_AHEAD = 1024
-"""Requests of one EnqueueStream decided ahead of their acks (waiting for durability)."""
 Ack = pb.EnqueueStreamResponse
 
 _OUTCOMES = {
@@ -49,40 +47,16 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         """One ack per request, in order, each sent only once what it changed is
         durable.
 
-        Pipelined: a reader decides on up to `READ_AHEAD` requests while the acks of
-        earlier ones wait for their commit, so a burst of offers shares one commit
-        instead of paying one each. While a "block" queue is full the reader waits,
-        and, once the read-ahead is used up, so does gRPC's flow control: the producer
-        is pushed back.
+        Pipelined (`pipeline.answered_in_order`): requests are decided ahead while the
+        acks of earlier ones wait for their commit, so a burst of offers shares one
+        commit. While a "block" queue is full the reader waits, and, once the read-ahead
+        is used up, so does gRPC's flow control: the producer is pushed back.
         """
-        slots = asyncio.Semaphore(READ_AHEAD)  # bounds `decided`, whose end marker fits
-        decided: asyncio.Queue[tuple[Ack, Awaitable[object] | None] | None] = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    await slots.acquire()
-                    decided.put_nowait(await self._decide(request, context))
-            finally:
-                decided.put_nowait(None)
-
-        reader = asyncio.get_running_loop().create_task(read(), name="enqueue-stream-reader")
-        try:
-            while (item := await decided.get()) is not None:
-                ack, durable = item
-                if durable is not None:
-                    await durable
+        async for acks in answered_in_order(requests, lambda r: self._decide(r, context)):
+            for ack in acks:
                 yield ack
-                slots.release()
-            await reader  # its error (shutting down), if any, ends the stream
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
 
-    async def _decide(
-        self, request: Any, context: Context
-    ) -> tuple[pb.EnqueueStreamResponse, Awaitable[object] | None]:
+    async def _decide(self, request: Any, context: Context) -> Decided[Ack]:
         """The ack for one request, and what must be durable before it is sent."""
         sequence = getattr(request, "sequence", 0)
         try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,18 +10,12 @@ import grpc
 from godel_grpc._proto.godel.v1 import task_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as pb_grpc
 from godel_grpc.api.interceptor import check
+from godel_grpc.api.pipeline import Decided, answered_in_order
 from godel_grpc.core.coordinator import Coordinator
 from godel_grpc.errors import GodelError, InvalidArgument, Unavailable
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Ack = pb.SubmitTaskStreamAck
-Decided = tuple[Ack, "asyncio.Future[None] | None"]
-"""One streamed task's answer, and what must be durable before it is sent."""
-
-READ_AHEAD = 1_000
-"""Tasks of one SubmitTaskStream accepted ahead of their answers (waiting for their
-commit): enough for a burst to share a commit, few enough to push back on a producer
-through gRPC's flow control once the disk falls behind."""
 
 
 class TaskServicer(pb_grpc.TaskServiceServicer):
@@ -50,46 +42,16 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         """Answers each task once it is durable, in order, the answers that are ready
         together in one message.
 
-        Pipelined: a reader accepts up to `READ_AHEAD` tasks while earlier ones wait for
-        their commit, so a burst shares one commit, and the answers it releases share one
-        message. With one task per message in and one answer per message out, each task
-        would cost two streamed messages here; under load it costs one and a fraction.
+        Pipelined (`pipeline.answered_in_order`): tasks are accepted ahead while earlier
+        ones wait for their commit, so a burst shares one commit, and the answers it
+        releases share one message. With one task per message in and one answer per
+        message out, each task would cost two streamed messages here; under load it
+        costs one and a fraction.
         """
-        slots = asyncio.Semaphore(READ_AHEAD)  # bounds `decided`, whose end marker fits
-        decided: asyncio.Queue[Decided | None] = asyncio.Queue()
+        async for acks in answered_in_order(requests, self._decide):
+            yield pb.SubmitTaskStreamResponse(acks=acks)
 
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    await slots.acquire()
-                    decided.put_nowait(await self._decide(request))
-            finally:
-                decided.put_nowait(None)
-
-        reader = asyncio.get_running_loop().create_task(read(), name="submit-stream-reader")
-        try:
-            ended = False
-            while not ended and (first := await decided.get()) is not None:
-                batch = [first]
-                while not decided.empty():
-                    more = decided.get_nowait()
-                    if more is None:
-                        ended = True
-                        break
-                    batch.append(more)
-                for _, written in batch:
-                    if written is not None:
-                        await written  # in commit order: mostly already done
-                yield pb.SubmitTaskStreamResponse(acks=[ack for ack, _ in batch])
-                for _ in batch:
-                    slots.release()
-            await reader  # its error (shutting down), if any, ends the stream
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-
-    async def _decide(self, request: Any) -> Decided:
+    async def _decide(self, request: Any) -> Decided[Ack]:
         """Accepts or refuses one streamed task."""
         sequence = getattr(request, "sequence", 0)
         try:
