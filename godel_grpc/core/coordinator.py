@@ -329,19 +329,13 @@ class Coordinator:
             raise Unavailable("the coordinator is shutting down; retry against its successor")
 
     async def submit_tasks(
-        self, requests: Sequence[task_service_pb2.SubmitTaskRequest], *, durable: bool = True
+        self, requests: Sequence[task_service_pb2.SubmitTaskRequest]
     ) -> list[task_pb2.Task]:
         """Accepts tasks and returns them once they are durable.
 
         A request whose idempotency key was seen before returns the task created first.
-
-        Args:
-            requests: the tasks to accept.
-            durable: False returns at once and lets the submissions ride with the next
-                commit (at most `journal.LAZY_DELAY` later), for a caller that answers
-                only after a later flush (RunTask).
         """
-        tasks, written = await self.admit_tasks(requests, urgent=durable)
+        tasks, written = await self.admit_tasks(requests)
         if written is not None:
             await written
         return tasks
@@ -452,7 +446,7 @@ class Coordinator:
         commit instead of two, and its result does not wait behind the first.
         A crash before that commit loses a task nobody was told about.
         """
-        (submitted,) = await self.submit_tasks([request], durable=False)
+        (submitted,), _ = await self.admit_tasks([request], urgent=False)
         task = self.state.tasks.get(submitted.id)
         if task is None:  # ended long ago (an idempotent repeat)
             return await self._existing_task(submitted.id)
