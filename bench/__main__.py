@@ -13,6 +13,8 @@ In order:
    unary calls and the memory of idle streams, between two processes with no
    coordinator, so that the coordinator's figures can be read as ratios of it;
 2. the event store alone (`bench.store_bench`), on the same disk as the coordinator's;
+   then the raw round-trip floor (`bench.raw_relay`): a lone RunTask's three processes,
+   hops and durable commit with nothing else, the floor of the latency figures;
 3. one `godel serve` (SQLite in a fresh data directory): RSS idle and with 1,000 idle
    agent links (`bench.idle_agents`), then with 4 `godel agent` processes running a
    no-op handler: throughput batched (SubmitTasks), one task per call (SubmitTask) and
@@ -51,7 +53,7 @@ from types import FrameType
 import grpc
 import psutil
 
-from bench import backpressure, e2e, raw_grpc
+from bench import backpressure, e2e, raw_grpc, raw_relay
 from bench.procs import PYTHON, ROOT, Children, read_json_line
 from bench.store_bench import bench_store
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as task_grpc
@@ -292,9 +294,52 @@ async def raw_limit(children: Children, sizes: Sizes, report: Report) -> RawLimi
     return RawLimit(echo, ping_p50, unary, stream_ping_p50, echo_cpu, unary_cpu)
 
 
-async def event_store(directory: pathlib.Path, report: Report) -> float:
-    """bench.store_bench's figures, on the same disk as the coordinator's store; returns
-    the seconds one durable append of one event takes on its own (one fsync)."""
+async def relay_floor(
+    children: Children, directory: pathlib.Path, sizes: Sizes, report: Report
+) -> raw_relay.RelayTrips:
+    """Measures and prints the raw round trip through three processes (the floor)."""
+    done = section(
+        "raw round trip through three processes, no coordinator (bench/raw_relay.py): "
+        "client -> relay -> worker stream -> relay -> client"
+    )
+    relay = await children.start(
+        "raw-relay", [PYTHON, "-m", "bench.raw_relay", "serve", str(directory)], pipes=True
+    )
+    try:
+        port = (await read_json_line(relay))["port"]
+        worker = await children.start(
+            "raw-worker", [PYTHON, "-m", "bench.raw_relay", "work", str(port)]
+        )
+        trips = await raw_relay.round_trips(
+            f"127.0.0.1:{port}", sizes.latency_samples, sizes.latency_warmup
+        )
+        await children.stop(worker)
+    finally:
+        await children.stop(relay)
+    ms = 1e3
+    report.figure(
+        f"unary call + worker hop + one durable commit, p50 ({sizes.latency_samples:,} "
+        "sequential; a lone RunTask's path)",
+        quantile(trips.durable, 0.5) * ms,
+        "ms",
+        ".3f",
+    )
+    report.figure("  the same, p99", quantile(trips.durable, 0.99) * ms, "ms", ".3f")
+    report.figure(
+        "unary call + worker hop, no commit, p50", quantile(trips.volatile, 0.5) * ms, "ms", ".3f"
+    )
+    report.figure(
+        "open-stream message + worker hop + one durable commit, p50",
+        quantile(trips.streamed, 0.5) * ms,
+        "ms",
+        ".3f",
+    )
+    done()
+    return trips
+
+
+async def event_store(directory: pathlib.Path, report: Report) -> None:
+    """bench.store_bench's figures, on the same disk as the coordinator's store."""
     done = section("event store alone (bench/store_bench.py, SQLite, synchronous=FULL)")
     labels = {
         "sequential_1": "appends of 1 event, one at a time (one fsync each)",
@@ -306,7 +351,6 @@ async def event_store(directory: pathlib.Path, report: Report) -> float:
     for name, rate in results.items():
         report.figure(f"{labels.get(name, name)} [{name}]", rate, "events/s")
     done()
-    return 1 / results["sequential_1"]
 
 
 async def coordinator_figures(
@@ -316,12 +360,12 @@ async def coordinator_figures(
     report: Report,
     observer: str,
     raw: RawLimit,
-    durable_append: float,
+    relay: raw_relay.RelayTrips,
 ) -> None:
     """Memory, throughput and latency of one `godel serve` process.
 
     Args:
-        durable_append: seconds of one lone durable append, for the round trip's floor.
+        relay: the raw three-process round trips, the floor of the RunTask figures.
     """
     done = section("coordinator process: godel serve, SQLite store in a fresh data dir")
     coordinator = await e2e.start_coordinator(children, str(data_dir))
@@ -495,18 +539,24 @@ async def coordinator_figures(
     report.figure(
         "GetTask p50 / raw ping-pong p50", quantile(trips.get, 0.5) / raw.ping_p50, "", ".2f"
     )
-    # What no coordinator in this process model can beat, from raw figures of this run:
-    # RunTask is a unary call, a lease and its result on an agent's open stream, and one
-    # fsync before the answer; a task sent alone costs the coordinator's one event-loop
-    # thread at least one unary call and one streamed message each way.
-    floor = raw.ping_p50 + raw.stream_ping_p50 + durable_append
+    # What no coordinator in this process model can beat, measured in this run: the same
+    # three processes and hops as a lone RunTask, the same durable commit before the
+    # answer, and nothing else (bench/raw_relay.py).
+    floor = quantile(relay.durable, 0.5)
     report.figure(
-        "round-trip floor: unary + stream ping-pong p50 + one lone durable append",
+        "round-trip floor: raw relay p50 (unary call, worker hop, one durable commit)",
         floor * 1e3,
         "ms",
         ".3f",
     )
     report.figure("round-trip p50 / that floor", p50 / floor, "", ".2f")
+    report.figure("round-trip p99 / raw relay p99", p99 / quantile(relay.durable, 0.99), "", ".2f")
+    report.figure(
+        "round-trip p50, memory store / raw relay p50 without the commit",
+        quantile(memory_trips.run, 0.5) / quantile(relay.volatile, 0.5),
+        "",
+        ".2f",
+    )
     ceiling = 1 / (raw.unary_cpu + raw.echo_cpu)
     report.figure(
         "one-per-call ceiling: one core / (raw CPU per unary call + per echoed message)",
@@ -694,9 +744,11 @@ async def run(sizes: Sizes, observer: str) -> None:
         children = Children(scratch_dir / "logs")
         try:
             raw = await raw_limit(children, sizes, report)
-            durable_append = await event_store(scratch_dir / "store", report)
+            await event_store(scratch_dir / "store", report)
+            (scratch_dir / "relay").mkdir()
+            relay = await relay_floor(children, scratch_dir / "relay", sizes, report)
             await coordinator_figures(
-                children, scratch_dir / "data", sizes, report, observer, raw, durable_append
+                children, scratch_dir / "data", sizes, report, observer, raw, relay
             )
             await queued_figures(children, scratch_dir / "queued", sizes, report)
             await backpressure_runs(children, scratch_dir / "backpressure", sizes, report)
