@@ -138,11 +138,12 @@ class LineReader:
         self._thread.start()
 
     def _pump(self, stream) -> None:  # type: ignore[no-untyped-def]
-        for raw in stream:
-            line = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
+        with stream:  # the child's end closed: nothing more will come, and the pipe is ours
+            for raw in stream:
+                line = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+                with self._cond:
+                    self.lines.append(line.rstrip("\n"))
+                    self._cond.notify_all()
         with self._cond:
             self.lines.append("")  # end of stream marker
             self._cond.notify_all()

@@ -219,6 +219,8 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
     with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def monitor_process(pid: int, *args: str) -> AbstractContextManager[SidecarProcess]:

@@ -41,6 +41,7 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     finally:
         child.kill()
         child.wait()
+        child.stdout.close()
 
 
 def test_metric_lists_are_checked() -> None:

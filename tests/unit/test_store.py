@@ -457,6 +457,8 @@ def test_acknowledged_appends_survive_sigkill(
         rest = proc.stdout.read()
         errors = proc.stderr.read()
         proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
     assert len(acked) >= 200, errors
     for line in rest.split("\n")[:-1]:
         position, data = line.split()
