@@ -718,8 +718,9 @@ async def backpressure_runs(
         f"{sizes.backpressure_max_size:,}, per strategy"
     )
     coordinator = await e2e.start_coordinator(children, str(data_dir), name="coordinator-bp")
+    agents = []
     for index in range(2):
-        await children.start(
+        agent = await children.start(
             f"drain-{index}",
             [
                 PYTHON, "-m", "godel_grpc.cli", "agent",
@@ -728,6 +729,7 @@ async def backpressure_runs(
                 *backpressure.agent_args(),
             ],
         )  # fmt: skip
+        agents.append(agent)
     async with Client(coordinator.address, timeout=60) as client:
         await backpressure.wait_agents(client, 2)
         results = await backpressure.run_all(
@@ -744,6 +746,9 @@ async def backpressure_runs(
         report.figure(
             f"{name}: stream + drain", result.stream_seconds + result.drain_seconds, "s", ".1f"
         )
+    # Agents first: stopped after their coordinator, they would log its loss as a warning.
+    for agent in agents:
+        await children.stop(agent)
     await children.stop(coordinator.child)
     done()
 
