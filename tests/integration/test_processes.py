@@ -154,7 +154,9 @@ async def test_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
                 for _ in range(total // 500):
                     batch = await client.tasks.submit_many(
                         [
-                            task_request(role="worker", payload={"seconds": 0.002})
+                            # 5,000 x 50 ms over 128 slots: at least 2 s of work, so the
+                            # kill lands mid-run however quickly the first 1,000 end.
+                            task_request(role="worker", payload={"seconds": 0.05})
                             for _ in range(500)
                         ]
                     )
