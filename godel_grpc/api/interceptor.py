@@ -241,13 +241,14 @@ PER_MESSAGE_VALIDATION = frozenset(
     {
         "/godel.v1.QueueService/EnqueueStream",
         "/godel.v1.TaskService/SubmitTaskStream",
+        "/godel.v1.TaskService/RunTaskStream",
         "/godel.v1.AgentLinkService/Connect",
     }
 )
 """The coordinator's streaming methods whose servicer checks each request itself with
-`check`, instead of the boundary wrapping the request stream: EnqueueStream and
-SubmitTaskStream answer a bad message in their reply and go on; the agent link ends with
-the violations, but saves a generator per connected agent."""
+`check`, instead of the boundary wrapping the request stream: EnqueueStream,
+SubmitTaskStream and RunTaskStream answer a bad message in their reply and go on; the
+agent link ends with the violations, but saves a generator per connected agent."""
 
 
 class _MethodMeter:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from godel_grpc._proto.godel.v1 import task_service_pb2 as pb
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as pb_grpc
 from godel_grpc.api.interceptor import check
-from godel_grpc.api.pipeline import Decided, answered_in_order
+from godel_grpc.api.pipeline import Decided, answered_as_ready, answered_in_order
 from godel_grpc.core.coordinator import Coordinator
+from godel_grpc.core.records import TERMINAL_TASK_STATES
 from godel_grpc.errors import GodelError, InvalidArgument, Unavailable
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Ack = pb.SubmitTaskStreamAck
+RunAnswer = pb.RunTaskStreamAnswer
 
 
 class TaskServicer(pb_grpc.TaskServiceServicer):
@@ -57,19 +59,54 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         try:
             check(request)  # undecodable or rule-breaking: refused, and the stream goes on
         except InvalidArgument as invalid:
-            return _refusal(sequence, invalid), None
+            return _refusal(Ack(sequence=sequence), invalid), None
         try:
             (task,), written = await self._coordinator.admit_tasks([request.task])
         except Unavailable:
             raise  # shutting down: the stream itself ends
         except InvalidArgument as invalid:
-            return _refusal(sequence, invalid, "task."), None
+            return _refusal(Ack(sequence=sequence), invalid, "task."), None
         except GodelError as refused:
-            return _refusal(sequence, refused), None
+            return _refusal(Ack(sequence=sequence), refused), None
         return Ack(sequence=sequence, task=task), written
 
     async def RunTask(self, request: pb.RunTaskRequest, context: Context) -> pb.RunTaskResponse:
         return pb.RunTaskResponse(task=await self._coordinator.run_task(request.task))
+
+    async def RunTaskStream(
+        self, requests: AsyncIterator[pb.RunTaskStreamRequest], context: Context
+    ) -> AsyncIterator[pb.RunTaskStreamResponse]:
+        """Runs each streamed task as RunTask does and answers it when it ends, the
+        answers ready together in one message (`pipeline.answered_as_ready`)."""
+        async for answers in answered_as_ready(requests, self._run):
+            yield pb.RunTaskStreamResponse(answers=answers)
+
+    async def _run(self, request: Any) -> RunAnswer:
+        """Runs or refuses one streamed task."""
+        sequence = getattr(request, "sequence", 0)
+        try:
+            check(request)  # undecodable or rule-breaking: refused, and the stream goes on
+        except InvalidArgument as invalid:
+            return _refusal(RunAnswer(sequence=sequence), invalid)
+        wait = (
+            request.wait_timeout.ToNanoseconds() / 1e9 if request.HasField("wait_timeout") else None
+        )
+        try:
+            task = await self._coordinator.run_task(request.task, wait)
+        except Unavailable:
+            raise  # shutting down: the stream itself ends
+        except InvalidArgument as invalid:
+            return _refusal(RunAnswer(sequence=sequence), invalid, "task.")
+        except GodelError as refused:
+            return _refusal(RunAnswer(sequence=sequence), refused)
+        if task.state not in TERMINAL_TASK_STATES:  # the wait ran out first
+            return RunAnswer(
+                sequence=sequence,
+                task=task,
+                error_code=grpc.StatusCode.DEADLINE_EXCEEDED.name,
+                message=f"task {task.id} did not end within {wait:g} s; it carries on",
+            )
+        return RunAnswer(sequence=sequence, task=task)
 
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
         return pb.GetTaskResponse(task=await self._coordinator.get_task(request.id))
@@ -96,13 +133,17 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             yield pb.WatchTaskResponse(task=task)
 
 
-def _refusal(sequence: int, error: GodelError, prefix: str = "") -> Ack:
-    """The answer to a refused task: the status SubmitTask would have returned, with
+Refused = TypeVar("Refused", Ack, RunAnswer)
+
+
+def _refusal(answer: Refused, error: GodelError, prefix: str = "") -> Refused:
+    """`answer` to a refused task: the status the unary call would have returned, with
     field paths relative to the stream's request."""
-    ack = Ack(sequence=sequence, error_code=error.code.name, message=error.message)
+    answer.error_code = error.code.name
+    answer.message = error.message
     if isinstance(error, InvalidArgument):
         for violation in error.violations:
-            ack.field_problems.add(
+            answer.field_problems.add(
                 field=prefix + violation.field, description=violation.description
             )
-    return ack
+    return answer

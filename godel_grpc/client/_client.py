@@ -66,7 +66,8 @@ class Client:
         self.swarms = Swarms(self._channel, timeout)
 
     async def close(self) -> None:
-        """Closes the channel. Idempotent."""
+        """Closes the channel, and the stream `tasks.run` shares. Idempotent."""
+        await self.tasks.close()
         await self._channel.close()
 
     async def __aenter__(self) -> Client:

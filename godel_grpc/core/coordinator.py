@@ -437,7 +437,9 @@ class Coordinator:
             heapq.heappush(self._deadlines, (task.deadline, task.id))
         return event
 
-    async def run_task(self, request: task_service_pb2.SubmitTaskRequest) -> task_pb2.Task:
+    async def run_task(
+        self, request: task_service_pb2.SubmitTaskRequest, wait_timeout: float | None = None
+    ) -> task_pb2.Task:
         """Submits a task and returns it once it has ended and its ending is durable.
 
         The submission is not committed on its own: nobody is answered before the end,
@@ -445,6 +447,12 @@ class Coordinator:
         `journal.LAZY_DELAY` when the task runs longer). A quick task then costs one
         commit instead of two, and its result does not wait behind the first.
         A crash before that commit loses a task nobody was told about.
+
+        Args:
+            request: the task.
+            wait_timeout: seconds to wait for the end; once they have passed the task is
+                returned as it is then (not ended, but durable), and carries on. None
+                waits as long as it takes.
         """
         (submitted,), _ = await self.admit_tasks([request], urgent=False)
         task = self.state.tasks.get(submitted.id)
@@ -454,7 +462,11 @@ class Coordinator:
             ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._end_waiters.setdefault(task.id, []).append(ended)
             try:
-                await ended
+                if wait_timeout is None:
+                    await ended
+                else:
+                    with contextlib.suppress(TimeoutError):  # answered as it is, once durable
+                        await asyncio.wait_for(ended, wait_timeout)
             finally:
                 waiters = self._end_waiters.get(task.id)
                 if waiters is not None and ended in waiters:

@@ -12,9 +12,9 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import psutil
@@ -33,13 +33,12 @@ from godel_grpc._proto.godel.v1 import (
 from godel_grpc.client import Client, RPCError
 from godel_grpc.config import ServeConfig
 from godel_grpc.server import RunningServer, start_server
-from tests.support import require_tool
+from tests.support import require_tool, until
 
 pytestmark = pytest.mark.integration
 
 Agent = agent_pb2.Agent
 Task = task_pb2.Task
-T = TypeVar("T")
 
 SECTION_2 = """{
   "role": "worker",
@@ -116,17 +115,6 @@ async def grpcurl_spawn(port: int, body: str) -> Agent:
     response = agent_service_pb2.SpawnAgentResponse()
     json_format.Parse(done.stdout, response)
     return response.agent
-
-
-async def until(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0) -> T:
-    """The first truthy result of `check`, polled until `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def ready(client: Client, agent_id: str) -> Agent:

@@ -14,7 +14,13 @@ from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as task_grpc
 from godel_grpc.client import Client, RPCError, task_request
 from godel_grpc.server import RunningServer
-from tests.support import AgentProcess, agent_processes, wait_for_agents
+from tests.support import (
+    AgentProcess,
+    CoordinatorProcess,
+    agent_processes,
+    until,
+    wait_for_agents,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -259,11 +265,124 @@ async def test_run_task_answers_with_the_ended_task(server: RunningServer, clien
     with pytest.raises(RPCError) as waited:
         await client.tasks.run(role="nobody-runs-this", idempotency_key="late", wait_timeout=0.3)
     assert waited.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    # A task whose RunTask gave up waiting carries on, and was committed by itself.
+    # A task whose run gave up waiting carries on, and was committed by itself; the
+    # answer named it.
     waiting = await client.tasks.submit(role="nobody-runs-this", idempotency_key="late")
     assert waiting.state == Task.STATE_QUEUED
+    assert waiting.id in waited.value.message
     events = await server.coordinator.store.read(0, 1000, stream=f"task/{waiting.id}")
     assert [e.type for e in events] == ["task.submitted"]
+
+
+async def test_a_run_stream_answers_each_task_when_it_ends(server: RunningServer) -> None:
+    # Given one stream carrying a slow task, a quick one and a malformed one, in that order
+    requests = [
+        task_pb.RunTaskStreamRequest(
+            sequence=1, task=task_request(role="sleeper", payload={"seconds": 1.0})
+        ),
+        task_pb.RunTaskStreamRequest(
+            sequence=2, task=task_request(role="sleeper", payload={"seconds": 0.0})
+        ),
+        task_pb.RunTaskStreamRequest(sequence=3, task=task_pb.SubmitTaskRequest()),  # no target
+    ]
+    with agent_processes(
+        address(server), "sleeper", 1, "--capacity", "2", "--handler", f"{HANDLERS}:sleep"
+    ):
+        async with grpc.aio.insecure_channel(address(server)) as channel:
+            stub = task_grpc.TaskServiceStub(channel)
+            await wait_for_agents(Client(address(server)), 1)
+            answers = []
+            async for reply in stub.RunTaskStream(iter(requests), timeout=30):
+                for answer in reply.answers:
+                    answers.append(answer)
+                    if answer.HasField("task"):  # its end is durable when it is answered
+                        events = await server.coordinator.store.read(
+                            0, 1000, stream=f"task/{answer.task.id}"
+                        )
+                        assert events[-1].type == "task.succeeded"
+    # then the malformed one is refused at once, the stream goes on, and the tasks are
+    # answered as they end: the quick one before the slow one sent ahead of it.
+    assert [a.sequence for a in answers] == [3, 2, 1]
+    refused = answers[0]
+    assert refused.error_code == "INVALID_ARGUMENT" and not refused.HasField("task")
+    assert [p.field for p in refused.field_problems] == ["task.target"]
+    assert [a.task.state for a in answers[1:]] == [Task.STATE_SUCCEEDED] * 2
+
+
+async def test_runs_side_by_side_share_one_stream_and_a_cancelled_one_leaves_the_rest(
+    server: RunningServer,
+) -> None:
+    with agent_processes(address(server), "pair", 2, "--handler", f"{HANDLERS}:sleep"):
+        async with Client(address(server)) as client:
+            await wait_for_agents(client, 2)
+            # Given one run its caller gives up on while 20 others run beside it
+            given_up = asyncio.create_task(
+                client.tasks.run(role="pair", payload={"seconds": 5.0}, wait_timeout=30)
+            )
+            runs = [
+                client.tasks.run(role="pair", payload={"seconds": 0.01}, wait_timeout=30)
+                for _ in range(20)
+            ]
+            await asyncio.sleep(0.2)
+            given_up.cancel()
+            done = await asyncio.gather(*runs)
+            # then the others all end, and so does a run started afterwards,
+            assert {task.state for task in done} == {Task.STATE_SUCCEEDED}
+            assert len({task.id for task in done}) == 20
+            with pytest.raises(asyncio.CancelledError):
+                await given_up
+            after = await client.tasks.run(role="pair", payload={"seconds": 0}, wait_timeout=30)
+            assert after.state == Task.STATE_SUCCEEDED
+
+    # and all of them went over one RunTaskStream call, which ended with the client.
+    async def stream_calls() -> float:
+        return _finished_calls(server, "/godel.v1.TaskService/RunTaskStream")
+
+    assert await until(stream_calls, "the RunTaskStream call to end") == 1
+    assert _finished_calls(server, "/godel.v1.TaskService/RunTask") == 0
+
+
+async def test_a_run_left_waiting_by_a_dead_coordinator_fails_and_the_next_one_reconnects(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    coordinator = CoordinatorProcess(tmp_path / "data")
+    try:
+        coordinator.start()
+        with agent_processes(coordinator.address, "survivor", 1, "--handler", f"{HANDLERS}:echo"):
+            async with Client(coordinator.address) as client:
+                await wait_for_agents(client, 1)
+                first = await client.tasks.run(role="survivor", wait_timeout=20)
+                # Given a run waiting on the shared stream for a task nobody runs
+                waiting = asyncio.create_task(
+                    client.tasks.run(role="nobody-runs-this", wait_timeout=60)
+                )
+
+                async def queued() -> list[Task]:
+                    return (await client.tasks.list(state=Task.STATE_QUEUED))[0]
+
+                await until(queued, "the waiting run's task to be queued")
+                # when the coordinator dies, that run fails with the stream's error,
+                coordinator.kill()
+                with pytest.raises(RPCError) as broken:
+                    await waiting
+                assert broken.value.code == grpc.StatusCode.UNAVAILABLE
+                # and once it is back, the same client's next run opens a new stream.
+                coordinator.start(port=coordinator.port)
+                await wait_for_agents(client, 1)
+                again = await client.tasks.run(role="survivor", wait_timeout=20)
+                assert again.state == Task.STATE_SUCCEEDED and again.id != first.id
+    finally:
+        coordinator.stop()
+
+
+def _finished_calls(server: RunningServer, method: str) -> float:
+    """Calls of `method` the coordinator has finished, whatever their status."""
+    (family,) = [f for f in server.registry.collect() if f.name == "godel_rpc_handled"]
+    return sum(
+        s.value
+        for s in family.samples
+        if s.name == "godel_rpc_handled_total" and s.labels.get("method") == method
+    )
 
 
 async def test_a_repeated_key_is_answered_once_the_first_submission_is_durable(

@@ -114,7 +114,8 @@ def test_implemented_servicers_override_every_rpc() -> None:
 def test_client_covers_task_service() -> None:
     expected = {
         "SubmitTask": "submit",
-        "RunTask": "run",
+        "RunTask": "run",  # run goes over RunTaskStream; RunTask is the one-call form
+        "RunTaskStream": "run",
         "SubmitTasks": "submit_many",
         "SubmitTaskStream": "submit_stream",
         "GetTask": "get",

@@ -29,7 +29,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgodel/v1/task_service.proto\x12\x08godel.v1\x1a\x16godel/v1/options.proto\x1a\x13godel/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x05\n\x11SubmitTaskRequest\x12\x16\n\x05title\x18\x01 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x04\x12\x34\n\x04role\x18\x02 \x01(\tB$\x92\xb5\x18 \x10\x80\x01:\x1b[A-Za-z0-9][A-Za-z0-9_.:-]*H\x00\x12\x36\n\x06\x61\x63tion\x18\x03 \x01(\tB$\x92\xb5\x18 \x10\x80\x01:\x1b[A-Za-z0-9][A-Za-z0-9_.:-]*H\x00\x12\x33\n\x08priority\x18\x04 \x01(\tB!\x92\xb5\x18\x1d\x32\x03low2\x06normal2\x04high2\x08\x63ritical\x12\x32\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x08\x92\xb5\x18\x04\x18\x80\x80@\x12 \n\x0fidempotency_key\x18\x06 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12\x42\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\x92\xb5\x18\x12!\xfc\xa9\xf1\xd2MbP?)\x00\x00\x00\x00\x80\xc6\x43\x41\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0cmax_attempts\x18\t \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00\x00Y@\x12?\n\x06labels\x18\n \x03(\x0b\x32\'.godel.v1.SubmitTaskRequest.LabelsEntryB\x06\x92\xb5\x18\x02\x10@\x12H\n\rretry_backoff\x18\x0b \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00 \xac@\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x06target\x12\x04\x98\xb5\x18\x01\"2\n\x12SubmitTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\"N\n\x12SubmitTasksRequest\x12\x38\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.godel.v1.SubmitTaskRequestB\t\x92\xb5\x18\x05\x08\x01\x10\xe8\x07\"4\n\x13SubmitTasksResponse\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.godel.v1.Task\"^\n\x17SubmitTaskStreamRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x31\n\x04task\x18\x02 \x01(\x0b\x32\x1b.godel.v1.SubmitTaskRequestB\x06\x92\xb5\x18\x02\x08\x01\"G\n\x18SubmitTaskStreamResponse\x12+\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x1d.godel.v1.SubmitTaskStreamAck\"\x9a\x01\n\x13SubmitTaskStreamAck\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x1c\n\x04task\x18\x02 \x01(\x0b\x32\x0e.godel.v1.Task\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\x0e\x66ield_problems\x18\x05 \x03(\x0b\x32\x16.godel.v1.FieldProblem\"2\n\x0c\x46ieldProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"C\n\x0eRunTaskRequest\x12\x31\n\x04task\x18\x01 \x01(\x0b\x32\x1b.godel.v1.SubmitTaskRequestB\x06\x92\xb5\x18\x02\x08\x01\"/\n\x0fRunTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\"\'\n\x0eGetTaskRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"/\n\x0fGetTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\"\x7f\n\x10ListTasksRequest\x12)\n\tpage_size\x18\x01 \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00@\x8f@\x12\x1b\n\npage_token\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.godel.v1.Task.State\"K\n\x11ListTasksResponse\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.godel.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x11\x43\x61ncelTaskRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x08\"2\n\x12\x43\x61ncelTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\")\n\x10WatchTaskRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"1\n\x11WatchTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task2\x88\x05\n\x0bTaskService\x12M\n\nSubmitTask\x12\x1b.godel.v1.SubmitTaskRequest\x1a\x1c.godel.v1.SubmitTaskResponse\"\x04\x88\xb5\x18\x01\x12P\n\x0bSubmitTasks\x12\x1c.godel.v1.SubmitTasksRequest\x1a\x1d.godel.v1.SubmitTasksResponse\"\x04\x88\xb5\x18\x01\x12\x63\n\x10SubmitTaskStream\x12!.godel.v1.SubmitTaskStreamRequest\x1a\".godel.v1.SubmitTaskStreamResponse\"\x04\x88\xb5\x18\x01(\x01\x30\x01\x12\x44\n\x07RunTask\x12\x18.godel.v1.RunTaskRequest\x1a\x19.godel.v1.RunTaskResponse\"\x04\x88\xb5\x18\x01\x12\x44\n\x07GetTask\x12\x18.godel.v1.GetTaskRequest\x1a\x19.godel.v1.GetTaskResponse\"\x04\x88\xb5\x18\x02\x12J\n\tListTasks\x12\x1a.godel.v1.ListTasksRequest\x1a\x1b.godel.v1.ListTasksResponse\"\x04\x88\xb5\x18\x02\x12M\n\nCancelTask\x12\x1b.godel.v1.CancelTaskRequest\x1a\x1c.godel.v1.CancelTaskResponse\"\x04\x88\xb5\x18\x01\x12L\n\tWatchTask\x12\x1a.godel.v1.WatchTaskRequest\x1a\x1b.godel.v1.WatchTaskResponse\"\x04\x88\xb5\x18\x02\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgodel/v1/task_service.proto\x12\x08godel.v1\x1a\x16godel/v1/options.proto\x1a\x13godel/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x05\n\x11SubmitTaskRequest\x12\x16\n\x05title\x18\x01 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x04\x12\x34\n\x04role\x18\x02 \x01(\tB$\x92\xb5\x18 \x10\x80\x01:\x1b[A-Za-z0-9][A-Za-z0-9_.:-]*H\x00\x12\x36\n\x06\x61\x63tion\x18\x03 \x01(\tB$\x92\xb5\x18 \x10\x80\x01:\x1b[A-Za-z0-9][A-Za-z0-9_.:-]*H\x00\x12\x33\n\x08priority\x18\x04 \x01(\tB!\x92\xb5\x18\x1d\x32\x03low2\x06normal2\x04high2\x08\x63ritical\x12\x32\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x08\x92\xb5\x18\x04\x18\x80\x80@\x12 \n\x0fidempotency_key\x18\x06 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12\x42\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\x92\xb5\x18\x12!\xfc\xa9\xf1\xd2MbP?)\x00\x00\x00\x00\x80\xc6\x43\x41\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0cmax_attempts\x18\t \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00\x00Y@\x12?\n\x06labels\x18\n \x03(\x0b\x32\'.godel.v1.SubmitTaskRequest.LabelsEntryB\x06\x92\xb5\x18\x02\x10@\x12H\n\rretry_backoff\x18\x0b \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00 \xac@\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x06target\x12\x04\x98\xb5\x18\x01\"2\n\x12SubmitTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\"N\n\x12SubmitTasksRequest\x12\x38\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.godel.v1.SubmitTaskRequestB\t\x92\xb5\x18\x05\x08\x01\x10\xe8\x07\"4\n\x13SubmitTasksResponse\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.godel.v1.Task\"^\n\x17SubmitTaskStreamRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x31\n\x04task\x18\x02 \x01(\x0b\x32\x1b.godel.v1.SubmitTaskRequestB\x06\x92\xb5\x18\x02\x08\x01\"G\n\x18SubmitTaskStreamResponse\x12+\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x1d.godel.v1.SubmitTaskStreamAck\"\x9a\x01\n\x13SubmitTaskStreamAck\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x1c\n\x04task\x18\x02 \x01(\x0b\x32\x0e.godel.v1.Task\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\x0e\x66ield_problems\x18\x05 \x03(\x0b\x32\x16.godel.v1.FieldProblem\"2\n\x0c\x46ieldProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"C\n\x0eRunTaskRequest\x12\x31\n\x04task\x18\x01 \x01(\x0b\x32\x1b.godel.v1.SubmitTaskRequestB\x06\x92\xb5\x18\x02\x08\x01\"/\n\x0fRunTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\"\xa4\x01\n\x14RunTaskStreamRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x31\n\x04task\x18\x02 \x01(\x0b\x32\x1b.godel.v1.SubmitTaskRequestB\x06\x92\xb5\x18\x02\x08\x01\x12G\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\x92\xb5\x18\x12!\xfc\xa9\xf1\xd2MbP?)\x00\x00\x00\x00\x80\xc6\x43\x41\"G\n\x15RunTaskStreamResponse\x12.\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1d.godel.v1.RunTaskStreamAnswer\"\x9a\x01\n\x13RunTaskStreamAnswer\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x1c\n\x04task\x18\x02 \x01(\x0b\x32\x0e.godel.v1.Task\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\x0e\x66ield_problems\x18\x05 \x03(\x0b\x32\x16.godel.v1.FieldProblem\"\'\n\x0eGetTaskRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"/\n\x0fGetTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\"\x7f\n\x10ListTasksRequest\x12)\n\tpage_size\x18\x01 \x01(\x05\x42\x16\x92\xb5\x18\x12!\x00\x00\x00\x00\x00\x00\x00\x00)\x00\x00\x00\x00\x00@\x8f@\x12\x1b\n\npage_token\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x02\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.godel.v1.Task.State\"K\n\x11ListTasksResponse\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.godel.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x11\x43\x61ncelTaskRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\x92\xb5\x18\x03\x10\x80\x08\"2\n\x12\x43\x61ncelTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task\")\n\x10WatchTaskRequest\x12\x15\n\x02id\x18\x01 \x01(\tB\t\x92\xb5\x18\x05\x08\x01\x10\x80\x01\"1\n\x11WatchTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.godel.v1.Task2\xe4\x05\n\x0bTaskService\x12M\n\nSubmitTask\x12\x1b.godel.v1.SubmitTaskRequest\x1a\x1c.godel.v1.SubmitTaskResponse\"\x04\x88\xb5\x18\x01\x12P\n\x0bSubmitTasks\x12\x1c.godel.v1.SubmitTasksRequest\x1a\x1d.godel.v1.SubmitTasksResponse\"\x04\x88\xb5\x18\x01\x12\x63\n\x10SubmitTaskStream\x12!.godel.v1.SubmitTaskStreamRequest\x1a\".godel.v1.SubmitTaskStreamResponse\"\x04\x88\xb5\x18\x01(\x01\x30\x01\x12\x44\n\x07RunTask\x12\x18.godel.v1.RunTaskRequest\x1a\x19.godel.v1.RunTaskResponse\"\x04\x88\xb5\x18\x01\x12Z\n\rRunTaskStream\x12\x1e.godel.v1.RunTaskStreamRequest\x1a\x1f.godel.v1.RunTaskStreamResponse\"\x04\x88\xb5\x18\x01(\x01\x30\x01\x12\x44\n\x07GetTask\x12\x18.godel.v1.GetTaskRequest\x1a\x19.godel.v1.GetTaskResponse\"\x04\x88\xb5\x18\x02\x12J\n\tListTasks\x12\x1a.godel.v1.ListTasksRequest\x1a\x1b.godel.v1.ListTasksResponse\"\x04\x88\xb5\x18\x02\x12M\n\nCancelTask\x12\x1b.godel.v1.CancelTaskRequest\x1a\x1c.godel.v1.CancelTaskResponse\"\x04\x88\xb5\x18\x01\x12L\n\tWatchTask\x12\x1a.godel.v1.WatchTaskRequest\x1a\x1b.godel.v1.WatchTaskResponse\"\x04\x88\xb5\x18\x02\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -66,6 +66,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITTASKSTREAMREQUEST'].fields_by_name['task']._serialized_options = b'\222\265\030\002\010\001'
   _globals['_RUNTASKREQUEST'].fields_by_name['task']._loaded_options = None
   _globals['_RUNTASKREQUEST'].fields_by_name['task']._serialized_options = b'\222\265\030\002\010\001'
+  _globals['_RUNTASKSTREAMREQUEST'].fields_by_name['task']._loaded_options = None
+  _globals['_RUNTASKSTREAMREQUEST'].fields_by_name['task']._serialized_options = b'\222\265\030\002\010\001'
+  _globals['_RUNTASKSTREAMREQUEST'].fields_by_name['wait_timeout']._loaded_options = None
+  _globals['_RUNTASKSTREAMREQUEST'].fields_by_name['wait_timeout']._serialized_options = b'\222\265\030\022!\374\251\361\322MbP?)\000\000\000\000\200\306CA'
   _globals['_GETTASKREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_GETTASKREQUEST'].fields_by_name['id']._serialized_options = b'\222\265\030\005\010\001\020\200\001'
   _globals['_LISTTASKSREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -86,6 +90,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSERVICE'].methods_by_name['SubmitTaskStream']._serialized_options = b'\210\265\030\001'
   _globals['_TASKSERVICE'].methods_by_name['RunTask']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['RunTask']._serialized_options = b'\210\265\030\001'
+  _globals['_TASKSERVICE'].methods_by_name['RunTaskStream']._loaded_options = None
+  _globals['_TASKSERVICE'].methods_by_name['RunTaskStream']._serialized_options = b'\210\265\030\001'
   _globals['_TASKSERVICE'].methods_by_name['GetTask']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['GetTask']._serialized_options = b'\210\265\030\002'
   _globals['_TASKSERVICE'].methods_by_name['ListTasks']._loaded_options = None
@@ -116,22 +122,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNTASKREQUEST']._serialized_end=1469
   _globals['_RUNTASKRESPONSE']._serialized_start=1471
   _globals['_RUNTASKRESPONSE']._serialized_end=1518
-  _globals['_GETTASKREQUEST']._serialized_start=1520
-  _globals['_GETTASKREQUEST']._serialized_end=1559
-  _globals['_GETTASKRESPONSE']._serialized_start=1561
-  _globals['_GETTASKRESPONSE']._serialized_end=1608
-  _globals['_LISTTASKSREQUEST']._serialized_start=1610
-  _globals['_LISTTASKSREQUEST']._serialized_end=1737
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1739
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1814
-  _globals['_CANCELTASKREQUEST']._serialized_start=1816
-  _globals['_CANCELTASKREQUEST']._serialized_end=1883
-  _globals['_CANCELTASKRESPONSE']._serialized_start=1885
-  _globals['_CANCELTASKRESPONSE']._serialized_end=1935
-  _globals['_WATCHTASKREQUEST']._serialized_start=1937
-  _globals['_WATCHTASKREQUEST']._serialized_end=1978
-  _globals['_WATCHTASKRESPONSE']._serialized_start=1980
-  _globals['_WATCHTASKRESPONSE']._serialized_end=2029
-  _globals['_TASKSERVICE']._serialized_start=2032
-  _globals['_TASKSERVICE']._serialized_end=2680
+  _globals['_RUNTASKSTREAMREQUEST']._serialized_start=1521
+  _globals['_RUNTASKSTREAMREQUEST']._serialized_end=1685
+  _globals['_RUNTASKSTREAMRESPONSE']._serialized_start=1687
+  _globals['_RUNTASKSTREAMRESPONSE']._serialized_end=1758
+  _globals['_RUNTASKSTREAMANSWER']._serialized_start=1761
+  _globals['_RUNTASKSTREAMANSWER']._serialized_end=1915
+  _globals['_GETTASKREQUEST']._serialized_start=1917
+  _globals['_GETTASKREQUEST']._serialized_end=1956
+  _globals['_GETTASKRESPONSE']._serialized_start=1958
+  _globals['_GETTASKRESPONSE']._serialized_end=2005
+  _globals['_LISTTASKSREQUEST']._serialized_start=2007
+  _globals['_LISTTASKSREQUEST']._serialized_end=2134
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2136
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2211
+  _globals['_CANCELTASKREQUEST']._serialized_start=2213
+  _globals['_CANCELTASKREQUEST']._serialized_end=2280
+  _globals['_CANCELTASKRESPONSE']._serialized_start=2282
+  _globals['_CANCELTASKRESPONSE']._serialized_end=2332
+  _globals['_WATCHTASKREQUEST']._serialized_start=2334
+  _globals['_WATCHTASKREQUEST']._serialized_end=2375
+  _globals['_WATCHTASKRESPONSE']._serialized_start=2377
+  _globals['_WATCHTASKRESPONSE']._serialized_end=2426
+  _globals['_TASKSERVICE']._serialized_start=2429
+  _globals['_TASKSERVICE']._serialized_end=3169
 # @@protoc_insertion_point(module_scope)

@@ -369,6 +369,122 @@ class RunTaskResponse(_message.Message):
 Global___RunTaskResponse: _TypeAlias = RunTaskResponse  # noqa: Y015
 
 @_typing.final
+class RunTaskStreamRequest(_message.Message):
+    """Request of TaskService.RunTaskStream: one task to run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    WAIT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The caller's number for this task, echoed in its answer; keep it unique among the
+    stream's unanswered requests to tell their answers apart.
+    """
+    @_builtins.property
+    def task(self) -> Global___SubmitTaskRequest:
+        """Required. The task to run, as for SubmitTask."""
+
+    @_builtins.property
+    def wait_timeout(self) -> _duration_pb2.Duration:
+        """Longest to wait for the task's end, 1 ms to 30 days; unset waits as long as it
+        takes. Once it has passed the request is answered with DEADLINE_EXCEEDED and the
+        task as it is then, and the task carries on. Until its answer, a request holds one
+        of the stream's 1,024 places for tasks in flight, and the stream reads no further
+        requests while all are taken.
+        """
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        task: Global___SubmitTaskRequest | None = ...,
+        wait_timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task", "wait_timeout", b"wait_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence", "task", b"task", "wait_timeout", b"wait_timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunTaskStreamRequest: _TypeAlias = RunTaskStreamRequest  # noqa: Y015
+
+@_typing.final
+class RunTaskStreamResponse(_message.Message):
+    """Response of TaskService.RunTaskStream: answers to requests whose tasks ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunTaskStreamAnswer]:
+        """The answers ready together, in the order they became ready. Every request is
+        answered exactly once, unless the stream ends first.
+        """
+
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___RunTaskStreamAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunTaskStreamResponse: _TypeAlias = RunTaskStreamResponse  # noqa: Y015
+
+@_typing.final
+class RunTaskStreamAnswer(_message.Message):
+    """The answer to one task of TaskService.RunTaskStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FIELD_PROBLEMS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The request's `sequence`."""
+    error_code: _builtins.str
+    """When refused or not ended in time: the name of the status code RunTask would have
+    returned, e.g. "INVALID_ARGUMENT" or "DEADLINE_EXCEEDED". Empty when the task ended.
+    """
+    message: _builtins.str
+    """When refused: why, in words."""
+    @_builtins.property
+    def task(self) -> _task_pb2.Task:
+        """The task in its terminal state, as RunTask returns it: SUCCEEDED with its output,
+        FAILED or CANCELLED with its error; its end is durable. On DEADLINE_EXCEEDED, the
+        task as it was when the wait ended (it carries on). Unset when refused.
+        """
+
+    @_builtins.property
+    def field_problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldProblem]:
+        """When INVALID_ARGUMENT: the fields at fault, with paths relative to the request
+        (e.g. `task.role`).
+        """
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        task: _task_pb2.Task | None = ...,
+        error_code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        field_problems: _abc.Iterable[Global___FieldProblem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "field_problems", b"field_problems", "message", b"message", "sequence", b"sequence", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunTaskStreamAnswer: _TypeAlias = RunTaskStreamAnswer  # noqa: Y015
+
+@_typing.final
 class GetTaskRequest(_message.Message):
     """Request of TaskService.GetTask."""
 

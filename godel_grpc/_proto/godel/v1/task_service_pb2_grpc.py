@@ -55,6 +55,11 @@ class TaskServiceStub:
                 request_serializer=godel_dot_v1_dot_task__service__pb2.RunTaskRequest.SerializeToString,
                 response_deserializer=godel_dot_v1_dot_task__service__pb2.RunTaskResponse.FromString,
                 _registered_method=True)
+        self.RunTaskStream = channel.stream_stream(
+                '/godel.v1.TaskService/RunTaskStream',
+                request_serializer=godel_dot_v1_dot_task__service__pb2.RunTaskStreamRequest.SerializeToString,
+                response_deserializer=godel_dot_v1_dot_task__service__pb2.RunTaskStreamResponse.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/godel.v1.TaskService/GetTask',
                 request_serializer=godel_dot_v1_dot_task__service__pb2.GetTaskRequest.SerializeToString,
@@ -121,6 +126,23 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunTaskStream(self, request_iterator, context):
+        """Runs tasks sent one per message on one long-lived stream and answers each once it
+        has ended and its end is durable: RunTask for a caller that runs many tasks, one
+        after another or side by side. A message on an open stream costs both ends a
+        fraction of a call, so each round trip is shorter than RunTask's. The tasks run
+        concurrently and each is answered when it ends, so answers come in the order tasks
+        end, not the order sent; answers ready together travel in one message. A malformed
+        task is answered at once with why (nothing was changed) and the stream goes on; a
+        task that has not ended within its request's `wait_timeout` is answered with
+        DEADLINE_EXCEEDED and the task as it is. A task still running when the caller ends
+        the stream carries on (follow it with GetTask or WatchTask). The stream itself ends
+        with UNAVAILABLE when the coordinator shuts down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTask(self, request, context):
         """Returns one task. NOT_FOUND if the id is unknown.
         """
@@ -173,6 +195,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.RunTask,
                     request_deserializer=godel_dot_v1_dot_task__service__pb2.RunTaskRequest.FromString,
                     response_serializer=godel_dot_v1_dot_task__service__pb2.RunTaskResponse.SerializeToString,
+            ),
+            'RunTaskStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RunTaskStream,
+                    request_deserializer=godel_dot_v1_dot_task__service__pb2.RunTaskStreamRequest.FromString,
+                    response_serializer=godel_dot_v1_dot_task__service__pb2.RunTaskStreamResponse.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
@@ -304,6 +331,33 @@ class TaskService:
             '/godel.v1.TaskService/RunTask',
             godel_dot_v1_dot_task__service__pb2.RunTaskRequest.SerializeToString,
             godel_dot_v1_dot_task__service__pb2.RunTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunTaskStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/godel.v1.TaskService/RunTaskStream',
+            godel_dot_v1_dot_task__service__pb2.RunTaskStreamRequest.SerializeToString,
+            godel_dot_v1_dot_task__service__pb2.RunTaskStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

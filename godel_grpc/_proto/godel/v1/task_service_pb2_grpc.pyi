@@ -57,6 +57,19 @@ class TaskServiceStub:
     SubmitTask. If the call's deadline passes first the caller gets DEADLINE_EXCEEDED
     and the task carries on; follow it with GetTask or WatchTask.
     """
+    RunTaskStream: _grpc.StreamStreamMultiCallable[_task_service_pb2.RunTaskStreamRequest, _task_service_pb2.RunTaskStreamResponse]
+    """Runs tasks sent one per message on one long-lived stream and answers each once it
+    has ended and its end is durable: RunTask for a caller that runs many tasks, one
+    after another or side by side. A message on an open stream costs both ends a
+    fraction of a call, so each round trip is shorter than RunTask's. The tasks run
+    concurrently and each is answered when it ends, so answers come in the order tasks
+    end, not the order sent; answers ready together travel in one message. A malformed
+    task is answered at once with why (nothing was changed) and the stream goes on; a
+    task that has not ended within its request's `wait_timeout` is answered with
+    DEADLINE_EXCEEDED and the task as it is. A task still running when the caller ends
+    the stream carries on (follow it with GetTask or WatchTask). The stream itself ends
+    with UNAVAILABLE when the coordinator shuts down.
+    """
     GetTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.GetTaskRequest, _task_service_pb2.GetTaskResponse]
     """Returns one task. NOT_FOUND if the id is unknown."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTasksRequest, _task_service_pb2.ListTasksResponse]
@@ -98,6 +111,19 @@ class TaskServiceAsyncStub(TaskServiceStub):
     one-call round trip for a caller that would wait anyway. INVALID_ARGUMENT as for
     SubmitTask. If the call's deadline passes first the caller gets DEADLINE_EXCEEDED
     and the task carries on; follow it with GetTask or WatchTask.
+    """
+    RunTaskStream: _aio.StreamStreamMultiCallable[_task_service_pb2.RunTaskStreamRequest, _task_service_pb2.RunTaskStreamResponse]  # type: ignore[assignment]
+    """Runs tasks sent one per message on one long-lived stream and answers each once it
+    has ended and its end is durable: RunTask for a caller that runs many tasks, one
+    after another or side by side. A message on an open stream costs both ends a
+    fraction of a call, so each round trip is shorter than RunTask's. The tasks run
+    concurrently and each is answered when it ends, so answers come in the order tasks
+    end, not the order sent; answers ready together travel in one message. A malformed
+    task is answered at once with why (nothing was changed) and the stream goes on; a
+    task that has not ended within its request's `wait_timeout` is answered with
+    DEADLINE_EXCEEDED and the task as it is. A task still running when the caller ends
+    the stream carries on (follow it with GetTask or WatchTask). The stream itself ends
+    with UNAVAILABLE when the coordinator shuts down.
     """
     GetTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.GetTaskRequest, _task_service_pb2.GetTaskResponse]  # type: ignore[assignment]
     """Returns one task. NOT_FOUND if the id is unknown."""
@@ -161,6 +187,25 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         one-call round trip for a caller that would wait anyway. INVALID_ARGUMENT as for
         SubmitTask. If the call's deadline passes first the caller gets DEADLINE_EXCEEDED
         and the task carries on; follow it with GetTask or WatchTask.
+        """
+
+    @_abc_1.abstractmethod
+    def RunTaskStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_task_service_pb2.RunTaskStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_task_service_pb2.RunTaskStreamResponse], _abc.AsyncIterator[_task_service_pb2.RunTaskStreamResponse]]:
+        """Runs tasks sent one per message on one long-lived stream and answers each once it
+        has ended and its end is durable: RunTask for a caller that runs many tasks, one
+        after another or side by side. A message on an open stream costs both ends a
+        fraction of a call, so each round trip is shorter than RunTask's. The tasks run
+        concurrently and each is answered when it ends, so answers come in the order tasks
+        end, not the order sent; answers ready together travel in one message. A malformed
+        task is answered at once with why (nothing was changed) and the stream goes on; a
+        task that has not ended within its request's `wait_timeout` is answered with
+        DEADLINE_EXCEEDED and the task as it is. A task still running when the caller ends
+        the stream carries on (follow it with GetTask or WatchTask). The stream itself ends
+        with UNAVAILABLE when the coordinator shuts down.
         """
 
     @_abc_1.abstractmethod
