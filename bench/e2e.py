@@ -32,7 +32,7 @@ from godel_grpc._proto.godel.v1 import event_service_pb2 as event_pb
 from godel_grpc._proto.godel.v1 import event_service_pb2_grpc as event_grpc
 from godel_grpc._proto.godel.v1 import task_service_pb2 as task_pb
 from godel_grpc._proto.godel.v1 import task_service_pb2_grpc as task_grpc
-from godel_grpc.client import Client
+from godel_grpc.client import Client, task_request
 
 ROLE = "bench"
 HANDLER = "bench.handlers:noop"
@@ -338,7 +338,10 @@ class RoundTrips:
     get: list[float]
     """A GetTask call: one RPC to the coordinator with no disk and no agent involved."""
     run: list[float] = field(default_factory=list)
-    """One RunTask call: submit and answer once the task has ended and that is durable."""
+    """One `client.tasks.run`: a message on the client's RunTaskStream, answered once the
+    task has ended and that is durable."""
+    run_call: list[float] = field(default_factory=list)
+    """The same as one RunTask call (unary), for comparison."""
     done_before_watch: int = 0
     """Samples whose task had already ended when WatchTask sent its first message."""
 
@@ -369,6 +372,17 @@ async def round_trips(address: str, samples: int, warmup: int) -> RoundTrips:
                 raise RuntimeError(f"task {ran.id} ended {task_pb2.Task.State.Name(ran.state)}")
             if index >= warmup:
                 result.run.append(time.perf_counter() - start)
+        async with grpc.aio.insecure_channel(address) as channel:
+            run_call = task_grpc.TaskServiceStub(channel).RunTask
+            for index in range(warmup + samples):
+                start = time.perf_counter()
+                request = task_pb.RunTaskRequest(task=task_request(role=ROLE))
+                ran = (await run_call(request, timeout=10)).task
+                if ran.state != task_pb2.Task.STATE_SUCCEEDED:
+                    state = task_pb2.Task.State.Name(ran.state)
+                    raise RuntimeError(f"task {ran.id} ended {state}")
+                if index >= warmup:
+                    result.run_call.append(time.perf_counter() - start)
         for index in range(warmup + samples):
             start = time.perf_counter()
             await client.tasks.get(task.id)
