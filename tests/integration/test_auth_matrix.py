@@ -182,6 +182,23 @@ async def test_refusals_say_why(coordinator: CoordinatorProcess, tokens: dict[st
     assert missing.value.reason == "TOKEN_MISSING"
 
 
+async def test_a_shared_run_stream_carries_the_token(
+    coordinator: CoordinatorProcess, tokens: dict[str, str]
+) -> None:
+    """client.tasks.run goes over one RunTaskStream: a write token runs (its task waits
+    for an agent until the run's wait ends), a read token is refused with the scope."""
+    async with Client(coordinator.address, token=tokens["writer"]) as writer:
+        with pytest.raises(RPCError) as waited:
+            await writer.tasks.run(role="nobody-here", wait_timeout=0.2)
+    assert waited.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "carries on" in waited.value.message
+    async with Client(coordinator.address, token=tokens["reader"]) as reader:
+        with pytest.raises(RPCError) as denied:
+            await reader.tasks.run(role="nobody-here", wait_timeout=5)
+    assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert denied.value.reason == "SCOPE_MISSING"
+
+
 async def test_an_agent_opens_only_its_own_link(
     coordinator: CoordinatorProcess, tokens: dict[str, str]
 ) -> None:
