@@ -48,13 +48,17 @@ async def produce(
 ) -> None:
     """Runs the protocol described in the module docstring."""
     single = task_pb.SubmitTaskRequest(role=ROLE)
-    shares = [count // concurrency + (i < count % concurrency) for i in range(concurrency)]
-    streamed = [
-        [task_pb.SubmitTaskStreamRequest(sequence=n, task=single) for n in range(1, share + 1)]
-        for share in shares
-    ]
-    if batch <= 1:
-        calls: list[task_pb.SubmitTaskRequest | task_pb.SubmitTasksRequest] = [single] * count
+    # Only the requests this run sends: the stream's share of each call, or the calls.
+    streamed: list[list[task_pb.SubmitTaskStreamRequest]] = []
+    calls: list[task_pb.SubmitTaskRequest | task_pb.SubmitTasksRequest] = []
+    if stream:
+        shares = [count // concurrency + (i < count % concurrency) for i in range(concurrency)]
+        streamed = [
+            [task_pb.SubmitTaskStreamRequest(sequence=n, task=single) for n in range(1, share + 1)]
+            for share in shares
+        ]
+    elif batch <= 1:
+        calls = [single] * count
     else:
         calls = [
             task_pb.SubmitTasksRequest(requests=[single] * min(batch, count - start))

@@ -30,7 +30,7 @@ BUSY_RUNNING_PER_AGENT = 2
 def gather_delay(running: int, agents: int) -> float:
     """Seconds the next dispatch round should wait before it leases.
 
-    None while the fleet is lightly loaded: a lone task goes out at once. Once more than
+    Zero while the fleet is lightly loaded: a lone task goes out at once. Once more than
     `BUSY_RUNNING_PER_AGENT` tasks per connected agent are running, `GATHER_SECONDS`:
     the tasks and freed slots of those 2 ms are leased together, several to a message
     per agent, and each agent answers them together. A streamed message costs grpc.aio
