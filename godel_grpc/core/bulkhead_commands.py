@@ -151,10 +151,9 @@ class BulkheadCommands:
             raise NotFound("partition", f"{record.name}/{partition}")
         if request.HasField("deadline") and request.deadline.ToNanoseconds() / 1e9 <= time.time():
             raise InvalidArgument([FieldViolation("deadline", "is in the past")])
-        key = request.idempotency_key
-        existing = coordinator.state.idempotency.get(key) if key else None
-        if existing is not None:
-            return await coordinator.repeated_task(existing)
+        repeat = coordinator.repeat_of(request.idempotency_key)
+        if repeat is not None:
+            return await repeat
         if not record.policy.has_room(partition):
             refused = record.policy.admit(partition)  # counts the rejection
             assert isinstance(refused, Refused)

@@ -16,8 +16,9 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -388,16 +389,22 @@ class Coordinator:
                 return result, self.journal.record(created)  # commits in order: repeats' too
             self.journal.add(created, urgent=False)
         elif repeated and urgent:
-            return result, asyncio.ensure_future(self.journal.flush())  # see `repeated_task`
+            return result, asyncio.ensure_future(self.journal.flush())  # see `repeat_of`
         return result, None
 
-    async def repeated_task(self, task_id: str) -> task_pb2.Task:
-        """The task a repeated idempotency key names, once its submission is durable.
+    def repeat_of(self, idempotency_key: str) -> Coroutine[Any, Any, task_pb2.Task] | None:
+        """What answers a submission with this key when the key was seen before: the
+        task created first, once its submission is durable. None for an empty or new
+        key, decided at once (no await on the path of a new task).
 
         The first submission may still be on its way to disk (a RunTask's rides with
         the next commit); answering a repeat before that would confirm a task that a
         crash could still lose.
         """
+        task_id = self.state.idempotency.get(idempotency_key) if idempotency_key else None
+        return None if task_id is None else self._durable_task(task_id)
+
+    async def _durable_task(self, task_id: str) -> task_pb2.Task:
         await self.journal.flush()
         return await self.get_task(task_id)
 

@@ -192,10 +192,9 @@ class QueueCommands:
         if request.HasField("deadline") and request.deadline.ToNanoseconds() / 1e9 <= time.time():
             raise InvalidArgument([FieldViolation("deadline", "is in the past")])
         policy = record.policy
-        key = request.idempotency_key
-        existing = coordinator.state.idempotency.get(key) if key else None
-        if existing is not None:
-            task = await coordinator.repeated_task(existing)
+        repeat = coordinator.repeat_of(request.idempotency_key)
+        if repeat is not None:
+            task = await repeat
             return Admitted(Outcome.ACCEPTED, task, policy.pressure, policy.depth), None
         priority = Priority.parse(request.priority)
         if request.HasField("deadline"):

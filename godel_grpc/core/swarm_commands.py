@@ -203,10 +203,9 @@ class SwarmCommands:
         record = self._get(request.swarm_id)
         if request.HasField("deadline") and request.deadline.ToNanoseconds() / 1e9 <= time.time():
             raise InvalidArgument([FieldViolation("deadline", "is in the past")])
-        key = request.idempotency_key
-        existing = coordinator.state.idempotency.get(key) if key else None
-        if existing is not None:
-            return await coordinator.repeated_task(existing)
+        repeat = coordinator.repeat_of(request.idempotency_key)
+        if repeat is not None:
+            return await repeat
         event = coordinator.accept_task(request, shape=lambda spec: _route(spec, record))
         await coordinator.commit([event])
         return event.task_submitted.task
