@@ -64,10 +64,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             (task,), written = await self._coordinator.admit_tasks([request.task])
         except Unavailable:
             raise  # shutting down: the stream itself ends
-        except InvalidArgument as invalid:
-            return _refusal(Ack(sequence=sequence), invalid, "task."), None
         except GodelError as refused:
-            return _refusal(Ack(sequence=sequence), refused), None
+            return _refusal(Ack(sequence=sequence), refused, "task."), None
         return Ack(sequence=sequence, task=task), written
 
     async def RunTask(self, request: pb.RunTaskRequest, context: Context) -> pb.RunTaskResponse:
@@ -95,10 +93,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             task = await self._coordinator.run_task(request.task, wait)
         except Unavailable:
             raise  # shutting down: the stream itself ends
-        except InvalidArgument as invalid:
-            return _refusal(RunAnswer(sequence=sequence), invalid, "task.")
         except GodelError as refused:
-            return _refusal(RunAnswer(sequence=sequence), refused)
+            return _refusal(RunAnswer(sequence=sequence), refused, "task.")
         if task.state not in TERMINAL_TASK_STATES:  # the wait ran out first
             return RunAnswer(
                 sequence=sequence,
@@ -138,7 +134,8 @@ Refused = TypeVar("Refused", Ack, RunAnswer)
 
 def _refusal(answer: Refused, error: GodelError, prefix: str = "") -> Refused:
     """`answer` to a refused task: the status the unary call would have returned, with
-    field paths relative to the stream's request."""
+    field paths relative to the stream's request (`prefix` leads the paths of the
+    coordinator's violations, which are relative to the task)."""
     answer.error_code = error.code.name
     answer.message = error.message
     if isinstance(error, InvalidArgument):
