@@ -274,7 +274,9 @@ async def test_run_task_answers_with_the_ended_task(server: RunningServer, clien
     assert [e.type for e in events] == ["task.submitted"]
 
 
-async def test_a_run_stream_answers_each_task_when_it_ends(server: RunningServer) -> None:
+async def test_a_run_stream_answers_each_task_when_it_ends(
+    server: RunningServer, client: Client
+) -> None:
     # Given one stream carrying a slow task, a quick one and a malformed one, in that order
     requests = [
         task_pb.RunTaskStreamRequest(
@@ -288,9 +290,9 @@ async def test_a_run_stream_answers_each_task_when_it_ends(server: RunningServer
     with agent_processes(
         address(server), "sleeper", 1, "--capacity", "2", "--handler", f"{HANDLERS}:sleep"
     ):
+        await wait_for_agents(client, 1)
         async with grpc.aio.insecure_channel(address(server)) as channel:
             stub = task_grpc.TaskServiceStub(channel)
-            await wait_for_agents(Client(address(server)), 1)
             answers = []
             async for reply in stub.RunTaskStream(iter(requests), timeout=30):
                 for answer in reply.answers:
