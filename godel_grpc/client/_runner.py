@@ -65,7 +65,6 @@ class _Stream:
                     future = self.waiting.get(answer.sequence)
                     if future is not None and not future.done():
                         future.set_result(answer)
-            self.broken = _ended()
         except grpc.aio.AioRpcError as error:
             self.broken = RPCError.from_aio(error)
         except asyncio.CancelledError:

@@ -325,7 +325,12 @@ async def test_runs_side_by_side_share_one_stream_and_a_cancelled_one_leaves_the
                 client.tasks.run(role="pair", payload={"seconds": 0.01}, wait_timeout=30)
                 for _ in range(20)
             ]
-            await asyncio.sleep(0.2)
+
+            async def given_up_running() -> list[Task]:
+                running, _ = await client.tasks.list(state=Task.STATE_RUNNING)
+                return [task for task in running if task.payload["seconds"] == 5.0]
+
+            await until(given_up_running, "the run given up on to be running")
             given_up.cancel()
             done = await asyncio.gather(*runs)
             # then the others all end, and so does a run started afterwards,
